@@ -1,0 +1,61 @@
+"""The ``kilotune`` command: one parser, subcommands registered by the packages that own them.
+
+Registration only declares arguments; each handler imports its heavy modules (Keras,
+Optuna) itself, so ``kilotune --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from search import commands as search_commands
+    from search import study_commands
+    from subset import commands as subset_commands
+    from workers import commands as worker_commands
+
+    parser = argparse.ArgumentParser(
+        prog="kilotune",
+        description="Hyperparameter search for small-data image classification.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in (*worker_commands.REGISTER, *subset_commands.REGISTER, *study_commands.REGISTER, *search_commands.REGISTER):
+        register(sub)
+    return parser
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("kilotune")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one subcommand; user errors become one line on stderr and exit status 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        if os.environ.get("KILOTUNE_DEBUG"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"kilotune {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

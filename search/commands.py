@@ -1,0 +1,51 @@
+"""Subcommands owned by search/: report, export (the study commands are in study_commands)."""
+
+from __future__ import annotations
+
+import argparse
+
+from search.study_commands import add_storage_argument
+
+
+def register_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write a self-contained HTML report of a study")
+    p.add_argument("--study", required=True, help="study name")
+    add_storage_argument(p)
+    p.add_argument("--out", required=True, help="HTML file to write, e.g. report.html")
+    p.add_argument("--top", type=int, default=10, help="configurations in the top table (default: %(default)s)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from search.report import write_report
+    from search.study import load_study, open_storage
+
+    study, _ = load_study(args.study, open_storage(args.storage))
+    path = write_report(study, args.out, top=args.top)
+    print(f"wrote {path}: report of study {args.study!r} ({len(study.trials)} trials)")
+    return 0
+
+
+def register_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trial's configuration with its provenance as JSON")
+    p.add_argument("--study", required=True, help="study name")
+    add_storage_argument(p)
+    p.add_argument("--rank", type=int, default=1, help="1 = the best complete trial, 2 = the runner-up, ... (default: %(default)s)")
+    p.add_argument("--out", required=True, help="JSON file to write, e.g. best.json")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from search.export import export_trial, write_json
+    from search.study import load_study, open_storage
+
+    study, _ = load_study(args.study, open_storage(args.storage))
+    export = export_trial(study, args.rank)
+    path = write_json(export, args.out)
+    p = export["provenance"]
+    print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {p['value']:.4f} ({export['config']['arch']})")
+    print(f"retrain it on all chosen images: kilotune retrain {path}")
+    return 0
+
+
+REGISTER = [register_report, register_export]

@@ -1,0 +1,127 @@
+"""Export one trial's configuration with the provenance needed to reproduce it.
+
+    {"config": {...TrainConfig...},
+     "provenance": {"study", "trial", "value", "dataset", "dataset_checksum", "subset_path",
+                    "subset_checksum", "val_fraction", "split_seed", "kilotune_version",
+                    "library_versions", "seed", "exported_at"}}
+
+The file is what ``kilotune retrain`` reads, and ``TrainConfig.from_json`` reads its ``config``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.study import StudySettings, now_iso
+from workers.config import TrainConfig
+
+LIBRARIES = ("keras", "tensorflow", "jax", "optuna", "numpy")
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """COMPLETE trials that finished training, best first.
+
+    A diverged run is told COMPLETE with its last finite accuracy so the sampler learns from
+    it, but it is not a configuration anyone should retrain, so it is left out here.
+    """
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.user_attrs.get("status") != "diverged" and t.value is not None and math.isfinite(t.value)
+    ]
+    best_first = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    # Ties go to the earlier trial, so the ranking does not change as the study grows.
+    return sorted(complete, key=lambda t: (-t.value if best_first else t.value, t.number))
+
+
+def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
+    """The ``rank``-th best complete trial's config and provenance (rank 1 is the best).
+
+    Raises:
+        ValueError: if the study has no complete trials, fewer than ``rank``, or the trial
+            carries no ``config`` user attribute.
+    """
+    if rank < 1:
+        raise ValueError(f"rank must be at least 1, got {rank=}")
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise ValueError(f"study {study.study_name!r} has no complete trials to export")
+    if rank > len(ranked):
+        raise ValueError(f"study {study.study_name!r} has {len(ranked)} complete trial(s); cannot export {rank=}")
+    trial = ranked[rank - 1]
+    if "config" not in trial.user_attrs:
+        raise ValueError(f"trial {trial.number} of study {study.study_name!r} has no 'config' user attribute")
+    # Validate now: an export that retrain cannot read should fail here, not later.
+    config = TrainConfig.from_dict(trial.user_attrs["config"])
+    return {"config": config.to_dict(), "provenance": provenance(study, trial)}
+
+
+def provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """Where ``trial``'s value came from: the study, its data and subset, and the versions."""
+    settings = StudySettings.from_study(study)
+    return {
+        "study": study.study_name,
+        "trial": trial.number,
+        "value": trial.value,
+        "dataset": settings.dataset,
+        "dataset_checksum": settings.dataset_checksum,
+        "subset_path": settings.subset_path,
+        "subset_checksum": settings.subset_checksum,
+        "val_fraction": settings.val_fraction,
+        "split_seed": settings.split_seed,
+        # The version that created the study, i.e. that trained its trials.
+        "kilotune_version": settings.kilotune_version,
+        # Workers do not record their libraries, so these are the exporting environment's.
+        "library_versions": library_versions(),
+        "seed": trial.user_attrs["config"].get("seed", 0),
+        "exported_at": now_iso(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions from package metadata; importing TensorFlow just to ask would take seconds."""
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    found["python"] = platform.python_version()
+    return found
+
+
+def write_json(data: dict[str, Any], path: str | Path) -> Path:
+    """Writes ``data`` as indented JSON, atomically, creating parent directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_export(path: str | Path) -> dict[str, Any]:
+    """Reads an export file, checking it has a valid config and the provenance retrain needs."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"export file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"export file {path} is not readable JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("provenance"), dict):
+        raise ValueError(f"{path} is not a kilotune export: expected an object with 'config' and 'provenance'")
+    TrainConfig.from_dict(data["config"])
+    missing = [k for k in ("study", "trial", "dataset", "dataset_checksum", "subset_path", "subset_checksum") if k not in data["provenance"]]
+    if missing:
+        raise ValueError(f"export file {path}: provenance is missing {missing}")
+    return data

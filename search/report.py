@@ -1,0 +1,257 @@
+"""One self-contained HTML report of a study: the best configurations and how the search went.
+
+Every plot is plotly, from ``optuna.visualization`` where Optuna has one, restyled for what
+a kilotune study records (docs/study-format.md). plotly.js is inlined once, so the file
+opens offline and can be mailed or archived as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.graph_objects as go
+from optuna.trial import FrozenTrial, TrialState
+
+from search.export import ranked_trials
+from workers.config import ARCHITECTURES
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# How a trial's learning curve looks, by state: finished runs solid, pruned ones dashed.
+CURVE_STYLE = {
+    TrialState.COMPLETE: dict(color="#1f77b4", dash="solid"),
+    TrialState.PRUNED: dict(color="#ff7f0e", dash="dash"),
+    TrialState.FAIL: dict(color="#d62728", dash="dot"),
+    TrialState.RUNNING: dict(color="#2ca02c", dash="dashdot"),
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled part of the report: a plot, or a note where there is nothing to plot, and prose."""
+
+    key: str  # the HTML id
+    title: str
+    figure: go.Figure | None = None
+    note: str = ""  # HTML, already escaped
+
+
+def write_report(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:
+    """Writes the report of ``study`` to ``path`` (parent directories are created)."""
+    path = Path(path)
+    text = render_report(study, top=top)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def render_report(study: optuna.Study, *, top: int = 10) -> str:
+    """The report as one HTML document.
+
+    Raises:
+        ValueError: if the study has no finished (complete or pruned) trials.
+    """
+    if top < 1:
+        raise ValueError(f"top must be at least 1, got {top=}")
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state in FINISHED for t in trials):
+        raise ValueError(f"study {study.study_name!r} has no finished trials (complete or pruned) to report yet")
+    sections = [
+        Section("top", f"Top {top} configurations", note=top_table(study, top)),
+        Section("history", "Optimization history", optuna.visualization.plot_optimization_history(study, target_name="validation accuracy")),
+        Section("curves", "Learning curves", learning_curves(study), "Validation accuracy per epoch; pruned trials dashed."),
+        _guarded("importance", "Parameter importances", lambda: parameter_importances(study)),
+        Section("arch", "Accuracy by architecture", accuracy_by_architecture(trials)),
+        pruning_savings(trials, study.user_attrs.get("epochs")),
+        Section("workers", "Trials over time per worker", worker_timeline(study)),
+    ]
+    return _page(study, trials, sections)
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def top_table(study: optuna.Study, top: int) -> str:
+    """The ``top`` best complete trials as an HTML table."""
+    ranked = ranked_trials(study)[:top]
+    if not ranked:
+        return "<p class=note>No trial has completed yet.</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "val accuracy", "arch", "key params", "epochs", "status"))
+    rows = []
+    for rank, t in enumerate(ranked, 1):
+        config = t.user_attrs.get("config", {})
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items()) if k != "arch")
+        cells = (rank, t.number, f"{t.value:.4f}", config.get("arch", t.params.get("arch", "?")), params, _epochs(t), _status(t))
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<table class=top><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def learning_curves(study: optuna.Study) -> go.Figure:
+    """Optuna's intermediate-values plot with one colour and dash per trial state."""
+    fig = optuna.visualization.plot_intermediate_values(study)
+    states = {f"Trial{t.number}": t.state for t in study.get_trials(deepcopy=False)}
+    shown: set[TrialState] = set()
+    for trace in fig.data:
+        state = states.get(trace.name, TrialState.FAIL)
+        style = CURVE_STYLE.get(state, CURVE_STYLE[TrialState.FAIL])
+        number = trace.name.removeprefix("Trial")
+        trace.update(
+            line=style,
+            marker=dict(color=style["color"], size=4),
+            opacity=0.75,
+            legendgroup=state.name,
+            name=state.name.lower(),
+            showlegend=state not in shown,  # one legend entry per state, not per trial
+            hovertemplate=f"trial {number}<br>epoch %{{x}}<br>val accuracy %{{y:.4f}}<extra>{state.name.lower()}</extra>",
+        )
+        shown.add(state)
+    fig.update_layout(title="Learning curves", xaxis_title="epoch", yaxis_title="validation accuracy", showlegend=True)
+    return fig
+
+
+def parameter_importances(study: optuna.Study) -> go.Figure:
+    """Optuna's parameter importances (PED-ANOVA by default); needs two complete trials."""
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    if n_complete < 2:
+        raise ValueError(f"importances need at least 2 complete trials, the study has {n_complete}")
+    return optuna.visualization.plot_param_importances(study)
+
+
+def accuracy_by_architecture(trials: list[FrozenTrial]) -> go.Figure:
+    """A box with every trial's point per architecture, over complete trials."""
+    by_arch: dict[str, list[FrozenTrial]] = {}
+    for t in trials:
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+            by_arch.setdefault(t.user_attrs.get("config", {}).get("arch", t.params.get("arch", "?")), []).append(t)
+    order = sorted(by_arch, key=lambda a: (ARCHITECTURES.index(a) if a in ARCHITECTURES else len(ARCHITECTURES), a))
+    fig = go.Figure(
+        [
+            go.Box(
+                name=arch,
+                y=[t.value for t in by_arch[arch]],
+                text=[f"trial {t.number}" for t in by_arch[arch]],
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                hovertemplate="%{text}<br>val accuracy %{y:.4f}<extra>" + arch + "</extra>",
+            )
+            for arch in order
+        ]
+    )
+    fig.update_layout(title="Validation accuracy by architecture (complete trials)", yaxis_title="validation accuracy", showlegend=False)
+    return fig
+
+
+def pruning_savings(trials: list[FrozenTrial], study_epochs: int | None) -> Section:
+    """Epochs that pruning did not spend: per pruned trial, its budget less the epochs it ran."""
+    finished = [t for t in trials if t.state in FINISHED]
+    budget = {t.number: int(t.user_attrs.get("config", {}).get("epochs") or study_epochs or (t.last_step or 0)) for t in finished}
+    saved = {t.number: max(0, budget[t.number] - (t.last_step or 0)) for t in finished if t.state == TrialState.PRUNED}
+    full, total = sum(budget.values()), sum(saved.values())
+    share = 100.0 * total / full if full else 0.0
+    note = (
+        f"{len(saved)} of {len(finished)} finished trials were pruned, saving <b>{total}</b> of the "
+        f"{full} epochs that training every finished trial to the end would have taken (<b>{share:.1f}%</b>)."
+    )
+    title = "Epochs saved by pruning"
+    if not saved:
+        return Section("pruning", title, note=note)
+    fig = go.Figure(go.Bar(x=[f"trial {n}" for n in saved], y=list(saved.values()), marker_color=CURVE_STYLE[TrialState.PRUNED]["color"]))
+    fig.update_layout(title=f"Epochs saved per pruned trial (total {total}, {share:.1f}% of {full})", yaxis_title="epochs not run", xaxis_type="category")
+    return Section("pruning", title, fig, note)
+
+
+def worker_timeline(study: optuna.Study) -> go.Figure:
+    """Optuna's timeline with one row per worker (user attribute ``worker``) instead of per trial."""
+    fig = optuna.visualization.plot_timeline(study)
+    worker = {t.number: t.user_attrs.get("worker", "(no worker)") for t in study.get_trials(deepcopy=False)}
+    for trace in fig.data:
+        trace.update(y=[worker[n] for n in trace.y])
+    rows = sorted(set(worker.values()))
+    fig.update_layout(title="Trials over time per worker", yaxis=dict(title="worker", type="category", categoryorder="array", categoryarray=rows), barmode="overlay", height=max(320, 120 + 40 * len(rows)))
+    return fig
+
+
+# --- page -----------------------------------------------------------------------------------
+
+
+def _guarded(key: str, title: str, make: Callable[[], go.Figure]) -> Section:
+    """A section whose plot may not be computable yet; the reason becomes its note."""
+    try:
+        return Section(key, title, make())
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        return Section(key, title, note=f"<p class=note>Not available: {html.escape(str(e))}</p>")
+
+
+def _page(study: optuna.Study, trials: list[FrozenTrial], sections: list[Section]) -> str:
+    parts, plots = [], 0
+    for s in sections:
+        parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>')
+        if s.note:
+            parts.append(s.note if s.note.startswith("<") else f"<p>{s.note}</p>")
+        if s.figure is not None:
+            s.figure.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
+            # Inline plotly.js with the first plot only: one copy, and the file works offline.
+            parts.append(s.figure.to_html(full_html=False, include_plotlyjs=plots == 0, div_id=f"plot-{s.key}", config={"displaylogo": False}))
+            plots += 1
+        parts.append("</section>")
+    title = f"kilotune report: {study.study_name}"
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+        f"<body><h1>{html.escape(title)}</h1>{_summary(study, trials)}{''.join(parts)}</body></html>\n"
+    )
+
+
+def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    attrs = study.user_attrs
+    counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}" for s in TrialState if any(t.state == s for t in trials))
+    ranked = ranked_trials(study)
+    best = f"{ranked[0].value:.4f} (trial {ranked[0].number})" if ranked else "-"
+    rows: list[tuple[str, Any]] = [
+        ("dataset", attrs.get("dataset", "?")),
+        ("subset", f"{attrs.get('subset_path', '?')} ({str(attrs.get('subset_checksum', ''))[:19]})"),
+        ("epochs per trial", attrs.get("epochs", "?")),
+        ("validation fraction", attrs.get("val_fraction", "?")),
+        ("sampler / pruner", f"{attrs.get('sampler', '?')} / {attrs.get('pruner', '?')}"),
+        ("budget", f"{attrs.get('n_trials') or '-'} trials, {attrs.get('timeout_s') or '-'} s"),
+        ("trials", f"{len(trials)}: {counts}"),
+        ("workers", len({t.user_attrs['worker'] for t in trials if 'worker' in t.user_attrs})),
+        ("best validation accuracy", best),
+        ("created", attrs.get("created_at", "?")),
+        ("report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+    ]
+    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f'<section id="summary"><table class=summary>{body}</table></section>'
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _epochs(trial: FrozenTrial) -> str:
+    planned = trial.user_attrs.get("config", {}).get("epochs")
+    return f"{trial.last_step or 0}/{planned}" if planned else str(trial.last_step or 0)
+
+
+def _status(trial: FrozenTrial) -> str:
+    return str(trial.user_attrs.get("status", trial.state.name.lower()))
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1300px; color: #222; }
+h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; font-size: .9rem; }
+th, td { padding: .3rem .6rem; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
+table.top td:nth-child(5) { font-size: .8rem; color: #444; max-width: 640px; }
+table.summary th { color: #555; font-weight: 600; }
+.note { color: #666; font-style: italic; }
+"""

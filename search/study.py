@@ -1,0 +1,284 @@
+"""The study: storage, recorded settings, sampler and pruner, the global budget, retries.
+
+Every worker opens the same storage and rebuilds the sampler and pruner from the settings
+recorded in the study, so the study, not each worker's command line, decides the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import optuna
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
+from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+log = logging.getLogger("kilotune.study")
+
+DEFAULT_STORAGE = "sqlite:///kilotune.db"
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 40  # a trial whose worker was silent this long is failed and retried
+SAMPLERS = ("tpe", "random")
+PRUNERS = ("hyperband", "median", "none")
+T = TypeVar("T")
+
+
+def storage_url(url: str | None = None) -> str:
+    """``--storage``, else ``$KILOTUNE_STORAGE``, else the embedded SQLite default."""
+    return url or os.environ.get("KILOTUNE_STORAGE") or DEFAULT_STORAGE
+
+
+def open_storage(url: str | None = None) -> BaseStorage:
+    """Opens the storage, checking that it is reachable; one clear ValueError if not.
+
+    RDB storages get heartbeats and Optuna's retry of stale trials (inheriting the reported
+    epochs), and a small pre-pinged pool: a worker needs one connection plus one for its
+    heartbeat, so 64 workers hold at most 192 connections, below PostgreSQL's default cap
+    once ``max_connections`` is raised as the compose file does.
+    """
+    url = storage_url(url)
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+    if url.endswith((".log", ".journal")) and "://" not in url:
+        return JournalStorage(JournalFileStorage(url))
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 60}  # wait for the writer instead of "database is locked"
+    else:
+        engine_kwargs.update(pool_size=2, max_overflow=1, pool_recycle=300, connect_args={"connect_timeout": 10})
+    try:
+        storage = RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=retry,
+        )
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ImportError) as e:
+        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
+        raise ValueError(f"cannot open storage {redact(url)}: {reason}") from None
+    if url.startswith("sqlite"):
+        with storage.engine.connect() as conn:  # WAL lets the dashboard read while workers write
+            conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+    return storage
+
+
+def redact(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    with contextlib.suppress(Exception):
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    return url
+
+
+def with_retry(call: Callable[[], T], *, what: str, deadline_s: float = 600.0) -> T:
+    """Runs ``call``, retrying with exponential backoff while the database is unreachable.
+
+    A restarting PostgreSQL or a briefly locked SQLite file costs a wait, not the worker.
+    """
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return call()
+        except (StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as e:
+            if waited >= deadline_s:
+                raise
+            log.warning("storage unavailable during %s (%s); retrying in %.1fs", what, type(e).__name__, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 30.0)
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What a study is about; recorded as study user attributes (docs/study-format.md)."""
+
+    dataset: str
+    dataset_checksum: str
+    subset_path: str
+    subset_checksum: str
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    epochs: int = 40
+    space: dict | None = None
+    sampler: str = "tpe"
+    pruner: str = "hyperband"
+    n_trials: int | None = None
+    timeout_s: float | None = None
+    seed: int | None = None
+    kilotune_version: str = ""
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r} is not allowed; choose one of {list(SAMPLERS)}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner={self.pruner!r} is not allowed; choose one of {list(PRUNERS)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
+        if self.n_trials is not None and self.n_trials < 1:
+            raise ValueError(f"n_trials={self.n_trials} must be at least 1")
+        if self.timeout_s is not None and self.timeout_s <= 0:
+            raise ValueError(f"timeout_s={self.timeout_s} must be positive")
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> StudySettings:
+        attrs = study.user_attrs
+        names = {f.name for f in fields(cls)}
+        missing = {"dataset", "subset_path"} - set(attrs)
+        if missing:
+            raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
+        return cls(**{k: v for k, v in attrs.items() if k in names})
+
+    def sampler_for(self) -> optuna.samplers.BaseSampler:
+        if self.sampler == "random":
+            return optuna.samplers.RandomSampler(seed=self.seed)
+        # group=True keeps multivariate TPE exact over the conditional (define-by-run) space;
+        # constant_liar stops parallel workers from sampling the same point.
+        return optuna.samplers.TPESampler(
+            multivariate=True, group=True, constant_liar=True, n_startup_trials=10, seed=self.seed
+        )
+
+    def pruner_for(self) -> optuna.pruners.BasePruner:
+        if self.pruner == "hyperband":
+            return optuna.pruners.HyperbandPruner(min_resource=max(1, self.epochs // 27), max_resource=self.epochs)
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, self.epochs // 5))
+        return optuna.pruners.NopPruner()
+
+
+def create_study(name: str, settings: StudySettings, storage: BaseStorage) -> tuple[optuna.Study, bool]:
+    """Creates the study, or returns the existing one; safe when many processes race.
+
+    Returns:
+        The study and whether this call created it.
+
+    Raises:
+        ValueError: if a study of that name exists with another dataset or subset.
+    """
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=name, storage=storage), False
+    if created or "dataset" not in study.user_attrs:
+        for key, value in asdict(settings).items():
+            study.set_user_attr(key, value)
+        return study, created
+    recorded = StudySettings.from_study(study)
+    check_same_data(recorded, settings.dataset_checksum, settings.subset_checksum, name)
+    return study, False
+
+
+def load_study(name: str, storage: BaseStorage) -> tuple[optuna.Study, StudySettings]:
+    """Loads a kilotune study with its sampler and pruner; unknown names list the known ones."""
+    try:
+        bare = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        raise ValueError(f"unknown study {name!r}; studies in this storage: {known or 'none'}") from None
+    settings = StudySettings.from_study(bare)
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=settings.sampler_for(), pruner=settings.pruner_for()
+    )
+    return study, settings
+
+
+def check_same_data(settings: StudySettings, dataset_checksum: str, subset_checksum: str, study: str) -> None:
+    """Refuses to mix results from different data into one study."""
+    if settings.dataset_checksum != dataset_checksum:
+        raise ValueError(
+            f"study {study!r} is on dataset {settings.dataset} ({settings.dataset_checksum[:19]}), "
+            f"but this data has checksum {dataset_checksum[:19]}"
+        )
+    if settings.subset_checksum != subset_checksum:
+        raise ValueError(
+            f"study {study!r} trains on subset {settings.subset_path} ({settings.subset_checksum[:19]}), "
+            f"but this subset has checksum {subset_checksum[:19]}"
+        )
+
+
+def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
+    """Finished, running and queued trials count; a trial failed by a dead worker does not,
+    because Optuna queues its retry, which does."""
+    if trial.state != TrialState.FAIL:
+        return True
+    return trial.user_attrs.get("status") == "failed"
+
+
+def budget_left(study: optuna.Study, settings: StudySettings, started: float) -> bool:
+    if settings.timeout_s is not None and _study_age(study, started) >= settings.timeout_s:
+        return False
+    if settings.n_trials is None:
+        return True
+    used = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
+    return used < settings.n_trials
+
+
+def _study_age(study: optuna.Study, fallback: float) -> float:
+    """Seconds since the study was created (the timeout is for the study as a whole)."""
+    created = study.user_attrs.get("created_at")
+    if not created:
+        return time.time() - fallback
+    return (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds()
+
+
+@contextlib.contextmanager
+def budget_lock(url: str, study_name: str) -> Iterator[None]:
+    """Serialises "is there budget left? then ask" across workers, so the budget is exact.
+
+    PostgreSQL: a transaction-free advisory lock keyed by the study. SQLite and journal
+    files: an fcntl lock beside the file (all their workers share one host). Other
+    databases: no lock, and the budget may be overshot by up to one trial per worker.
+    """
+    url = storage_url(url)
+    key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
+    if url.startswith("postgresql"):
+        engine = _lock_engine(url)
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%s)" % key)
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)" % key)
+        return
+    path = _local_path(url)
+    if path is None:
+        yield
+        return
+    with open(f"{path}.{key & 0xFFFFFFFF:08x}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_LOCK_ENGINES: dict[str, sqlalchemy.Engine] = {}
+
+
+def _lock_engine(url: str) -> sqlalchemy.Engine:
+    if url not in _LOCK_ENGINES:
+        _LOCK_ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
+    return _LOCK_ENGINES[url]
+
+
+def _local_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    if "://" not in url:
+        return Path(url)
+    return None
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,1 @@
+"""Datasets, feature extraction and subset selection."""

@@ -1,0 +1,157 @@
+"""Subcommands owned by subset/: ``kilotune subset build|show|compare``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register_subset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("subset", help="choose, inspect and compare training subsets")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    b = actions.add_parser("build", help="select a subset of the training set and write it as JSON")
+    b.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
+    b.add_argument("--data-dir", default=None, help="where the dataset files are (default: per dataset, see README)")
+    b.add_argument("--method", default="max-sum", help="random, random-restarts, max-sum, k-center, representative or mixed (default: %(default)s)")
+    b.add_argument("--per-class", type=int, default=100, help="images per class (default: %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="selection seed (default: %(default)s)")
+    b.add_argument("--extractor", help="saved feature extractor (.keras); default: the cached one, trained on first use")
+    b.add_argument("--draws", type=int, help="random-restarts: random draws per class (default: 10000)")
+    b.add_argument("--weight", type=float, help="mixed: weight of diversity against representativeness, in [0, 1] (default: 0.5)")
+    b.add_argument("--out", help="subset file to write (default: the cache path for dataset, method, per-class and seed)")
+    b.set_defaults(func=run_build)
+
+    s = actions.add_parser("show", help="print a subset file's objectives and class counts")
+    s.add_argument("file", help="subset JSON file")
+    s.add_argument("--grid", help="also write a PNG of chosen images, one row per class")
+    s.add_argument("--per-row", type=int, default=10, help="images per class in the grid (default: %(default)s)")
+    s.add_argument("--data-dir", default=None, help="where the dataset files are (for --grid)")
+    s.set_defaults(func=run_show)
+
+    c = actions.add_parser("compare", help="train one config on several subsets and compare held-out accuracy")
+    c.add_argument("files", nargs="+", help="subset JSON files, all of the same dataset")
+    c.add_argument("--config", help="TrainConfig JSON (default: a small CPU-sized VGG-8, see workers/compare.py)")
+    c.add_argument("--seeds", type=int, default=3, help="training seeds per subset: 0..N-1 (default: %(default)s)")
+    c.add_argument("--holdout", type=int, default=2000, help="class-balanced held-out training images, in no subset (default: %(default)s)")
+    c.add_argument("--epochs", type=int, help="override the config's epochs")
+    c.add_argument("--data-dir", default=None, help="where the dataset files are")
+    c.add_argument("--out", help="write the results as JSON here")
+    c.set_defaults(func=run_compare)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from subset.datasets import load_dataset
+    from subset.features import build_subset, default_extractor_path, default_subset_path
+    from subset.selection import METHODS
+    from subset.subsetfile import load_subset
+
+    if args.method not in METHODS:
+        raise ValueError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)}")
+    params = {}
+    for flag, method in (("draws", "random-restarts"), ("weight", "mixed")):
+        if (value := getattr(args, flag)) is not None:
+            if args.method != method:
+                raise ValueError(f"--{flag} applies to --method {method}, not {args.method}")
+            params[flag] = value
+    if args.method == "random" and args.extractor:
+        raise ValueError("--method random uses no feature extractor; drop --extractor")
+    if args.extractor and not Path(args.extractor).is_file():
+        raise ValueError(f"feature extractor not found: {args.extractor} (omit --extractor to use or train the cached one)")
+    dataset = load_dataset(args.dataset, args.data_dir)
+    out = Path(args.out) if args.out else default_subset_path(dataset.name, args.method, args.per_class, args.seed)
+    if args.method != "random" and not args.extractor and not default_extractor_path(dataset.name).is_file():
+        print(f"training the feature extractor for {dataset.name} (once; cached at {default_extractor_path(dataset.name)})")
+    build_subset(dataset, args.method, out, per_class=args.per_class, seed=args.seed, extractor_path=args.extractor, **params)
+    subset = load_subset(out)
+    print(f"wrote {out}: {len(subset.indices)} {dataset.name} images by {subset.method} ({subset.checksum[:19]}...)")
+    _print_objectives(subset.objectives)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from subset.subsetfile import load_subset
+
+    subset = load_subset(args.file)
+    class_names = None
+    if args.grid:
+        from subset.datasets import load_dataset
+
+        dataset = load_dataset(subset.dataset, args.data_dir)
+        subset = load_subset(args.file, dataset)
+        class_names = dataset.class_names
+    print(f"{args.file}: {subset.dataset}, {subset.method} {subset.params or ''}, seed {subset.seed}, {len(subset.indices)} images")
+    print(f"  checksum {subset.checksum}  dataset {subset.dataset_checksum[:19]}...  created {subset.created}")
+    if subset.extractor:
+        print(f"  extractor {subset.extractor.get('arch')} (test accuracy {subset.extractor.get('test_accuracy', float('nan')):.4f}) {subset.extractor.get('path')}")
+    print("  per class: " + ", ".join(f"{_name(label, class_names)}={count}" for label, count in subset.counts().items()))
+    _print_objectives(subset.objectives)
+    if args.grid:
+        _write_grid(args.grid, dataset, subset, args.per_row)
+        print(f"wrote {args.grid}: one row per class, {args.per_row} images each, rows in label order")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from subset.datasets import load_dataset
+    from subset.subsetfile import load_subset
+    from workers.compare import COMPARE_CONFIG, compare_subsets
+    from workers.config import TrainConfig
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    subsets = [load_subset(f) for f in args.files]
+    if len({s.dataset_checksum for s in subsets}) > 1:
+        found = ", ".join(f"{s.path}: {s.dataset} ({s.dataset_checksum[:19]}...)" for s in subsets)
+        raise ValueError(f"subsets to compare must be of the same dataset; got {found}")
+    config = TrainConfig.from_json(args.config) if args.config else COMPARE_CONFIG
+    if args.epochs is not None:
+        config = config.replace(epochs=args.epochs)
+    dataset = load_dataset(subsets[0].dataset, args.data_dir)
+    print(f"comparing {len(subsets)} subsets of {dataset.name}: {config.arch} width {config.width}, {config.epochs} epochs, seeds 0..{args.seeds - 1}, {args.holdout} held-out images")
+
+    def report(run: dict) -> None:
+        print(f"  {run['subset']} seed {run['seed']}: held-out accuracy {run['accuracy']:.4f} ({run['seconds']:.0f} s{', ' + run['status'] if run['status'] != 'complete' else ''})", flush=True)
+
+    rows = compare_subsets(dataset, subsets, config, range(args.seeds), args.holdout, on_run=report)
+    print(f"\n| subset | method | held-out accuracy (mean ± std over {args.seeds} seeds) | per seed |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {Path(r['subset']).name} | {r['method']} | {r['mean']:.4f} ± {r['std']:.4f} | {', '.join(f'{a:.4f}' for a in r['accuracies'])} |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"dataset": dataset.name, "config": config.to_dict(), "seeds": args.seeds, "results": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _name(label: int, class_names: tuple[str, ...] | None) -> str:
+    return f"{label}:{class_names[label]}" if class_names and 0 <= label < len(class_names) else str(label)
+
+
+def _print_objectives(objectives: dict | None) -> None:
+    if not objectives:
+        return
+    total = objectives.get("total", {})
+    parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in total.items()]
+    print("  objectives (total): " + ", ".join(parts))
+
+
+def _write_grid(path: str, dataset, subset, per_row: int) -> None:
+    import numpy as np
+    from PIL import Image
+
+    if per_row < 1:
+        raise ValueError(f"--per-row must be >= 1, got {per_row}")
+    h, w, c = dataset.input_shape
+    pad = 2
+    labels = sorted(subset.counts())
+    canvas = np.full((len(labels) * (h + pad) + pad, per_row * (w + pad) + pad, c), 255, np.uint8)
+    for r, label in enumerate(labels):
+        for col, idx in enumerate(subset.indices[subset.labels == label][:per_row]):
+            y, x = pad + r * (h + pad), pad + col * (w + pad)
+            canvas[y : y + h, x : x + w] = dataset.x_train[idx]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
+
+
+REGISTER = [register_subset]

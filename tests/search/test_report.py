@@ -1,0 +1,179 @@
+"""The HTML report: sections, self-containment, errors, and that Chromium really renders every plot."""
+
+import datetime as dt
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from search.cli import main
+from search.report import render_report, write_report
+from workers.config import TrainConfig
+
+EPOCHS = 10
+ARCHS = ("vgg8", "resnet9", "resnet18", "resnet20")
+DISTRIBUTIONS = {
+    "arch": CategoricalDistribution(ARCHS),
+    "width": CategoricalDistribution((0.5, 1.0, 2.0)),
+    "sgd_learning_rate": FloatDistribution(1e-3, 1.0, log=True),
+    "batch_size": CategoricalDistribution((32, 64, 128)),
+}
+
+
+def study_attrs(epochs: int = EPOCHS) -> dict:
+    """Study user attributes as ``kilotune study create`` records them (docs/study-format.md)."""
+    return {
+        "kilotune_version": "0.1.0", "dataset": "fashion-mnist", "dataset_checksum": "sha256:" + "d" * 64,
+        "subset_path": "/cache/subsets/fashion-mnist-max-sum-100-0.json", "subset_checksum": "sha256:" + "5" * 64,
+        "val_fraction": 0.2, "split_seed": 0, "epochs": epochs, "space": {}, "sampler": "tpe", "pruner": "hyperband",
+        "n_trials": 12, "timeout_s": None, "created_at": "2025-01-01T10:00:00+00:00",
+    }  # fmt: skip
+
+
+def make_study(url: str, name: str = "fake", n: int = 12) -> optuna.Study:
+    """A finished kilotune-like study: varied architectures, two workers, pruned, failed and diverged trials.
+
+    Trials are added with explicit times (as workers would have taken them) so the timeline
+    has real bars; their values follow a learning curve that saturates at a per-trial level.
+    """
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    for key, value in study_attrs().items():
+        study.set_user_attr(key, value)
+    rng = np.random.default_rng(0)
+    clock = {"hostA:1": dt.datetime(2025, 1, 1, 10), "hostB:2": dt.datetime(2025, 1, 1, 10, 0, 30)}
+    for number in range(n):
+        worker = "hostA:1" if number % 2 == 0 else "hostB:2"
+        params = {"arch": ARCHS[number % 4], "width": (0.5, 1.0, 2.0)[number % 3],
+                  "sgd_learning_rate": float(10 ** rng.uniform(-3, 0)), "batch_size": (32, 64, 128)[number % 3]}  # fmt: skip
+        config = TrainConfig(arch=params["arch"], width=params["width"], learning_rate=params["sgd_learning_rate"],
+                             batch_size=params["batch_size"], epochs=EPOCHS, seed=number)  # fmt: skip
+        state, status = TrialState.COMPLETE, "complete"
+        ran = EPOCHS
+        if number in (3, 6, 9, 10):
+            state, status, ran = TrialState.PRUNED, "pruned", 1 + number % 4
+        elif number == 7:
+            state, status, ran = TrialState.FAIL, "failed", 2
+        level = 0.5 + 0.35 * rng.random()
+        curve = {e: float(level * (1 - np.exp(-e / 3)) + 0.01 * rng.standard_normal()) for e in range(1, ran + 1)}
+        if number == 11:
+            status = "diverged"  # told COMPLETE with its last finite accuracy, as the worker does
+        start = clock[worker]
+        clock[worker] = end = start + dt.timedelta(seconds=20 * ran + 5)
+        study.add_trial(
+            FrozenTrial(
+                number=number, trial_id=number, state=state, value=curve[ran] if state == TrialState.COMPLETE else None,
+                datetime_start=start, datetime_complete=end, params=params, distributions=DISTRIBUTIONS,
+                user_attrs={"config": config.to_dict(), "worker": worker, "device": "cpu", "status": status,
+                            "epoch_seconds": [20.0] * ran, "params_count": 1000 * (number + 1)},
+                system_attrs={}, intermediate_values=curve,
+            )
+        )  # fmt: skip
+    return study
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    return make_study(f"sqlite:///{tmp_path_factory.mktemp('report') / 'x.db'}")
+
+
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    return write_report(study, tmp_path_factory.mktemp("out") / "report.html", top=5)
+
+
+PLOTS = ("history", "curves", "importance", "arch", "pruning", "workers")
+
+
+def test_report_is_one_self_contained_file_with_every_section(report):
+    text = report.read_text()
+    assert not re.search(r"<script[^>]+src=", text), "no external scripts: the report must open offline"
+    assert not re.search(r"<link[^>]+href=", text)
+    assert text.count("plotly.js v") <= 2 and len(text) > 1_000_000, "plotly.js inlined once"
+    for key in ("summary", "top", *PLOTS):
+        assert f'id="{key}"' in text
+    for key in PLOTS:
+        assert f'id="plot-{key}"' in text
+    for heading in ("Top 5 configurations", "Learning curves", "Parameter importances", "Accuracy by architecture",
+                    "Epochs saved by pruning", "Trials over time per worker"):  # fmt: skip
+        assert heading in text
+    assert "hostA:1" in text and "hostB:2" in text
+
+
+def test_top_table_ranks_complete_trials_and_skips_diverged(study):
+    text = render_report(study, top=3)
+    table = text[text.index("<table class=top>") : text.index("</table>", text.index("<table class=top>"))]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td>", table)
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    values = [float(r[2]) for r in rows]
+    assert values == sorted(values, reverse=True)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE and t.user_attrs["status"] != "diverged"]
+    assert values[0] == pytest.approx(max(t.value for t in complete), abs=1e-4)
+    assert "11" not in [r[1] for r in rows] or study.trials[11].value < values[-1]
+
+
+def test_pruning_summary_counts_epochs_not_run(study):
+    text = render_report(study)
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    saved = sum(EPOCHS - t.last_step for t in pruned)
+    full = EPOCHS * sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert f"saving <b>{saved}</b> of the {full} epochs" in text
+    assert f"<b>{100 * saved / full:.1f}%</b>" in text
+
+
+def test_importances_degrade_to_a_note_with_one_complete_trial(tmp_path):
+    study = make_study(f"sqlite:///{tmp_path / 'one.db'}", n=4)  # trials 0-2 complete, 3 pruned
+    for t in study.trials[1:3]:
+        study._storage.set_trial_user_attr(t._trial_id, "status", "complete")
+    small = optuna.create_study(study_name="one", storage=f"sqlite:///{tmp_path / 'one.db'}", direction="maximize")
+    for key, value in study_attrs().items():
+        small.set_user_attr(key, value)
+    small.add_trial(study.trials[0])
+    small.add_trial(study.trials[3])
+    text = render_report(small)
+    assert "Not available: importances need at least 2 complete trials" in text
+    assert 'id="plot-importance"' not in text and 'id="plot-curves"' in text
+
+
+def test_cli_errors_for_unknown_and_empty_studies(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    empty = optuna.create_study(study_name="empty", storage=url)
+    for key, value in study_attrs().items():
+        empty.set_user_attr(key, value)
+    assert main(["report", "--study", "nope", "--storage", url, "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown study 'nope'" in err and "empty" in err
+    assert main(["report", "--study", "empty", "--storage", url, "--out", str(tmp_path / "r.html")]) == 2
+    assert "no finished trials" in capsys.readouterr().err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_cli_writes_the_report(study, tmp_path, capsys):
+    url = study._storage.url if hasattr(study._storage, "url") else None
+    if url is None:
+        pytest.skip("storage URL not reachable from the study object")
+    out = tmp_path / "r.html"
+    assert main(["report", "--study", study.study_name, "--storage", url, "--out", str(out), "--top", "3"]) == 0
+    assert out.is_file() and "Top 3 configurations" in out.read_text()
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
+def test_chromium_renders_every_plot(report, tmp_path):
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    # plotly marks a div it has drawn with js-plotly-plot and puts its SVG layers inside.
+    rendered = re.findall(r'<div id="plot-(\w+)" class="[^"]*js-plotly-plot', dom)
+    assert sorted(rendered) == sorted(PLOTS)
+    for key, chunk in zip(PLOTS, re.split(r'<div id="plot-', dom)[1:]):
+        assert 'class="main-svg"' in chunk, f"plot {key} has no SVG"
+    assert dom.count('class="main-svg"') >= 2 * len(PLOTS)

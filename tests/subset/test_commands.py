@@ -1,0 +1,88 @@
+"""``kilotune subset build|show|compare`` through search.cli.main, and compare_subsets on tiny data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from search.cli import main
+from subset.datasets import DatasetError, ImageDataset, load_dataset
+from subset.subsetfile import load_subset, write_subset
+from workers.compare import compare_subsets, holdout_indices
+from workers.config import TrainConfig
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def fashion():
+    try:
+        return load_dataset("fashion-mnist")
+    except DatasetError as e:
+        pytest.skip(f"Fashion-MNIST is not installed: {e}")
+
+
+def test_build_random_then_show_with_a_grid(fashion, tmp_path, capsys):
+    out = tmp_path / "random.json"
+    assert main(["subset", "build", "--dataset", "fashion-mnist", "--method", "random", "--per-class", "5", "--seed", "2", "--out", str(out)]) == 0
+    subset = load_subset(out, fashion)
+    assert subset.method == "random" and subset.extractor is None and subset.counts() == {c: 5 for c in range(10)}
+    grid = tmp_path / "grid.png"
+    assert main(["subset", "show", str(out), "--grid", str(grid), "--per-row", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "0:T-shirt/top=5" in printed and "9:Ankle boot=5" in printed and subset.checksum in printed
+
+    from PIL import Image
+
+    with Image.open(grid) as image:
+        assert image.size == (4 * 34 + 2, 10 * 34 + 2)  # 32x32 images with 2-pixel gaps
+
+
+def test_build_refuses_bad_arguments_with_exit_status_2(tmp_path, capsys):
+    for argv, message in (
+        (["--method", "farthest"], "unknown --method 'farthest'"),
+        (["--method", "max-sum", "--draws", "10"], "--draws applies to --method random-restarts"),
+        (["--method", "max-sum", "--extractor", str(tmp_path / "none.keras")], "feature extractor not found"),
+    ):
+        assert main(["subset", "build", "--dataset", "fashion-mnist", *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_build_more_per_class_than_the_data_holds_is_exit_2(fashion, tmp_path, capsys):
+    assert main(["subset", "build", "--dataset", "fashion-mnist", "--method", "random", "--per-class", "7000", "--out", str(tmp_path / "x.json")]) == 2
+    assert "per_class=7000 is larger than class" in capsys.readouterr().err
+
+
+def tiny(seed: int = 0, n: int = 120) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n, dtype=np.int64) % 3
+    x = (rng.integers(0, 60, (n, 16, 16, 3)) + 60 * y[:, None, None, None]).astype(np.uint8)
+    return ImageDataset("cifar10", x, y, x[:30], y[:30], ("a", "b", "c"))
+
+
+def test_compare_refuses_subsets_of_different_data(tmp_path, capsys):
+    a = write_subset(tmp_path / "a.json", tiny(0), [0, 1, 2], method="random", seed=0, per_class=1)
+    b = write_subset(tmp_path / "b.json", tiny(1), [0, 1, 2], method="random", seed=0, per_class=1)
+    assert main(["subset", "compare", str(a.path), str(b.path)]) == 2
+    assert "must be of the same dataset" in capsys.readouterr().err
+
+
+def test_compare_subsets_trains_each_subset_per_seed_on_a_disjoint_holdout(tmp_path):
+    dataset = tiny()
+    a = write_subset(tmp_path / "a.json", dataset, np.arange(30), method="random", seed=0, per_class=10)
+    b = write_subset(tmp_path / "b.json", dataset, np.arange(30, 60), method="max-sum", seed=0, per_class=10)
+    holdout = holdout_indices(dataset.y_train, np.arange(60), 30)
+    assert not np.isin(holdout, np.arange(60)).any() and np.bincount(dataset.y_train[holdout]).tolist() == [10, 10, 10]
+    runs = []
+    config = TrainConfig(arch="vgg8", width=0.125, epochs=1, batch_size=16)
+    rows = compare_subsets(dataset, [a, b], config, seeds=[0, 1], holdout_size=30, on_run=runs.append)
+    assert [r["method"] for r in rows] == ["random", "max-sum"] and len(runs) == 4
+    for row in rows:
+        assert len(row["accuracies"]) == 2 and all(0 <= acc <= 1 for acc in row["accuracies"])
+        assert row["mean"] == pytest.approx(np.mean(row["accuracies"])) and row["holdout_size"] == 30
+    json.dumps(rows)  # What --out writes must be plain JSON.
+    with pytest.raises(ValueError, match="positive multiple of the 3 classes"):
+        holdout_indices(dataset.y_train, np.arange(60), 31)

@@ -1,0 +1,72 @@
+"""Feature extractor round trip and the cached default subset, on a tiny synthetic dataset."""
+
+import json
+
+import numpy as np
+import pytest
+
+from subset.datasets import ImageDataset
+from subset.features import (
+    default_extractor_path,
+    default_subset_path,
+    ensure_default_subset,
+    extract_features,
+    load_extractor,
+    metadata_path,
+    train_extractor,
+)
+from subset.subsetfile import load_subset
+
+
+def tiny_images(n: int = 200, seed: int = 0) -> ImageDataset:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n, dtype=np.int64) % 4
+    # Class-dependent brightness so one epoch learns something.
+    x = (rng.integers(0, 60, (n, 16, 16, 3)) + 60 * y[:, None, None, None]).astype(np.uint8)
+    return ImageDataset("cifar10", x, y, x[:40], y[:40], ("a", "b", "c", "d"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    dataset = tiny_images()
+    path = tmp_path_factory.mktemp("extractor") / "tiny.keras"
+    accuracy = train_extractor(dataset, path, epochs=1, seed=0, batch_size=50)
+    return dataset, path, accuracy
+
+
+def test_train_saves_model_and_metadata_and_round_trips(trained):
+    dataset, path, accuracy = trained
+    assert 0.0 <= accuracy <= 1.0 and path.is_file()
+    metadata = json.loads(metadata_path(path).read_text())
+    assert metadata["test_accuracy"] == accuracy and metadata["dataset_checksum"] == dataset.checksum
+    assert len(metadata["mean"]) == 3 and metadata["arch"] == "resnet9"
+    extractor = load_extractor(path)
+    features = extract_features(extractor, dataset.x_train[:30], batch_size=16)  # several batches
+    assert features.shape == (30, 128) and features.dtype == np.float32  # resnet9 width 0.25: 128-d
+    assert np.allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(features, extract_features(extractor, dataset.x_train[:30]), atol=1e-5)
+
+
+def test_load_extractor_errors_are_value_errors(tmp_path):
+    with pytest.raises(ValueError, match="feature extractor not found"):
+        load_extractor(tmp_path / "missing.keras")
+    (tmp_path / "junk.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="missing or bad metadata"):
+        load_extractor(tmp_path / "junk.keras")
+
+
+def test_default_paths_follow_the_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
+    assert default_extractor_path("cifar10") == tmp_path / "extractors" / "cifar10.keras"
+    assert default_subset_path("cifar10", "max-sum", 100, 0) == tmp_path / "subsets" / "cifar10-max-sum-100pc-seed0.json"
+
+
+def test_default_subset_is_built_once_then_reused(trained, monkeypatch, tmp_path):
+    dataset, path, _ = trained
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
+    built = ensure_default_subset(dataset, per_class=5, extractor_path=path)
+    subset = load_subset(built, dataset)
+    assert subset.method == "max-sum" and np.bincount(subset.labels).tolist() == [5] * 4
+    assert subset.extractor["path"] == str(path) and subset.objectives["total"]["sum_upper_bound"] >= subset.objectives["total"]["sum_distance"]
+    stamp = built.stat().st_mtime_ns
+    assert ensure_default_subset(dataset, per_class=5, extractor_path=path) == built and built.stat().st_mtime_ns == stamp

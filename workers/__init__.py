@@ -1,0 +1,1 @@
+"""Workers: the training core (TrainConfig -> trained model) and the worker that pulls trials."""

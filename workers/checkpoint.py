@@ -1,0 +1,59 @@
+"""Per-epoch checkpoints in a directory, so an interrupted run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import keras
+
+if TYPE_CHECKING:
+    from workers.train import EpochReport
+
+
+class Checkpoint:
+    """The latest state of one run: the model with its optimizer, and the epochs done.
+
+    Each save writes a new file and then atomically replaces ``state.json``, which names
+    it, so a process killed mid-save leaves the previous checkpoint intact.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / "state.json"
+
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def save(self, model: keras.Model, history: list[EpochReport]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        epoch = len(history)
+        model_file = f"epoch-{epoch:04d}.keras"
+        model.save(self.directory / model_file)  # includes optimizer state and step count
+        state = {"epoch": epoch, "model": model_file, "history": [asdict(r) for r in history]}
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)
+        for old in self.directory.glob("epoch-*.keras"):
+            if old.name != model_file:
+                old.unlink(missing_ok=True)
+
+    def epoch(self) -> int:
+        """Epochs done by the saved state."""
+        return int(json.loads(self.state_path.read_text())["epoch"])
+
+    def load(self) -> tuple[keras.Model, list[dict]]:
+        """Returns the saved model (compiled, optimizer restored) and the epoch reports so far."""
+        state = json.loads(self.state_path.read_text())
+        model = keras.saving.load_model(self.directory / state["model"])
+        return model, state["history"]
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)

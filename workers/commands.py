@@ -1,0 +1,105 @@
+"""Subcommands owned by workers/: train (and, with the search service, worker and run)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
+    parser.add_argument("--data-dir", default=None, help="where the dataset files are (default: per dataset, see README)")
+
+
+def register_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one configuration and print its test accuracy")
+    p.add_argument("--config", help="TrainConfig JSON (or an export); default: the built-in defaults")
+    add_data_arguments(p)
+    p.add_argument("--train-size", type=int, default=1000, help="class-balanced random images to train on (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out for validation (default: %(default)s)")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--save", help="write the trained model here (.keras)")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from subset.datasets import load_dataset
+    from subset.splits import class_balanced_sample
+    from workers.config import TrainConfig
+    from workers.data import holdout_data
+    from workers.train import evaluate, train
+
+    config = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
+    config = config.replace(**overrides)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if args.train_size % dataset.num_classes or args.train_size <= 0:
+        raise ValueError(f"--train-size={args.train_size} must be a positive multiple of {dataset.num_classes} classes")
+    chosen = class_balanced_sample(dataset.y_train, args.train_size // dataset.num_classes, config.seed)
+    data = holdout_data(dataset, chosen, args.val_fraction, config.seed)
+    print(f"training {config.arch} on {len(data.x_train)} {dataset.name} images, validating on {len(data.x_val)}")
+    result = train(config, data, verbose=1)
+    if result.status == "diverged":
+        print(f"diverged after {len(result.history)} epochs (loss became NaN or infinite)")
+        return 1
+    accuracy = evaluate(result, dataset.x_test, dataset.y_test)
+    print(f"validation accuracy {result.val_accuracy:.4f}  test accuracy {accuracy:.4f}  ({result.params:,} parameters)")
+    if args.save:
+        result.model.save(args.save)
+    return 0
+
+
+def register_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="pull trials from a study and train them until its budget is spent")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")
+    p.add_argument("--worker-id", help="a name for this worker, recorded on its trials")
+    p.add_argument("--max-trials", type=int, help="stop after this many trials (default: until the study's budget is spent)")
+    p.add_argument("--data-dir", help="where the dataset files are")
+    p.add_argument("--subset", help="the study's subset file, where this host sees it at another path")
+    p.set_defaults(func=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from workers.gpu import configure_gpu
+
+    device = configure_gpu()  # before Keras loads a backend
+    from workers.worker import Worker
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        # The first signal stops after the current batch; a second one kills at once.
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    worker = Worker(args.study, args.storage, worker_id=args.worker_id, device=device, data_dir=args.data_dir, subset_path=args.subset, stop=stop)
+    done = worker.run(max_trials=args.max_trials)
+    print(f"worker {worker.name}: {done} trials{' (stopped by signal)' if stop.is_set() else ''}")
+    return 0
+
+
+def register_run(sub: argparse._SubParsersAction) -> None:
+    from search.study_commands import add_storage_argument, add_study_arguments
+
+    p = sub.add_parser("run", help="the main job: a local search with N worker processes, then the best config")
+    p.add_argument("--study", default="kilotune", help="study name (default: %(default)s)")
+    add_storage_argument(p)
+    add_study_arguments(p)
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default: %(default)s)")
+    p.add_argument("--preset", action="append", default=[], help="enqueue this preset first (repeatable)")
+    p.set_defaults(func=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from workers.local import run_local
+
+    return run_local(args)
+
+
+REGISTER = [register_train, register_worker, register_run]
