@@ -46,7 +46,9 @@ class Choice(Param):
         values = tuple(spec) if isinstance(spec, list) else (spec,)
         if not values:
             raise ValueError(f"space: {name} has an empty list of choices; allowed: {list(self.choices)}")
-        wrong = [v for v in values if v not in self.choices]
+        # Numeric choices (width, batch size...) may be narrowed to other numbers; TrainConfig checks them.
+        numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices)
+        wrong = [v for v in values if v not in self.choices and not (numeric and isinstance(v, (int, float)))]
         if wrong:
             raise ValueError(f"space: {name} choices {wrong} are not allowed; allowed: {list(self.choices)}")
         return Choice(values, self.when)

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -25,10 +26,14 @@ from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDB
 from optuna.trial import TrialState
 
 log = logging.getLogger("kilotune.study")
+# Heartbeats, group and constant liar are deliberate: the worker drives ask/tell itself.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 DEFAULT_STORAGE = "sqlite:///kilotune.db"
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 40  # a trial whose worker was silent this long is failed and retried
+# A trial whose worker has not beaten for GRACE seconds is failed and retried; tests shorten both.
+HEARTBEAT_SECONDS = int(os.environ.get("KILOTUNE_HEARTBEAT_SECONDS", 10))
+GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "median", "none")
 T = TypeVar("T")
@@ -220,8 +225,11 @@ def budget_left(study: optuna.Study, settings: StudySettings, started: float) ->
         return False
     if settings.n_trials is None:
         return True
-    used = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
-    return used < settings.n_trials
+    trials = study.get_trials(deepcopy=False)
+    # A queued trial (a retry, an enqueued preset) is already inside the budget: ask() pops it.
+    if any(t.state == TrialState.WAITING for t in trials):
+        return True
+    return sum(counts_toward_budget(t) for t in trials) < settings.n_trials
 
 
 def _study_age(study: optuna.Study, fallback: float) -> float:

@@ -35,36 +35,34 @@ def study_attrs(epochs: int = EPOCHS) -> dict:
     }  # fmt: skip
 
 
-def make_study(url: str, name: str = "fake", n: int = 12) -> optuna.Study:
-    """A finished kilotune-like study: varied architectures, two workers, pruned, failed and diverged trials.
+def make_trials(n: int = 12) -> list[FrozenTrial]:
+    """Finished trials as kilotune workers leave them: varied architectures, two workers,
+    pruned, failed and diverged trials.
 
-    Trials are added with explicit times (as workers would have taken them) so the timeline
-    has real bars; their values follow a learning curve that saturates at a per-trial level.
+    Explicit times (as workers would have taken them) give the timeline real bars; values
+    follow a learning curve that saturates at a per-trial level.
     """
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
-    for key, value in study_attrs().items():
-        study.set_user_attr(key, value)
     rng = np.random.default_rng(0)
     clock = {"hostA:1": dt.datetime(2025, 1, 1, 10), "hostB:2": dt.datetime(2025, 1, 1, 10, 0, 30)}
+    trials = []
     for number in range(n):
         worker = "hostA:1" if number % 2 == 0 else "hostB:2"
         params = {"arch": ARCHS[number % 4], "width": (0.5, 1.0, 2.0)[number % 3],
                   "sgd_learning_rate": float(10 ** rng.uniform(-3, 0)), "batch_size": (32, 64, 128)[number % 3]}  # fmt: skip
         config = TrainConfig(arch=params["arch"], width=params["width"], learning_rate=params["sgd_learning_rate"],
                              batch_size=params["batch_size"], epochs=EPOCHS, seed=number)  # fmt: skip
-        state, status = TrialState.COMPLETE, "complete"
-        ran = EPOCHS
+        state, status, ran = TrialState.COMPLETE, "complete", EPOCHS
         if number in (3, 6, 9, 10):
             state, status, ran = TrialState.PRUNED, "pruned", 1 + number % 4
         elif number == 7:
             state, status, ran = TrialState.FAIL, "failed", 2
+        elif number == 11:
+            status = "diverged"  # told COMPLETE with its last finite accuracy, as the worker does
         level = 0.5 + 0.35 * rng.random()
         curve = {e: float(level * (1 - np.exp(-e / 3)) + 0.01 * rng.standard_normal()) for e in range(1, ran + 1)}
-        if number == 11:
-            status = "diverged"  # told COMPLETE with its last finite accuracy, as the worker does
         start = clock[worker]
         clock[worker] = end = start + dt.timedelta(seconds=20 * ran + 5)
-        study.add_trial(
+        trials.append(
             FrozenTrial(
                 number=number, trial_id=number, state=state, value=curve[ran] if state == TrialState.COMPLETE else None,
                 datetime_start=start, datetime_complete=end, params=params, distributions=DISTRIBUTIONS,
@@ -73,12 +71,27 @@ def make_study(url: str, name: str = "fake", n: int = 12) -> optuna.Study:
                 system_attrs={}, intermediate_values=curve,
             )
         )  # fmt: skip
+    return trials
+
+
+def make_study(url: str, name: str = "fake", trials: list[FrozenTrial] | None = None) -> optuna.Study:
+    """A kilotune-like study in ``url`` holding ``trials`` (default: :func:`make_trials`)."""
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    for key, value in study_attrs().items():
+        study.set_user_attr(key, value)
+    for trial in make_trials() if trials is None else trials:
+        study.add_trial(trial)
     return study
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    return make_study(f"sqlite:///{tmp_path_factory.mktemp('report') / 'x.db'}")
+def url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('report') / 'x.db'}"
+
+
+@pytest.fixture(scope="module")
+def study(url):
+    return make_study(url)
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +139,8 @@ def test_pruning_summary_counts_epochs_not_run(study):
 
 
 def test_importances_degrade_to_a_note_with_one_complete_trial(tmp_path):
-    study = make_study(f"sqlite:///{tmp_path / 'one.db'}", n=4)  # trials 0-2 complete, 3 pruned
-    for t in study.trials[1:3]:
-        study._storage.set_trial_user_attr(t._trial_id, "status", "complete")
-    small = optuna.create_study(study_name="one", storage=f"sqlite:///{tmp_path / 'one.db'}", direction="maximize")
-    for key, value in study_attrs().items():
-        small.set_user_attr(key, value)
-    small.add_trial(study.trials[0])
-    small.add_trial(study.trials[3])
+    trials = make_trials(4)  # trials 0-2 complete, 3 pruned
+    small = make_study(f"sqlite:///{tmp_path / 'one.db'}", trials=[trials[0], trials[3]])
     text = render_report(small)
     assert "Not available: importances need at least 2 complete trials" in text
     assert 'id="plot-importance"' not in text and 'id="plot-curves"' in text
@@ -152,13 +159,11 @@ def test_cli_errors_for_unknown_and_empty_studies(tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
-def test_cli_writes_the_report(study, tmp_path, capsys):
-    url = study._storage.url if hasattr(study._storage, "url") else None
-    if url is None:
-        pytest.skip("storage URL not reachable from the study object")
+def test_cli_writes_the_report(study, url, tmp_path, capsys):
     out = tmp_path / "r.html"
     assert main(["report", "--study", study.study_name, "--storage", url, "--out", str(out), "--top", "3"]) == 0
     assert out.is_file() and "Top 3 configurations" in out.read_text()
+    assert "wrote" in capsys.readouterr().out
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -1,0 +1,105 @@
+"""Export: the ranked trial's exact config, its provenance, and clear errors."""
+
+import json
+import math
+
+import optuna
+import pytest
+
+from search.cli import main
+from search.export import export_trial, ranked_trials, read_export
+from workers.config import TrainConfig
+
+ATTRS = {
+    "kilotune_version": "0.1.0", "dataset": "fashion-mnist", "dataset_checksum": "sha256:" + "d" * 64,
+    "subset_path": "/cache/subsets/s.json", "subset_checksum": "sha256:" + "5" * 64, "val_fraction": 0.2,
+    "split_seed": 0, "epochs": 3, "space": {}, "sampler": "tpe", "pruner": "hyperband", "n_trials": 5,
+    "timeout_s": None, "created_at": "2025-01-01T10:00:00+00:00",
+}  # fmt: skip
+
+
+def new_study(url: str, name: str = "s") -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    for key, value in ATTRS.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def add(study: optuna.Study, config: TrainConfig, values: list[float], state="complete", status=None) -> int:
+    """One trial the way a worker runs it: ask, user attrs, a report per epoch, tell."""
+    trial = study.ask()
+    trial.suggest_float("learning_rate", 1e-4, 1.0, log=True)
+    trial.set_user_attr("config", config.to_dict())
+    trial.set_user_attr("worker", "host:1")
+    trial.set_user_attr("status", status or state)
+    for epoch, value in enumerate(values, 1):
+        trial.report(value, epoch)
+    states = {"complete": optuna.trial.TrialState.COMPLETE, "pruned": optuna.trial.TrialState.PRUNED, "failed": optuna.trial.TrialState.FAIL}
+    study.tell(trial, values[-1] if state == "complete" else None, state=states[state])
+    return trial.number
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite:///{tmp_path / 'x.db'}"
+
+
+@pytest.fixture
+def study(url):
+    study = new_study(url)
+    add(study, TrainConfig(arch="vgg8", learning_rate=0.05, epochs=3, seed=7), [0.3, 0.5, 0.61])
+    add(study, TrainConfig(arch="resnet9", epochs=3, seed=3), [0.4, 0.6, 0.72])
+    add(study, TrainConfig(arch="resnet18", epochs=3), [0.7, 0.9, 0.95], status="diverged")
+    add(study, TrainConfig(arch="resnet20", epochs=3), [0.8], state="pruned")
+    add(study, TrainConfig(arch="vgg16", epochs=3), [0.2], state="failed")
+    return study
+
+
+def test_rank_one_is_the_best_complete_trial_and_its_config_round_trips(study):
+    export = export_trial(study)
+    assert [t.number for t in ranked_trials(study)] == [1, 0]  # diverged, pruned and failed left out
+    trial = study.trials[1]
+    assert export["config"] == trial.user_attrs["config"]
+    assert TrainConfig.from_dict(export["config"]) == TrainConfig(arch="resnet9", epochs=3, seed=3)
+    p = export["provenance"]
+    assert p["study"] == "s" and p["trial"] == 1 and math.isclose(p["value"], 0.72)
+    for key in ("dataset", "dataset_checksum", "subset_path", "subset_checksum", "val_fraction", "kilotune_version"):
+        assert p[key] == ATTRS[key]
+    assert p["seed"] == 3 and p["exported_at"].endswith("+00:00")
+    assert {"keras", "optuna", "numpy", "python"} <= set(p["library_versions"])
+    assert export_trial(study, rank=2)["provenance"]["trial"] == 0
+
+
+def test_rank_beyond_the_complete_trials_is_a_clear_error(study):
+    with pytest.raises(ValueError, match="has 2 complete trial"):
+        export_trial(study, rank=3)
+    with pytest.raises(ValueError, match="rank must be at least 1"):
+        export_trial(study, rank=0)
+
+
+def test_cli_writes_a_file_that_train_and_retrain_read(study, url, tmp_path, capsys):
+    out = tmp_path / "best.json"
+    assert main(["export", "--study", "s", "--storage", url, "--out", str(out)]) == 0
+    assert "trial 1" in capsys.readouterr().out
+    assert TrainConfig.from_json(out) == TrainConfig(arch="resnet9", epochs=3, seed=3)
+    assert read_export(out) == json.loads(out.read_text())
+
+
+def test_empty_failed_and_unknown_studies_are_user_errors(url, tmp_path, capsys):
+    new_study(url, "empty")
+    failed = new_study(url, "failed")
+    add(failed, TrainConfig(epochs=3), [0.1], state="failed")
+    out = str(tmp_path / "best.json")
+    for name in ("empty", "failed"):
+        assert main(["export", "--study", name, "--storage", url, "--out", out]) == 2
+        assert f"study '{name}' has no complete trials to export" in capsys.readouterr().err
+    assert main(["export", "--study", "nope", "--storage", url, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "unknown study 'nope'" in err and "'empty'" in err and "'failed'" in err
+
+
+def test_read_export_refuses_other_json(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(TrainConfig().to_json())
+    with pytest.raises(ValueError, match="not a kilotune export"):
+        read_export(path)

@@ -1,0 +1,99 @@
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search.space import DEFAULT_SPACE, PRESETS, SearchSpace, params_for, space_table
+from workers.config import TrainConfig
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def sample(space: SearchSpace, n: int, seed: int = 0) -> list[TrainConfig]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    configs = []
+    for _ in range(n):
+        trial = study.ask()
+        configs.append(space.suggest(trial, epochs=30))
+        study.tell(trial, 0.0)
+    return configs
+
+
+def test_default_space_yields_valid_configs_of_every_architecture():
+    configs = sample(SearchSpace.from_spec(), 120)
+    assert {c.arch for c in configs} == set(DEFAULT_SPACE["arch"].choices)
+    assert all(c.epochs == 30 for c in configs)
+    assert any(c.cutmix_alpha > 0 for c in configs) and any(c.mixup_alpha > 0 for c in configs)
+    assert all((c.depth - 4) % 6 == 0 for c in configs if c.arch == "wrn")
+
+
+def test_parameters_are_conditional_on_what_they_depend_on():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    space = SearchSpace.from_spec()
+    for _ in range(60):
+        trial = study.ask()
+        config = space.suggest(trial, epochs=10)
+        study.tell(trial, 0.0)
+        params = study.trials[-1].params
+        assert ("wrn_depth" in params) == (config.arch == "wrn")
+        assert ("sgd_learning_rate" in params) == (config.optimizer == "sgd")
+        assert ("mixup_alpha" in params) == (config.mixup_alpha > 0)
+
+
+def test_space_file_narrows_and_fixes(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text("arch: [vgg8, resnet9]\nsgd_learning_rate: {low: 0.05, high: 0.1}\noptimizer: sgd\nbatch_norm: false\nwidth: 0.25\n")
+    space, spec = SearchSpace.from_file(path)
+    assert spec["arch"] == ["vgg8", "resnet9"]
+    for c in sample(space, 20):
+        assert c.arch in ("vgg8", "resnet9") and 0.05 <= c.learning_rate <= 0.1
+        assert c.batch_norm is False and c.width == 0.25
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"learning_rte": 0.1}, "space: unknown name 'learning_rte'; allowed: parameters"),
+        ({"dropout": {"low": 0.4, "high": 0.1}}, r"space: dropout has an empty range, low=0.4 > high=0.1"),
+        ({"arch": []}, "space: arch has an empty list of choices"),
+        ({"arch": ["alexnet"]}, r"space: arch choices \['alexnet'\] are not allowed"),
+        ({"weight_decay": {"low": 0, "high": 0.1}}, "log-scaled and needs low > 0"),
+        ({"epochs": -3}, "epochs=-3 is out of range"),
+    ],
+)
+def test_bad_space_specs_are_clear_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSpace.from_spec(spec)
+
+
+def test_space_file_errors(tmp_path):
+    with pytest.raises(ValueError, match="space file not found"):
+        SearchSpace.from_file(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid"):
+        SearchSpace.from_file(bad)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_enqueue_as_exactly_themselves(name):
+    study = optuna.create_study()
+    preset = PRESETS[name].replace(epochs=12)
+    study.enqueue_trial(params_for(preset), user_attrs={"preset_config": preset.to_dict()})
+    trial = study.ask()
+    assert SearchSpace.from_spec().suggest(trial, epochs=12) == preset
+
+
+def test_params_for_inverts_suggest():
+    space = SearchSpace.from_spec()
+    for config in sample(space, 40, seed=3):
+        study = optuna.create_study()
+        study.enqueue_trial(params_for(config))
+        assert space.suggest(study.ask(), epochs=30) == config
+
+
+def test_readme_space_table_is_generated_from_the_code():
+    text = README.read_text()
+    start, end = "<!-- space-table:start -->\n", "\n<!-- space-table:end -->"
+    assert text[text.index(start) + len(start) : text.index(end)] == space_table()

@@ -1,0 +1,121 @@
+"""The study layer against real storages: PostgreSQL and the embedded SQLite default."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from search.cli import main
+from search.study import StudySettings, budget_left, create_study, load_study, open_storage, storage_url
+from tests.conftest import REPO, kilotune
+
+
+def settings(**changes) -> StudySettings:
+    base = dict(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json", subset_checksum="sha256:bb", epochs=3)
+    return StudySettings(**{**base, **changes})
+
+
+def test_storage_url_precedence(monkeypatch):
+    monkeypatch.delenv("KILOTUNE_STORAGE", raising=False)
+    assert storage_url(None) == "sqlite:///kilotune.db"
+    monkeypatch.setenv("KILOTUNE_STORAGE", "postgresql://h/db")
+    assert storage_url(None) == "postgresql://h/db"
+    assert storage_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_unreachable_storage_is_one_clear_line(capsys):
+    code = main(["study", "list", "--storage", "postgresql+psycopg2://nobody:secret@127.0.0.1:1/none"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("kilotune study: error: cannot open storage postgresql+psycopg2://nobody:***@127.0.0.1:1/none")
+    assert "secret" not in err
+
+
+def test_unknown_study_lists_the_known_ones(pg_url, capsys):
+    storage = open_storage(pg_url)
+    create_study("known-one", settings(), storage)
+    assert main(["study", "delete", "--study", "nope", "--storage", pg_url]) == 2
+    assert "unknown study 'nope'; studies in this storage: ['known-one']" in capsys.readouterr().err
+
+
+def test_create_is_idempotent_and_refuses_other_data(pg_url):
+    storage = open_storage(pg_url)
+    study, created = create_study("idem", settings(), storage)
+    again, created_again = create_study("idem", settings(), storage)
+    assert created and not created_again and again.user_attrs == study.user_attrs
+    with pytest.raises(ValueError, match="this subset has checksum sha256:cc"):
+        create_study("idem", settings(subset_checksum="sha256:cc"), storage)
+    with pytest.raises(ValueError, match="is on dataset fashion-mnist"):
+        create_study("idem", settings(dataset_checksum="sha256:dd"), storage)
+
+
+def test_many_processes_creating_one_study_at_once(pg_url):
+    code = (
+        "import sys; from search.study import *; from tests.search.test_study import settings\n"
+        f"s, c = create_study('race', settings(), open_storage({pg_url!r})); print(int(c))"
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sorted(outs) == ["0"] * 5 + ["1"]
+    assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(pg_url))].count("race") == 1
+
+
+def test_loaded_study_uses_the_recorded_sampler_and_pruner(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db")
+    create_study("s", settings(sampler="random", pruner="median"), storage)
+    study, recorded = load_study("s", storage)
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    assert isinstance(study.pruner, optuna.pruners.MedianPruner)
+    assert recorded == settings(sampler="random", pruner="median")
+
+
+def test_budget_counts_finished_and_queued_trials_but_not_dead_workers(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/b.db")
+    study, _ = create_study("b", settings(n_trials=2), storage)
+    study.tell(study.ask(), 0.5)
+    dead = study.ask()
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)  # a stale trial: no "failed" status
+    assert budget_left(study, settings(n_trials=2), 0.0)
+    study.enqueue_trial({})
+    study.tell(study.ask(), 0.6)
+    assert not budget_left(study, settings(n_trials=2), 0.0)
+    study.enqueue_trial({})  # a retry queued after the budget was reached still runs
+    assert budget_left(study, settings(n_trials=2), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"sampler": "grid"}, "sampler='grid' is not allowed"), ({"pruner": "x"}, "pruner='x'"), ({"n_trials": 0}, "n_trials=0")],
+)
+def test_bad_settings(changes, message):
+    with pytest.raises(ValueError, match=message):
+        settings(**changes)
+
+
+def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"arch": ["vgg8"], "width": 0.125}))
+    args = ["--study", "cli", "--storage", pg_url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
+            "--epochs", "2", "--space", str(space), "--n-trials", "4"]
+    assert main(["study", "create", *args]) == 0
+    assert main(["study", "create", *args]) == 0
+    assert main(["study", "enqueue", "--study", "cli", "--storage", pg_url, "--preset", "resnet9-davidnet"]) == 0
+    assert main(["study", "list", "--storage", pg_url]) == 0
+    out = capsys.readouterr().out
+    assert "created: study 'cli'" in out and "exists: study 'cli'" in out and "cli\ttrials=1" in out
+    study, recorded = load_study("cli", open_storage(pg_url))
+    assert recorded.space == {"arch": ["vgg8"], "width": 0.125} and recorded.n_trials == 4
+    assert main(["study", "enqueue", "--study", "cli", "--storage", pg_url, "--preset", "nope"]) == 2
+    assert main(["study", "delete", "--study", "cli", "--storage", pg_url]) == 0
+
+
+def test_space_file_with_a_wrong_name_fails_study_create(pg_url, fashion_subset, tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text("archh: [vgg8]\n")
+    code = main(["study", "create", "--study", "bad", "--storage", pg_url, "--dataset", "fashion-mnist",
+                 "--subset", str(fashion_subset), "--space", str(space)])
+    assert code == 2 and "space: unknown name 'archh'" in capsys.readouterr().err
+    assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(open_storage(pg_url))]

@@ -1,0 +1,121 @@
+"""Export -> retrain round trip on real Fashion-MNIST, snapshot epochs, and data mismatches."""
+
+import argparse
+import json
+from dataclasses import asdict
+
+import numpy as np
+import optuna
+import pytest
+
+from search.cli import main
+from search.study import StudySettings
+from subset.datasets import DatasetError, load_dataset
+from subset.splits import class_balanced_sample
+from subset.subsetfile import write_subset
+from workers.config import TrainConfig
+from workers.retrain import snapshot_epochs
+from workers.retrain_command import register_retrain
+
+TINY = TrainConfig(arch="vgg8", width=0.125, epochs=1, batch_size=16, seed=5)
+
+
+def retrain_cli(*argv: str) -> int:
+    """``kilotune retrain ...`` through its own parser (it is registered in workers/commands.py)."""
+    parser = argparse.ArgumentParser()
+    register_retrain(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["retrain", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    try:
+        return load_dataset("fashion-mnist")
+    except DatasetError as e:
+        pytest.skip(f"Fashion-MNIST is not installed: {e}")
+
+
+@pytest.fixture(scope="module")
+def exported(dataset, tmp_path_factory):
+    """A hand-made one-trial study on a 5-per-class subset, exported with `kilotune export`."""
+    tmp = tmp_path_factory.mktemp("retrain")
+    subset = write_subset(tmp / "subset.json", dataset, class_balanced_sample(dataset.y_train, 5, seed=0),
+                          method="random", seed=0, per_class=5)  # fmt: skip
+    settings = StudySettings(dataset=dataset.name, dataset_checksum=dataset.checksum, subset_path=str(subset.path),
+                             subset_checksum=subset.checksum, epochs=TINY.epochs, n_trials=1, kilotune_version="0.1.0")  # fmt: skip
+    url = f"sqlite:///{tmp / 'x.db'}"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    for key, value in asdict(settings).items():
+        study.set_user_attr(key, value)
+    trial = study.ask()
+    trial.suggest_categorical("arch", ["vgg8"])
+    for key, value in {"config": TINY.to_dict(), "worker": "host:1", "status": "complete"}.items():
+        trial.set_user_attr(key, value)
+    trial.report(0.42, 1)
+    study.tell(trial, 0.42)
+    best = tmp / "best.json"
+    assert main(["export", "--study", "tiny", "--storage", url, "--out", str(best)]) == 0
+    return best, study.trials[0], tmp
+
+
+def test_export_holds_the_trials_exact_config(exported, dataset):
+    best, trial, _ = exported
+    data = json.loads(best.read_text())
+    assert data["config"] == trial.user_attrs["config"]
+    assert TrainConfig.from_json(best) == TINY
+    assert data["provenance"]["dataset_checksum"] == dataset.checksum and data["provenance"]["value"] == 0.42
+
+
+def test_retrain_trains_on_all_chosen_images_and_tests_once_per_seed(exported, tmp_path, capsys):
+    best, _, _ = exported
+    out = tmp_path / "out"
+    assert retrain_cli(str(best), "--seeds", "2", "--tta", "--snapshots", "2", "--epochs", "2", "--out-dir", str(out)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_images"] == 50 and results["test_images"] == 10_000
+    assert results["config"] == TINY.replace(epochs=2).to_dict()
+    assert [r["seed"] for r in results["runs"]] == [5, 6]
+    for key in ("test_accuracy", "tta_test_accuracy", "snapshot_test_accuracy"):
+        summary = results[key]
+        assert len(summary["values"]) == 2 and all(0.0 <= v <= 1.0 for v in summary["values"])
+        assert summary["mean"] == pytest.approx(np.mean(summary["values"])) and summary["std"] >= 0.0
+    for run in results["runs"]:
+        assert (out / run["model"]).is_file() and run["epochs"] == 2 and run["snapshot_epochs"] == [1, 2]
+        assert len(list((out / f"seed-{run['seed']}" / "snapshots").glob("*.weights.h5"))) == 2
+        assert not (out / f"seed-{run['seed']}" / "checkpoint").exists()
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "snapshot ensemble" in printed
+
+
+def test_retrain_refuses_a_subset_of_other_data(exported, dataset, tmp_path):
+    best, _, _ = exported
+    other = json.loads((exported[2] / "subset.json").read_text())
+    other["dataset_checksum"] = "sha256:" + "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(ValueError, match="built for other data"):
+        retrain_cli(str(best), "--subset", str(tmp_path / "other.json"), "--out-dir", str(tmp_path / "out"))
+    different = write_subset(tmp_path / "different.json", dataset, class_balanced_sample(dataset.y_train, 5, seed=1),
+                             method="random", seed=1, per_class=5)  # fmt: skip
+    with pytest.raises(ValueError, match="is not the one study 'tiny' searched on"):
+        retrain_cli(str(best), "--subset", str(different.path), "--out-dir", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epochs", "steps", "k", "expected"),
+    [
+        ("onecycle", 40, 8, 1, [40]),
+        ("onecycle", 40, 8, 3, [31, 35, 40]),
+        ("cosine", 4, 8, 4, [1, 2, 3, 4]),
+        ("cosine_restarts", 14, 1, 3, [2, 6, 14]),  # cycles of 2, 4 and 8 epochs
+        ("cosine_restarts", 40, 7, 2, [17, 40]),
+        ("cosine_restarts", 40, 7, 4, [31, 34, 37, 40]),  # more snapshots than cycles: evenly spaced
+    ],
+)
+def test_snapshot_epochs(schedule, epochs, steps, k, expected):
+    assert snapshot_epochs(TrainConfig(schedule=schedule, epochs=epochs), steps, k) == expected
+
+
+def test_snapshot_epochs_rejects_more_snapshots_than_epochs():
+    with pytest.raises(ValueError, match="snapshots must be between 1 and the 2 epochs"):
+        snapshot_epochs(TrainConfig(epochs=2), 1, 3)

@@ -1,0 +1,237 @@
+"""Retrain an exported configuration on all the chosen images and measure it on the test set.
+
+The search held out part of the subset for validation; the final model trains on every
+chosen image (no validation), once per seed, and is evaluated once on the official test
+set. Optional extras are reported beside the plain figure, never in place of it: flip
+test-time augmentation, and a snapshot ensemble that averages the softmax of the model at
+K epochs near the end of training (at the end of each warm-restart cycle for
+``cosine_restarts``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from search.export import write_json
+from search.study import now_iso
+from subset.datasets import ImageDataset, load_dataset, normalize
+from subset.subsetfile import SubsetFile, load_subset
+from workers.checkpoint import Checkpoint
+from workers.config import TrainConfig
+from workers.train import EpochReport, TrainData, TrainResult, evaluate, train
+
+
+def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:
+    """The dataset and subset named by the export's provenance, checked against its checksums.
+
+    Args:
+        export: What ``kilotune export`` wrote.
+        data_dir: Where the dataset files are (default: per dataset).
+        subset_path: The subset file, where it is not at the recorded ``subset_path``
+            (e.g. the study ran in a container); it must still be the same subset.
+
+    Raises:
+        ValueError: if the data or the subset differ from those the study searched on.
+    """
+    p = export["provenance"]
+    dataset = load_dataset(p["dataset"], data_dir)
+    if dataset.checksum != p["dataset_checksum"]:
+        raise ValueError(
+            f"study {p['study']!r} searched on {p['dataset']} with checksum {p['dataset_checksum'][:19]}..., "
+            f"but the {dataset.name} found here has checksum {dataset.checksum[:19]}..."
+        )
+    path = subset_path or p["subset_path"]
+    subset = load_subset(path, dataset)  # refuses a subset built for other data
+    if subset.checksum != p["subset_checksum"]:
+        raise ValueError(
+            f"subset {path} ({subset.checksum[:19]}...) is not the one study {p['study']!r} searched on "
+            f"({p['subset_checksum'][:19]}...); pass --subset with that file"
+        )
+    return dataset, subset
+
+
+def all_chosen(dataset: ImageDataset, indices: np.ndarray) -> TrainData:
+    """Every chosen image for training, and an empty validation set."""
+    indices = np.asarray(indices)
+    return TrainData(
+        x_train=dataset.x_train[indices],
+        y_train=dataset.y_train[indices],
+        x_val=np.empty((0, *dataset.input_shape), np.uint8),
+        y_val=np.empty((0,), np.int64),
+        num_classes=dataset.num_classes,
+    )
+
+
+def snapshot_epochs(config: TrainConfig, steps_per_epoch: int, k: int) -> list[int]:
+    """The ``k`` epochs whose weights a snapshot ensemble keeps.
+
+    ``cosine_restarts`` (see ``workers.train.make_schedule``: cycles of f, 2f and 4f steps,
+    f = total // 7) is snapshotted at the last epoch before each restart, where the learning
+    rate is lowest. Other schedules, or more snapshots than cycles, take ``k`` evenly spaced
+    epochs over the last quarter of training (at least ``k`` epochs), ending at the last.
+    """
+    if not 1 <= k <= config.epochs:
+        raise ValueError(f"snapshots must be between 1 and the {config.epochs} epochs, got {k=}")
+    if config.schedule == "cosine_restarts":
+        first = max(1, config.epochs * steps_per_epoch // 7)
+        ends = sorted({max(1, first * (2**c - 1) // steps_per_epoch) for c in (1, 2, 3)})
+        ends = [e for e in ends if e <= config.epochs]
+        if len(ends) >= k:
+            return ends[-k:]
+    tail = max(k, math.ceil(config.epochs / 4))
+    step = (tail - 1) / (k - 1) if k > 1 else 0.0
+    # floor(x + 0.5) rather than round(): banker's rounding could map two epochs to one.
+    return sorted(config.epochs - math.floor(i * step + 0.5) for i in range(k))
+
+
+class SnapshotSaver:
+    """An epoch callback that keeps the weights of chosen epochs.
+
+    ``train`` takes epoch callbacks rather than Keras callbacks, but it checkpoints the
+    model before calling them, so the snapshot is read back from that checkpoint.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, epochs: list[int], directory: Path) -> None:
+        self.checkpoint, self.epochs, self.directory = checkpoint, set(epochs), directory
+        self.files: list[Path] = []
+
+    def __call__(self, report: EpochReport) -> None:
+        if report.epoch not in self.epochs:
+            return
+        model, _ = self.checkpoint.load()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"epoch-{report.epoch:04d}.weights.h5"
+        model.save_weights(path)
+        self.files.append(path)
+
+
+def ensemble_accuracy(result: TrainResult, weight_files: list[Path], x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
+    """Accuracy of the mean softmax of ``result.model`` loaded with each weight file in turn.
+
+    Leaves ``result.model`` holding the last file's weights.
+    """
+    xs = normalize(x, *result.normalization)
+    probabilities = np.zeros((len(x), int(result.model.output.shape[-1])), np.float64)
+    for path in weight_files:
+        result.model.load_weights(path)
+        logits = result.model.predict(xs, batch_size=batch_size, verbose=0)
+        probabilities += keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
+    return float(np.mean(np.argmax(probabilities, axis=1) == y))
+
+
+def retrain(
+    export: dict[str, Any],
+    dataset: ImageDataset,
+    subset_indices: np.ndarray,
+    *,
+    seeds: int = 1,
+    tta: bool = False,
+    snapshots: int = 0,
+    out_dir: str | Path,
+    epochs: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains the exported config on all chosen images for ``seeds`` seeds and tests each once.
+
+    Args:
+        export: What ``kilotune export`` wrote; its config's seed is the first seed.
+        dataset: The data (its test set is used once per seed).
+        subset_indices: The chosen images, indices into the training set.
+        seeds: Runs with seeds ``config.seed``, ``config.seed + 1``, ...
+        tta: Also report accuracy with horizontal-flip test-time augmentation.
+        snapshots: If positive, also report a snapshot ensemble of this many epochs.
+        out_dir: Gets ``seed-<s>/model.keras`` per seed (plus snapshot weights) and ``results.json``.
+        epochs: Overrides the config's epochs.
+        progress: Keras progress bars and a line per seed.
+
+    Returns:
+        What ``results.json`` holds: per-seed figures and mean and std over seeds.
+    """
+    if seeds < 1:
+        raise ValueError(f"seeds must be at least 1, got {seeds=}")
+    if snapshots < 0:
+        raise ValueError(f"snapshots must be 0 (off) or positive, got {snapshots=}")
+    config = TrainConfig.from_dict(export["config"])
+    if epochs is not None:
+        config = config.replace(epochs=epochs)
+    data = all_chosen(dataset, subset_indices)
+    if snapshots:
+        steps = math.ceil(len(data.x_train) / min(config.batch_size, len(data.x_train)))  # as train() batches
+        snapshot_epochs(config, steps, snapshots)  # a bad --snapshots fails before any training
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for i in range(seeds):
+        seed_config = config.replace(seed=config.seed + i)
+        if progress:
+            print(f"seed {seed_config.seed} ({i + 1}/{seeds}): {config.arch}, {config.epochs} epochs on {len(data.x_train)} {dataset.name} images", flush=True)
+        run = _retrain_one(seed_config, data, dataset, tta=tta, snapshots=snapshots, seed_dir=out_dir / f"seed-{seed_config.seed}", progress=progress)
+        runs.append(run)
+        if progress:
+            extras = "".join(f", {k.removesuffix('_test_accuracy')} {run[k]:.4f}" for k in ("tta_test_accuracy", "snapshot_test_accuracy") if run.get(k) is not None)
+            print(f"seed {seed_config.seed}: test accuracy {run['test_accuracy']:.4f}{extras} ({run['status']})", flush=True)
+        keras.backend.clear_session()  # free the graph before the next seed's model
+
+    results: dict[str, Any] = {
+        "study": export["provenance"].get("study"),
+        "trial": export["provenance"].get("trial"),
+        "dataset": dataset.name,
+        "train_images": len(data.x_train),
+        "test_images": len(dataset.x_test),
+        "config": config.to_dict(),
+        "runs": runs,
+        "test_accuracy": _summary([r["test_accuracy"] for r in runs]),
+    }
+    for key in ("tta_test_accuracy", "snapshot_test_accuracy"):
+        if key in runs[0]:
+            results[key] = _summary([r[key] for r in runs])
+    results.update(provenance=export["provenance"], finished_at=now_iso())
+    write_json(results, out_dir / "results.json")
+    return results
+
+
+def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *, tta: bool, snapshots: int, seed_dir: Path, progress: bool) -> dict[str, Any]:
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    callbacks, checkpoint_dir, saver = [], None, None
+    if snapshots:
+        checkpoint = Checkpoint(seed_dir / "checkpoint")
+        checkpoint.clear()  # start afresh: train() would resume from a leftover checkpoint
+        steps = math.ceil(len(data.x_train) / min(config.batch_size, len(data.x_train)))
+        saver = SnapshotSaver(checkpoint, snapshot_epochs(config, steps, snapshots), seed_dir / "snapshots")
+        callbacks, checkpoint_dir = [saver], checkpoint.directory
+    result = train(config, data, callbacks, checkpoint_dir=checkpoint_dir, verbose=1 if progress else 0)
+    model_path = seed_dir / "model.keras"
+    result.model.save(model_path)
+    last = result.history[-1] if result.history else None
+    run: dict[str, Any] = {
+        "seed": config.seed,
+        "status": result.status,
+        "epochs": len(result.history),
+        "train_loss": last.loss if last else None,
+        "train_accuracy": last.accuracy if last else None,
+        "test_accuracy": evaluate(result, dataset.x_test, dataset.y_test),
+        "model": f"{seed_dir.name}/{model_path.name}",  # relative to the results file
+    }
+    if tta:
+        run["tta_test_accuracy"] = evaluate(result, dataset.x_test, dataset.y_test, flip_tta=True)
+    if saver is not None:
+        Checkpoint(checkpoint_dir).clear()
+        run["snapshot_epochs"] = sorted(saver.epochs)
+        # A run that diverged before the first snapshot epoch has nothing to ensemble.
+        run["snapshot_test_accuracy"] = ensemble_accuracy(result, saver.files, dataset.x_test, dataset.y_test) if saver.files else None
+    return run
+
+
+def _summary(values: list[float | None]) -> dict[str, Any]:
+    """Mean and sample standard deviation over the seeds that have a value (std 0 for one)."""
+    known = [float(v) for v in values if v is not None]
+    return {
+        "mean": float(np.mean(known)) if known else None,
+        "std": float(np.std(known, ddof=1)) if len(known) > 1 else 0.0,
+        "values": values,
+    }

@@ -1,0 +1,41 @@
+"""``kilotune retrain``: the exported configuration on all chosen images, tested once per seed."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register_retrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="train an exported configuration on all chosen images and report test accuracy")
+    p.add_argument("export", help="JSON written by `kilotune export`")
+    p.add_argument("--seeds", type=int, default=1, help="runs with seeds config.seed, config.seed+1, ... (default: %(default)s)")
+    p.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")
+    p.add_argument("--subset", help="the study's subset file where it is not at the exported path (same checksum required)")
+    p.add_argument("--tta", action="store_true", help="also report accuracy with horizontal-flip test-time augmentation")
+    p.add_argument("--snapshots", type=int, default=0, help="also report a snapshot ensemble of K epochs near the end (default: off)")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--out-dir", help="models and results.json go here (default: retrain-<study>-<trial>/)")
+    p.set_defaults(func=run_retrain)
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from search.export import read_export
+    from workers.retrain import load_training_set, retrain
+
+    export = read_export(args.export)
+    p = export["provenance"]
+    dataset, subset = load_training_set(export, args.data_dir, args.subset)
+    out_dir = args.out_dir or f"retrain-{p['study']}-{p['trial']}"
+    results = retrain(
+        export, dataset, subset.indices,
+        seeds=args.seeds, tta=args.tta, snapshots=args.snapshots, out_dir=out_dir, epochs=args.epochs,
+    )  # fmt: skip
+    for key, label in (("test_accuracy", "test accuracy"), ("tta_test_accuracy", "with flip TTA"), ("snapshot_test_accuracy", "snapshot ensemble")):
+        if key in results and results[key]["mean"] is not None:
+            s = results[key]
+            print(f"{label}: {s['mean']:.4f} ± {s['std']:.4f} over {len(s['values'])} seed(s)")
+    print(f"wrote {out_dir}/results.json (search validation accuracy was {p.get('value', float('nan')):.4f})")
+    return 0
+
+
+REGISTER = [register_retrain]
