@@ -18,7 +18,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", help="subset file to train on (default: build/reuse the cached max-sum subset)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out inside the subset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial, the pruner's max resource (default: %(default)s)")
-    parser.add_argument("--space", help="YAML or JSON file that narrows the search space or fixes values")
+    parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")
     parser.add_argument("--sampler", default="tpe", help="tpe or random (default: %(default)s)")
     parser.add_argument("--pruner", default="hyperband", help="hyperband, median or none (default: %(default)s)")
     parser.add_argument("--n-trials", type=int, help="global trial budget for the whole study")
@@ -27,7 +27,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register_study(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("study", help="create, list, delete studies, or enqueue known good configurations")
+    p = sub.add_parser("study", help="create, list or delete studies; enqueue known good configs")
     study_sub = p.add_subparsers(dest="study_command", metavar="ACTION", required=True)
 
     create = study_sub.add_parser("create", help="create a study (idempotent; safe when many workers start at once)")

@@ -131,46 +131,53 @@ def select(method: str, features: np.ndarray | None, labels: np.ndarray, per_cla
 def sum_upper_bound(d: np.ndarray, k: int, chosen: np.ndarray | None = None) -> float:
     """An upper bound on the largest sum of pairwise distances of any ``k`` points of ``d``.
 
-    The smaller of two valid bounds:
-
-    - Row bound: each chosen point contributes at most the sum ``s_i`` of its ``k - 1``
-      largest distances and every pair is counted from both ends, so
-      ``max <= 1/2 * (sum of the k largest s_i)``. Loose (~30% on CNN features).
-    - Projection bound: ``G = 1 - d`` (unit diagonal) is the Gram matrix of unit vectors
-      ``h_i``, and the sum over a set S is ``(k^2 - |sum_S h|^2) / 2``. For any unit ``u``,
-      ``|sum_S h| >= sum_S u.h_i >= m``, the sum of the ``k`` smallest ``u.h_i``, so
-      ``max <= (k^2 - max(m, 0)^2) / 2``. ``u`` is taken along the sum of ``chosen`` (when
-      given; nearly tight for a good subset) and along the class mean.
-
-    Args:
-        d: Cosine distance matrix of one class.
-        k: Subset size.
-        chosen: Positions of a subset whose direction to try (any subset gives a valid bound).
+    The smaller of :func:`row_bound` and :func:`projection_bound` along the class mean and,
+    when given, along the sum of ``chosen`` (any subset gives a valid bound; a good one a
+    nearly tight bound).
     """
+    bounds = [row_bound(d, k), projection_bound(d, k, np.arange(len(d)))]
+    if chosen is not None:
+        bounds.append(projection_bound(d, k, chosen))
+    return min(bounds)
+
+
+def row_bound(d: np.ndarray, k: int) -> float:
+    """Each chosen point contributes at most the sum ``s_i`` of its ``k - 1`` largest distances
+    and every pair is counted from both ends, so ``max <= 1/2 * (sum of the k largest s_i)``."""
     if k < 2:
         return 0.0
     n = len(d)
     # The zero diagonal never displaces a positive off-diagonal entry from a row's top k-1.
     s = np.partition(d, n - (k - 1), axis=1)[:, n - (k - 1) :].sum(axis=1, dtype=np.float64)
-    bounds = [float(np.partition(s, n - k)[n - k :].sum() / 2)]
-    directions = [np.arange(n)] + ([np.asarray(chosen)] if chosen is not None else [])
-    for members in directions:
-        # G a for the indicator a of ``members``: u.h_i = (G a)_i / sqrt(a.G a).
-        ga = len(members) - d[:, members].sum(axis=1, dtype=np.float64)
-        norm2 = ga[members].sum()
-        if norm2 > 0:
-            m = max(0.0, float(np.partition(ga / np.sqrt(norm2), k - 1)[:k].sum()))
-            bounds.append((k * k - m * m) / 2)
-    return min(bounds)
+    return float(np.partition(s, n - k)[n - k :].sum() / 2)
+
+
+def projection_bound(d: np.ndarray, k: int, direction: np.ndarray) -> float:
+    """Bound from projecting onto the direction of the sum of the points ``direction``.
+
+    ``G = 1 - d`` (unit diagonal) is the Gram matrix of unit vectors ``h_i`` (PSD: the
+    feature Gram matrix plus a non-negative diagonal), and the sum of distances within a set
+    S is ``(k^2 - |sum_S h|^2) / 2``. For a unit ``u``, ``|sum_S h| >= sum_S u.h_i >= m``, the
+    sum of the ``k`` smallest ``u.h_i``, so ``max <= (k^2 - max(m, 0)^2) / 2``.
+    """
+    if k < 2:
+        return 0.0
+    direction = np.asarray(direction)
+    # G a for the indicator a of ``direction``; then u.h_i = (G a)_i / sqrt(a.G a).
+    ga = len(direction) - d[:, direction].sum(axis=1, dtype=np.float64)
+    norm2 = ga[direction].sum()
+    m = max(0.0, float(np.partition(ga, k - 1)[:k].sum() / np.sqrt(norm2))) if norm2 > 0 else 0.0
+    return (k * k - m * m) / 2
 
 
 def class_objectives(d: np.ndarray, chosen: np.ndarray, *, upper_bound: bool = False) -> dict[str, float | None]:
     """Objectives of ``chosen`` positions within one class's distance matrix ``d``.
 
     Returns:
-        ``n`` (class size), ``k`` (chosen), ``sum_distance`` (pairs counted once), ``min_distance`` (None below 2 picks),
-        ``mean_nearest`` (mean distance of the unchosen to their nearest chosen; 0 if none
-        is left) and, with ``upper_bound``, ``sum_upper_bound`` and ``sum_gap``.
+        ``n`` (class size), ``k`` (chosen), ``sum_distance`` (pairs counted once),
+        ``min_distance`` (None below 2 picks), ``mean_nearest`` (mean distance of the unchosen to their nearest chosen; 0 if none
+        is left) and, with ``upper_bound``, ``sum_upper_bound`` (:func:`sum_upper_bound` with
+        ``chosen``'s direction), ``sum_gap`` relative to it and ``sum_row_bound``.
     """
     k = len(chosen)
     sub = d[np.ix_(chosen, chosen)]
@@ -183,7 +190,10 @@ def class_objectives(d: np.ndarray, chosen: np.ndarray, *, upper_bound: bool = F
         "mean_nearest": float(d[np.ix_(unchosen, chosen)].min(axis=1).mean()) if len(unchosen) else 0.0,
     }
     if upper_bound:
-        ub = sum_upper_bound(d, k, chosen)
+        row = row_bound(d, k)
+        ub = min(row, projection_bound(d, k, np.arange(len(d))), projection_bound(d, k, chosen))  # = sum_upper_bound
+        ub = max(ub, out["sum_distance"])  # The bound can be tight; only rounding puts it below.
+        out["sum_row_bound"] = row
         out["sum_upper_bound"] = ub
         out["sum_gap"] = (ub - out["sum_distance"]) / ub if ub > 0 else 0.0
     return out
@@ -212,6 +222,7 @@ def objectives(features: np.ndarray, labels: np.ndarray, indices: np.ndarray, *,
         "mean_nearest": float(np.dot([r["mean_nearest"] for r in rows], unchosen) / max(1, sum(unchosen))),
     }
     if upper_bound:
+        total["sum_row_bound"] = sum(r["sum_row_bound"] for r in rows)
         total["sum_upper_bound"] = sum(r["sum_upper_bound"] for r in rows)
         total["sum_gap"] = (total["sum_upper_bound"] - total["sum_distance"]) / total["sum_upper_bound"] if total["sum_upper_bound"] > 0 else 0.0
     return {"total": total, "per_class": per_class}

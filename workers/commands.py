@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from workers.retrain_command import REGISTER as RETRAIN
+
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
@@ -50,7 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def register_worker(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("worker", help="pull trials from a study and train them until its budget is spent")
+    p = sub.add_parser("worker", help="pull trials from a study and train them")
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")
     p.add_argument("--worker-id", help="a name for this worker, recorded on its trials")
@@ -87,7 +89,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def register_run(sub: argparse._SubParsersAction) -> None:
     from search.study_commands import add_storage_argument, add_study_arguments
 
-    p = sub.add_parser("run", help="the main job: a local search with N worker processes, then the best config")
+    p = sub.add_parser("run", help="the main job: a local search, then the best config")
     p.add_argument("--study", default="kilotune", help="study name (default: %(default)s)")
     add_storage_argument(p)
     add_study_arguments(p)
@@ -102,4 +104,4 @@ def run_run(args: argparse.Namespace) -> int:
     return run_local(args)
 
 
-REGISTER = [register_train, register_worker, register_run]
+REGISTER = [register_train, register_worker, register_run, *RETRAIN]

@@ -97,3 +97,9 @@ def test_readme_space_table_is_generated_from_the_code():
     text = README.read_text()
     start, end = "<!-- space-table:start -->\n", "\n<!-- space-table:end -->"
     assert text[text.index(start) + len(start) : text.index(end)] == space_table()
+
+
+def test_named_space_small_is_usable_as_a_space_argument():
+    space, spec = SearchSpace.from_file("small")
+    assert spec["arch"] == ["vgg8", "resnet9", "resnet20"]
+    assert {c.arch for c in sample(space, 30)} <= {"vgg8", "resnet9", "resnet20"}

@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from subset.selection import METHODS, class_objectives, cosine_distances, objectives, select, sum_upper_bound
+from subset.selection import METHODS, class_objectives, cosine_distances, objectives, row_bound, select, sum_upper_bound
 
 CLASSES, PER_CLASS_POINTS, DIM, K = 5, 60, 16, 10
 
@@ -80,6 +80,12 @@ def test_upper_bound_and_max_sum_against_brute_force():
         value = class_objectives(d, picked)["sum_distance"]
         assert 0.95 * best <= value <= best + 1e-5
         assert sum_upper_bound(d, 4) >= best - 1e-5
+        for direction in (picked, rng.choice(11, 4, replace=False)):  # any subset's direction is valid
+            assert sum_upper_bound(d, 4, direction) >= best - 1e-5
+        relu = np.abs(features)  # non-negative features, as after ReLU: the projection bound bites
+        d = cosine_distances(relu)
+        best = max(d[np.ix_(c, c)].sum() / 2 for c in itertools.combinations(range(11), 4))
+        assert best - 1e-5 <= sum_upper_bound(d, 4, select("max-sum", relu, np.zeros(11, int), 4, 0)) < row_bound(d, 4)
 
 
 def test_cosine_distances_are_a_clipped_symmetric_dissimilarity(data):

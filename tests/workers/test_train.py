@@ -68,3 +68,30 @@ def test_resumes_from_checkpoint_without_repeating_epochs(data, tmp_path):
     assert [r.epoch for r in result.history] == [1, 2, 3, 4]
     assert int(result.model.optimizer.iterations.numpy() if hasattr(result.model.optimizer.iterations, "numpy") else result.model.optimizer.iterations) == 4 * 3
     assert len(list(tmp_path.glob("epoch-*.keras"))) == 1
+
+
+@pytest.mark.slow
+def test_the_training_core_runs_under_jax(tmp_path):
+    """The same config, augmentation, mixing and checkpoint-resume code under KERAS_BACKEND=jax."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    code = f"""
+import keras, numpy as np
+from workers.config import TrainConfig
+from workers.train import TrainData, train
+rng = np.random.default_rng(0)
+y = np.arange(48) % 4
+x = (rng.integers(0, 60, (48, 16, 16, 3)) + 60 * y[:, None, None, None]).astype(np.uint8)
+data = TrainData(x[:32], y[:32], x[32:], y[32:], num_classes=4)
+config = TrainConfig(arch="resnet9", width=0.125, epochs=1, batch_size=16, mixup_alpha=0.2, cutmix_alpha=1.0)
+train(config, data, checkpoint_dir={str(tmp_path)!r})
+result = train(config.replace(epochs=2), data, checkpoint_dir={str(tmp_path)!r})
+print(keras.backend.backend(), result.status, [r.epoch for r in result.history])
+"""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "jax complete [1, 2]"

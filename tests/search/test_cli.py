@@ -1,0 +1,74 @@
+"""The ``kilotune`` command as users run it: help, errors as one line, the main job."""
+
+import json
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from search.cli import build_parser, main
+from tests.conftest import REPO
+
+SUBCOMMANDS = {"train", "worker", "run", "subset", "study", "report", "export", "retrain"}
+
+
+def test_help_lists_every_subcommand_with_one_line():
+    out = subprocess.run([sys.executable, "-m", "search.cli", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0
+    lines = out.stdout.split("positional arguments:")[1].split("options:")[0].strip().splitlines()[1:]
+    listed = {line.split()[0] for line in lines}
+    assert listed == SUBCOMMANDS, out.stdout
+    assert len(lines) == len(SUBCOMMANDS), "each subcommand on exactly one line"
+    code = "import sys; from search.cli import build_parser; build_parser(); print('keras' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_missing_dataset_is_one_line_naming_the_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KILOTUNE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    assert main(["train", "--dataset", "cifar10", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("kilotune train: error:") and "cifar-10-python.tar.gz" in err
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [({"learning_rate": -1}, "learning_rate=-1.0 is out of range"), ({"lr": 0.1}, "unknown config key(s) ['lr']")],
+)
+def test_bad_config_file_is_one_line(tmp_path, capsys, config, message):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", "--config", str(path), "--dataset", "fashion-mnist"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_command_on_real_fashion_mnist(tmp_path, fashion_subset):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"arch": "vgg8", "width": 0.125, "epochs": 1, "batch_size": 32}))
+    out = subprocess.run([sys.executable, "-m", "search.cli", "train", "--config", str(cfg), "--dataset", "fashion-mnist",
+                          "--train-size", "100", "--save", str(tmp_path / "m.keras")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    accuracy = float(last.split("test accuracy ")[1].split()[0])
+    assert 0.0 <= accuracy <= 1.0 and (tmp_path / "m.keras").exists()
+
+
+@pytest.mark.slow
+def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none"}))
+    out = subprocess.run(
+        [sys.executable, "-m", "search.cli", "run", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
+         "--space", str(space), "--epochs", "2", "--n-trials", "3", "--workers", "2", "--preset", "vgg8-reference"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "best configuration (trial" in out.stdout and '"arch": "vgg8"' in out.stdout
+    trials = optuna.load_study(study_name="kilotune", storage=f"sqlite:///{tmp_path}/kilotune.db").trials
+    assert len(trials) == 3 and trials[0].user_attrs["preset"] == "vgg8-reference"
+    assert trials[0].user_attrs["config"]["batch_norm"] is False
