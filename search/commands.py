@@ -27,7 +27,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a trial's configuration with its provenance as JSON")
+    p = sub.add_parser("export", help="write the best config with its provenance as JSON")
     p.add_argument("--study", required=True, help="study name")
     add_storage_argument(p)
     p.add_argument("--rank", type=int, default=1, help="1 = the best complete trial, 2 = the runner-up, ... (default: %(default)s)")

@@ -39,6 +39,9 @@ class HyperParametersTrial:
 
     def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         values = list(choices)
+        # Choice stores bools as ints (0/1), which TrainConfig refuses; Boolean keeps them bools.
+        if all(isinstance(v, bool) for v in values):
+            return self.hp.Boolean(name, default=values[0])
         # KerasTuner refuses mixed types; a space file may narrow width to [0.5, 1].
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             if any(isinstance(v, float) for v in values):

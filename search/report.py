@@ -34,12 +34,12 @@ CURVE_STYLE = {
 
 @dataclass(frozen=True)
 class Section:
-    """A titled part of the report: a plot, or a note where there is nothing to plot, and prose."""
+    """A titled part of the report: HTML (a table, a note) and/or a plot below it."""
 
     key: str  # the HTML id
     title: str
     figure: go.Figure | None = None
-    note: str = ""  # HTML, already escaped
+    body: str = ""  # HTML, already escaped
 
 
 def write_report(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:
@@ -63,9 +63,9 @@ def render_report(study: optuna.Study, *, top: int = 10) -> str:
     if not any(t.state in FINISHED for t in trials):
         raise ValueError(f"study {study.study_name!r} has no finished trials (complete or pruned) to report yet")
     sections = [
-        Section("top", f"Top {top} configurations", note=top_table(study, top)),
+        Section("top", f"Top {top} configurations", body=top_table(study, top)),
         Section("history", "Optimization history", optuna.visualization.plot_optimization_history(study, target_name="validation accuracy")),
-        Section("curves", "Learning curves", learning_curves(study), "Validation accuracy per epoch; pruned trials dashed."),
+        Section("curves", "Learning curves", learning_curves(study), "<p>Validation accuracy per epoch; pruned trials dashed.</p>"),
         _guarded("importance", "Parameter importances", lambda: parameter_importances(study)),
         Section("arch", "Accuracy by architecture", accuracy_by_architecture(trials)),
         pruning_savings(trials, study.user_attrs.get("epochs")),
@@ -155,16 +155,16 @@ def pruning_savings(trials: list[FrozenTrial], study_epochs: int | None) -> Sect
     saved = {t.number: max(0, budget[t.number] - (t.last_step or 0)) for t in finished if t.state == TrialState.PRUNED}
     full, total = sum(budget.values()), sum(saved.values())
     share = 100.0 * total / full if full else 0.0
-    note = (
-        f"{len(saved)} of {len(finished)} finished trials were pruned, saving <b>{total}</b> of the "
-        f"{full} epochs that training every finished trial to the end would have taken (<b>{share:.1f}%</b>)."
+    summary = (
+        f"<p>{len(saved)} of {len(finished)} finished trials were pruned, saving <b>{total}</b> of the "
+        f"{full} epochs that training every finished trial to the end would have taken (<b>{share:.1f}%</b>).</p>"
     )
     title = "Epochs saved by pruning"
     if not saved:
-        return Section("pruning", title, note=note)
+        return Section("pruning", title, body=summary)
     fig = go.Figure(go.Bar(x=[f"trial {n}" for n in saved], y=list(saved.values()), marker_color=CURVE_STYLE[TrialState.PRUNED]["color"]))
     fig.update_layout(title=f"Epochs saved per pruned trial (total {total}, {share:.1f}% of {full})", yaxis_title="epochs not run", xaxis_type="category")
-    return Section("pruning", title, fig, note)
+    return Section("pruning", title, fig, summary)
 
 
 def worker_timeline(study: optuna.Study) -> go.Figure:
@@ -182,19 +182,18 @@ def worker_timeline(study: optuna.Study) -> go.Figure:
 
 
 def _guarded(key: str, title: str, make: Callable[[], go.Figure]) -> Section:
-    """A section whose plot may not be computable yet; the reason becomes its note."""
+    """A section whose plot may not be computable yet; the reason is shown instead."""
     try:
         return Section(key, title, make())
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
-        return Section(key, title, note=f"<p class=note>Not available: {html.escape(str(e))}</p>")
+        return Section(key, title, body=f"<p class=note>Not available: {html.escape(str(e))}</p>")
 
 
 def _page(study: optuna.Study, trials: list[FrozenTrial], sections: list[Section]) -> str:
     parts, plots = [], 0
     for s in sections:
         parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>')
-        if s.note:
-            parts.append(s.note if s.note.startswith("<") else f"<p>{s.note}</p>")
+        parts.append(s.body)
         if s.figure is not None:
             s.figure.update_layout(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50))
             # Inline plotly.js with the first plot only: one copy, and the file works offline.

@@ -48,9 +48,9 @@ def open_storage(url: str | None = None) -> BaseStorage:
     """Opens the storage, checking that it is reachable; one clear ValueError if not.
 
     RDB storages get heartbeats and Optuna's retry of stale trials (inheriting the reported
-    epochs), and a small pre-pinged pool: a worker needs one connection plus one for its
-    heartbeat, so 64 workers hold at most 192 connections, below PostgreSQL's default cap
-    once ``max_connections`` is raised as the compose file does.
+    epochs), and a small pre-pinged pool. A worker holds at most three connections (its
+    trial, its heartbeat thread, the budget lock), so 64 workers stay under 192, well below
+    the 300 that docker-compose.yml gives PostgreSQL.
     """
     url = storage_url(url)
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
@@ -241,17 +241,18 @@ def _study_age(study: optuna.Study, fallback: float) -> float:
 
 
 @contextlib.contextmanager
-def budget_lock(url: str, study_name: str) -> Iterator[None]:
+def budget_lock(url: str, study_name: str, storage: BaseStorage | None = None) -> Iterator[None]:
     """Serialises "is there budget left? then ask" across workers, so the budget is exact.
 
-    PostgreSQL: a transaction-free advisory lock keyed by the study. SQLite and journal
+    PostgreSQL: a session advisory lock keyed by the study, on a connection from the
+    storage's own pool when given (so a worker never holds more than that pool). SQLite and journal
     files: an fcntl lock beside the file (all their workers share one host). Other
     databases: no lock, and the budget may be overshot by up to one trial per worker.
     """
     url = storage_url(url)
     key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
     if url.startswith("postgresql"):
-        engine = _lock_engine(url)
+        engine = storage.engine if isinstance(storage, RDBStorage) else _lock_engine(url)
         with engine.connect() as conn:
             conn.exec_driver_sql("SELECT pg_advisory_lock(%s)" % key)
             try:

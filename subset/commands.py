@@ -81,12 +81,16 @@ def run_show(args: argparse.Namespace) -> int:
         dataset = load_dataset(subset.dataset, args.data_dir)
         subset = load_subset(args.file, dataset)
         class_names = dataset.class_names
-    print(f"{args.file}: {subset.dataset}, {subset.method} {subset.params or ''}, seed {subset.seed}, {len(subset.indices)} images")
+    params = f" {json.dumps(subset.params)}" if subset.params else ""
+    print(f"{args.file}: {subset.dataset}, {subset.method}{params}, seed {subset.seed}, {len(subset.indices)} images")
     print(f"  checksum {subset.checksum}  dataset {subset.dataset_checksum[:19]}...  created {subset.created}")
     if subset.extractor:
         print(f"  extractor {subset.extractor.get('arch')} (test accuracy {subset.extractor.get('test_accuracy', float('nan')):.4f}) {subset.extractor.get('path')}")
     print("  per class: " + ", ".join(f"{_name(label, class_names)}={count}" for label, count in subset.counts().items()))
     _print_objectives(subset.objectives)
+    for label, row in ((subset.objectives or {}).get("per_class") or {}).items():
+        values = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k in ("sum_distance", "min_distance", "mean_nearest", "sum_gap") and isinstance(v, float))
+        print(f"    class {label}: {values}")
     if args.grid:
         _write_grid(args.grid, dataset, subset, args.per_row)
         print(f"wrote {args.grid}: one row per class, {args.per_row} images each, rows in label order")

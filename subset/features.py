@@ -219,11 +219,14 @@ def build_subset(
     if method not in selection.METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {sorted(selection.METHODS)}")
     if method == "random":
-        indices = selection.select(method, None, dataset.y_train, per_class, seed)
+        indices = selection.select(method, None, dataset.y_train, per_class, seed, **params)
         return subsetfile.write_subset(out, dataset, indices, method=method, params=params, seed=seed, per_class=per_class).path
     extractor = load_extractor(ensure_extractor(dataset, extractor_path))
     if extractor.metadata.get("dataset_checksum") not in (None, dataset.checksum):
-        raise ValueError(f"feature extractor {extractor.path} was trained on other data than {dataset.name} ({dataset.checksum})")
+        raise ValueError(
+            f"feature extractor {extractor.path} was trained on other data than {dataset.name} ({dataset.checksum[:19]}...); "
+            "delete it to retrain, or pass another extractor"
+        )
     features = extract_features(extractor, dataset.x_train)
     indices = selection.select(method, features, dataset.y_train, per_class, seed, **params)
     objectives = selection.objectives(features, dataset.y_train, indices, upper_bound=method == "max-sum")

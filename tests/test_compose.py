@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 SCHEMA = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
-TEST_PG = os.environ.get("KILOTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 ENV_EXAMPLE = ROOT / ".env.example"
 
 
@@ -131,15 +130,31 @@ def test_current_specification_and_safe_defaults(raw, compose):
 def test_no_secret_in_the_file(raw):
     text = COMPOSE.read_text()
     assert "change-me" not in text
-    # A password may only come from a variable: KEY: ${VAR...} or a URL's user:${VAR}@.
+    # A password may only come from a variable: KEY: ${VAR...}.
     for m in re.finditer(r"PASSWORD\s*(?::(?![?-])|=)\s*(\S+)", text):
         assert m.group(1).startswith("${"), f"password literal: {m.group(0)}"
-    for m in re.finditer(r"://[^/\s@]*?:(\$\{[^}]*\}|[^@\s/]+)@", text):
-        assert m.group(1).startswith("${POSTGRES_PASSWORD:?"), f"password literal in URL: {m.group(0)}"
+    # Every URL with credentials gets its password from POSTGRES_PASSWORD and nowhere else.
+    from sqlalchemy.engine import make_url
+
+    sentinel = "pw-from-the-environment"
+    urls = [v for v in _strings(interpolate(raw, example_env() | {"POSTGRES_PASSWORD": sentinel})) if "://" in v and "@" in v]
+    assert urls, "the storage URL should be found"
+    for url in urls:
+        assert make_url(url).password == sentinel, url
     env = example_env()
     del env["POSTGRES_PASSWORD"]
     with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
         interpolate(raw, env)
+
+
+def _strings(value):
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+    elif isinstance(value, str):
+        yield value
 
 
 def _seconds(duration: str) -> float:
@@ -159,14 +174,14 @@ def _dockerfile(instruction: str) -> str:
 class Service:
     """One compose service run as a local process: its argv, working directory and environment."""
 
-    def __init__(self, name: str, spec: dict, volumes: dict[str, Path], pg_host: str, port_map: dict[str, str]) -> None:
+    def __init__(self, name: str, spec: dict, *, volumes: dict[str, Path], home: Path, pg_host: str, port_map: dict[str, str]) -> None:
         self.name = name
         entrypoint = spec.get("entrypoint", json.loads(_dockerfile("ENTRYPOINT")))
         command = spec.get("command", json.loads(_dockerfile("CMD")))
         workdir = spec.get("working_dir", _dockerfile("WORKDIR"))
-        # The image holds this checkout at /opt/kilotune (COPY . . under WORKDIR /opt/kilotune).
-        self.cwd = ROOT if workdir == "/opt/kilotune" else volumes.setdefault(workdir, volumes["_root"] / "home")
-        self.cwd.mkdir(parents=True, exist_ok=True)
+        # The image holds this checkout at /opt/kilotune (COPY . . under WORKDIR /opt/kilotune);
+        # its other working directory is the user's home.
+        self.cwd = ROOT if workdir == "/opt/kilotune" else home
         mounts = {v.split(":")[1]: volumes[v.split(":")[0]] for v in spec.get("volumes", [])}
 
         def local(value: str) -> str:
@@ -183,36 +198,14 @@ class Service:
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
 
     def start(self, log_dir: Path) -> subprocess.Popen:
-        log = open(log_dir / f"{self.name}-{uuid.uuid4().hex[:6]}.log", "w")
-        return subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        with open(log_dir / f"{self.name}-{uuid.uuid4().hex[:6]}.log", "w") as log:  # the child keeps its copy
+            return subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture
-def database():
-    """A fresh PostgreSQL database for the test, dropped afterwards."""
-    psycopg2 = pytest.importorskip("psycopg2")
-    from sqlalchemy.engine import make_url
-
-    try:
-        admin = psycopg2.connect(TEST_PG, connect_timeout=5)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"PostgreSQL not reachable at KILOTUNE_TEST_PG ({e})")
-    admin.autocommit = True
-    name = f"kilotune_compose_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(TEST_PG).set(database=name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 def _wait(processes: list[subprocess.Popen], timeout: float) -> None:
@@ -222,45 +215,38 @@ def _wait(processes: list[subprocess.Popen], timeout: float) -> None:
 
 
 @pytest.mark.slow
-def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, database, tmp_path):
-    from subset.datasets import DatasetError, load_dataset
+def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_url, fashion_subset, tmp_path):
+    from sqlalchemy.engine import make_url
 
-    try:
-        load_dataset("fashion-mnist")
-    except DatasetError as e:
-        pytest.skip(f"Fashion-MNIST is not installed: {e}")
+    database = make_url(pg_url)  # a database of this test run (tests/conftest.py)
     volumes = {name: tmp_path / "volumes" / name for name in raw["volumes"]}
-    volumes["_root"] = tmp_path
-    for path in volumes.values():
-        path.mkdir(parents=True, exist_ok=True)
-    logs = tmp_path / "logs"
-    logs.mkdir()
+    home, logs = tmp_path / "home", tmp_path / "logs"
+    for path in (*volumes.values(), home, logs):
+        path.mkdir(parents=True)
 
-    subset, space = tmp_path / "subset.json", tmp_path / "space.yaml"
-    subprocess.run(["kilotune", "subset", "build", "--method", "random", "--dataset", "fashion-mnist", "--per-class", "10", "--out", str(subset)],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    space = tmp_path / "space.yaml"
     space.write_text("arch: vgg8\nwidth: 0.5\nbatch_size: 32\nmixing: none\noptimizer: sgd\n")
     env = example_env() | {
-        "POSTGRES_USER": database.username,
+        "POSTGRES_USER": database.username,  # trust auth ignores a password that is not needed
         "POSTGRES_PASSWORD": database.password or "unused-with-trust-auth",
         "POSTGRES_DB": database.database,
         "KILOTUNE_STUDY": "parity",
         "KILOTUNE_DATASET": "fashion-mnist",
         "KILOTUNE_N_TRIALS": "3",
         "KILOTUNE_EPOCHS": "2",
-        "KILOTUNE_SUBSET": str(subset),
+        "KILOTUNE_SUBSET": str(fashion_subset),
         "KILOTUNE_SPACE": str(space),
     }
     services = interpolate(raw, env)["services"]
     pg_host = f"{database.host}:{database.port or 5432}"
     port = str(_free_port())
     container_port = services["dashboard"]["ports"][0].rsplit(":", 1)[1]
-    port_map = {container_port: port, "0.0.0.0": "127.0.0.1"}
+    local = dict(volumes=volumes, home=home, pg_host=pg_host, port_map={container_port: port, "0.0.0.0": "127.0.0.1"})
 
-    init = Service("init", services["init"], volumes, pg_host, port_map).start(logs)
+    init = Service("init", services["init"], **local).start(logs)
     assert init.wait(timeout=120) == 0, _logs(logs)
-    workers = [Service("worker", services["worker"], volumes, pg_host, port_map).start(logs) for _ in range(2)]
-    dashboard_service = Service("dashboard", services["dashboard"], volumes, pg_host, port_map)
+    workers = [Service("worker", services["worker"], **local).start(logs) for _ in range(2)]
+    dashboard_service = Service("dashboard", services["dashboard"], **local)
     dashboard = dashboard_service.start(logs)
     try:
         _wait(workers, timeout=150)
@@ -269,16 +255,15 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, dat
         import optuna
         from optuna.trial import TrialState
 
-        url = database.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-        study = optuna.load_study(study_name="parity", storage=url)
+        study = optuna.load_study(study_name="parity", storage=pg_url)
         assert len(study.trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
         assert {t.user_attrs["status"] for t in study.trials} <= {"complete", "pruned", "diverged"}
-        assert len({t.user_attrs["worker"] for t in study.trials}) >= 1
+        assert all("worker" in t.user_attrs and "config" in t.user_attrs for t in study.trials)
 
         listed = _poll_studies(f"http://127.0.0.1:{port}/api/studies", dashboard, timeout=60)
         assert "parity" in [s["study_name"] for s in listed], _logs(logs)
-        healthcheck = [port_map.get(a, a) for a in services["dashboard"]["healthcheck"]["test"][1:]]
-        healthcheck = [a.replace(f":{container_port}/", f":{port}/") for a in healthcheck]
+        # The compose healthcheck itself (after its CMD marker), pointed at the local port.
+        healthcheck = [a.replace(f":{container_port}/", f":{port}/") for a in services["dashboard"]["healthcheck"]["test"][1:]]
         assert subprocess.run(healthcheck, env=dashboard_service.env, timeout=30).returncode == 0
     finally:
         for p in [*workers, dashboard]:

@@ -6,8 +6,10 @@ JAX and PyTorch each read their own before they touch the GPU.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import socket
 import subprocess
 
 
@@ -30,7 +32,9 @@ def configure_gpu() -> str:
     usage = gpu_memory_used()
     if not usage:
         return "cpu"
-    index = min(usage, key=usage.get)
+    # Ties (all idle at start-up) break by host name, so replicas started together spread out.
+    spread = int(hashlib.sha256(socket.gethostname().encode()).hexdigest(), 16)
+    index = min(usage, key=lambda i: (usage[i], (i + spread) % len(usage)))
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
     return f"gpu:{index}"
 

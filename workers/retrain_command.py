@@ -6,7 +6,7 @@ import argparse
 
 
 def register_retrain(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("retrain", help="train an exported configuration on all chosen images and report test accuracy")
+    p = sub.add_parser("retrain", help="train an export on all chosen images; test accuracy")
     p.add_argument("export", help="JSON written by `kilotune export`")
     p.add_argument("--seeds", type=int, default=1, help="runs with seeds config.seed, config.seed+1, ... (default: %(default)s)")
     p.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")

@@ -89,7 +89,7 @@ class Worker:
         with_retry(lambda: fail_stale_trials(self.study), what="failing stale trials")
 
         def ask() -> optuna.Trial | None:
-            with budget_lock(self.url, self.study.study_name):
+            with budget_lock(self.url, self.study.study_name, self.storage):
                 if not budget_left(self.study, self.settings, started):
                     return None
                 return self.study.ask()

@@ -39,12 +39,12 @@ def add(study: optuna.Study, config: TrainConfig, values: list[float], state="co
     return trial.number
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'x.db'}"
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('export') / 'x.db'}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def study(url):
     study = new_study(url)
     add(study, TrainConfig(arch="vgg8", learning_rate=0.05, epochs=3, seed=7), [0.3, 0.5, 0.61])
@@ -85,7 +85,8 @@ def test_cli_writes_a_file_that_train_and_retrain_read(study, url, tmp_path, cap
     assert read_export(out) == json.loads(out.read_text())
 
 
-def test_empty_failed_and_unknown_studies_are_user_errors(url, tmp_path, capsys):
+def test_empty_failed_and_unknown_studies_are_user_errors(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'e.db'}"
     new_study(url, "empty")
     failed = new_study(url, "failed")
     add(failed, TrainConfig(epochs=3), [0.1], state="failed")

@@ -27,6 +27,23 @@ def test_same_parameter_values_give_the_same_config_as_optuna(spec):
         assert model.config(hp) == expected
 
 
+def test_values_sampled_by_kerastuner_mean_the_same_config_to_optuna():
+    # This direction catches KerasTuner's own conversions (e.g. Choice would store bools as 0/1).
+    space = SearchSpace.from_spec()
+    model = hypermodel(space)
+    declared = keras_tuner.HyperParameters()
+    model.declare_hyperparameters(declared)
+    archs = set()
+    for seed in range(60):
+        hp = keras_tuner.HyperParameters()
+        model.declare_hyperparameters(hp)
+        hp.values.update({p.name: p.random_sample(seed * 100 + i) for i, p in enumerate(declared.space)})
+        config = model.config(hp)
+        assert config == space.suggest(optuna.trial.FixedTrial(dict(hp.values)), epochs=10)
+        archs.add(config.arch)
+    assert archs == set(space.params["arch"].choices)
+
+
 def test_every_parameter_is_declared_with_its_range():
     hp = keras_tuner.HyperParameters()
     hypermodel(SearchSpace.from_spec()).declare_hyperparameters(hp)
@@ -44,7 +61,7 @@ def test_mixed_int_and_float_choices_become_floats():
     hp = keras_tuner.HyperParameters()
     assert HyperParametersTrial(hp).suggest_categorical("width", (0.5, 1)) == 0.5
     assert hp.space[0].values == [0.5, 1.0]
-    assert HyperParametersTrial(hp).suggest_categorical("flip", (True, False)) is True
+    assert HyperParametersTrial(hp).suggest_categorical("flip", (True, False)) is True  # not 1
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ def test_swaps_improve_greedy_max_sum_and_stay_under_the_upper_bound(data):
 
 def test_representative_is_nearer_to_the_unchosen_than_random(data):
     assert _total(data, "representative")["mean_nearest"] < _total(data, "random")["mean_nearest"]
-    assert _total(data, "representative")["mean_nearest"] <= _total(data, "representative", swaps=0)["mean_nearest"]
+    assert _total(data, "representative")["mean_nearest"] <= _total(data, "representative", max_swaps=0)["mean_nearest"]
 
 
 def test_k_center_spreads_further_apart_than_random(data):
@@ -118,3 +118,10 @@ def test_features_and_labels_must_match_and_methods_need_features(data):
         select("k-center", features[:-1], labels, K, 0)
     with pytest.raises(ValueError, match="needs feature vectors"):
         select("max-sum", None, labels, K, 0)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_identical_features_still_give_distinct_picks(method):
+    labels = np.repeat([0, 1], 10)
+    chosen = select(method, np.ones((20, 4)), labels, 5, 0, **_params(method))
+    assert len(set(chosen)) == 10 and np.bincount(labels[chosen]).tolist() == [5, 5]

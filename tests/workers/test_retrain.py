@@ -1,6 +1,5 @@
 """Export -> retrain round trip on real Fashion-MNIST, snapshot epochs, and data mismatches."""
 
-import argparse
 import json
 from dataclasses import asdict
 
@@ -9,38 +8,25 @@ import pytest
 
 from search.cli import main
 from search.study import StudySettings
-from subset.datasets import DatasetError, load_dataset
+from subset.datasets import load_dataset
 from subset.splits import class_balanced_sample
-from subset.subsetfile import write_subset
+from subset.subsetfile import load_subset, write_subset
 from workers.config import TrainConfig
 from workers.retrain import snapshot_epochs
-from workers.retrain_command import register_retrain
 
 TINY = TrainConfig(arch="vgg8", width=0.125, epochs=1, batch_size=16, seed=5)
 
 
-def retrain_cli(*argv: str) -> int:
-    """``kilotune retrain ...`` through its own parser (it is registered in workers/commands.py)."""
-    parser = argparse.ArgumentParser()
-    register_retrain(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["retrain", *argv])
-    return args.func(args)
+@pytest.fixture(scope="module")
+def dataset(fashion_subset):  # skips where Fashion-MNIST is not installed
+    return load_dataset("fashion-mnist")
 
 
 @pytest.fixture(scope="module")
-def dataset():
-    try:
-        return load_dataset("fashion-mnist")
-    except DatasetError as e:
-        pytest.skip(f"Fashion-MNIST is not installed: {e}")
-
-
-@pytest.fixture(scope="module")
-def exported(dataset, tmp_path_factory):
-    """A hand-made one-trial study on a 5-per-class subset, exported with `kilotune export`."""
+def exported(dataset, fashion_subset, tmp_path_factory):
+    """A hand-made one-trial study on a 10-per-class subset, exported with `kilotune export`."""
     tmp = tmp_path_factory.mktemp("retrain")
-    subset = write_subset(tmp / "subset.json", dataset, class_balanced_sample(dataset.y_train, 5, seed=0),
-                          method="random", seed=0, per_class=5)  # fmt: skip
+    subset = load_subset(fashion_subset)
     settings = StudySettings(dataset=dataset.name, dataset_checksum=dataset.checksum, subset_path=str(subset.path),
                              subset_checksum=subset.checksum, epochs=TINY.epochs, n_trials=1, kilotune_version="0.1.0")  # fmt: skip
     url = f"sqlite:///{tmp / 'x.db'}"
@@ -55,11 +41,11 @@ def exported(dataset, tmp_path_factory):
     study.tell(trial, 0.42)
     best = tmp / "best.json"
     assert main(["export", "--study", "tiny", "--storage", url, "--out", str(best)]) == 0
-    return best, study.trials[0], tmp
+    return best, study.trials[0]
 
 
 def test_export_holds_the_trials_exact_config(exported, dataset):
-    best, trial, _ = exported
+    best, trial = exported
     data = json.loads(best.read_text())
     assert data["config"] == trial.user_attrs["config"]
     assert TrainConfig.from_json(best) == TINY
@@ -67,11 +53,11 @@ def test_export_holds_the_trials_exact_config(exported, dataset):
 
 
 def test_retrain_trains_on_all_chosen_images_and_tests_once_per_seed(exported, tmp_path, capsys):
-    best, _, _ = exported
+    best, _ = exported
     out = tmp_path / "out"
-    assert retrain_cli(str(best), "--seeds", "1", "--tta", "--snapshots", "2", "--epochs", "2", "--out-dir", str(out)) == 0
+    assert main(["retrain", str(best), "--seeds", "1", "--tta", "--snapshots", "2", "--epochs", "2", "--out-dir", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["train_images"] == 50 and results["test_images"] == 10_000
+    assert results["train_images"] == 100 and results["test_images"] == 10_000
     assert results["config"] == TINY.replace(epochs=2).to_dict()
     assert [r["seed"] for r in results["runs"]] == [TINY.seed]
     for key in ("test_accuracy", "tta_test_accuracy", "snapshot_test_accuracy"):
@@ -86,17 +72,17 @@ def test_retrain_trains_on_all_chosen_images_and_tests_once_per_seed(exported, t
     assert "test accuracy" in printed and "snapshot ensemble" in printed
 
 
-def test_retrain_refuses_a_subset_of_other_data(exported, dataset, tmp_path):
-    best, _, _ = exported
-    other = json.loads((exported[2] / "subset.json").read_text())
+def test_retrain_refuses_a_subset_of_other_data(exported, dataset, fashion_subset, tmp_path, capsys):
+    best, _ = exported
+    other = json.loads(fashion_subset.read_text())
     other["dataset_checksum"] = "sha256:" + "0" * 64
     (tmp_path / "other.json").write_text(json.dumps(other))
-    with pytest.raises(ValueError, match="built for other data"):
-        retrain_cli(str(best), "--subset", str(tmp_path / "other.json"), "--out-dir", str(tmp_path / "out"))
     different = write_subset(tmp_path / "different.json", dataset, class_balanced_sample(dataset.y_train, 5, seed=1),
                              method="random", seed=1, per_class=5)  # fmt: skip
-    with pytest.raises(ValueError, match="is not the one study 'tiny' searched on"):
-        retrain_cli(str(best), "--subset", str(different.path), "--out-dir", str(tmp_path / "out"))
+    for subset, message in ((tmp_path / "other.json", "was built for other data"),
+                            (different.path, "is not the one study 'tiny' searched on")):  # fmt: skip
+        assert main(["retrain", str(best), "--subset", str(subset), "--out-dir", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
