@@ -21,9 +21,8 @@ from search.export import write_json
 from search.study import now_iso
 from subset.datasets import ImageDataset, load_dataset, normalize
 from subset.subsetfile import SubsetFile, load_subset
-from workers.checkpoint import Checkpoint
 from workers.config import TrainConfig
-from workers.train import EpochReport, TrainData, TrainResult, evaluate, train
+from workers.train import TrainData, TrainResult, evaluate, train
 
 
 def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:
@@ -89,24 +88,20 @@ def snapshot_epochs(config: TrainConfig, steps_per_epoch: int, k: int) -> list[i
     return sorted(config.epochs - math.floor(i * step + 0.5) for i in range(k))
 
 
-class SnapshotSaver:
-    """An epoch callback that keeps the weights of chosen epochs.
+class SnapshotSaver(keras.callbacks.Callback):
+    """Keeps the weights of the chosen (1-based) epochs."""
 
-    ``train`` takes epoch callbacks rather than Keras callbacks, but it checkpoints the
-    model before calling them, so the snapshot is read back from that checkpoint.
-    """
-
-    def __init__(self, checkpoint: Checkpoint, epochs: list[int], directory: Path) -> None:
-        self.checkpoint, self.epochs, self.directory = checkpoint, set(epochs), directory
+    def __init__(self, epochs: list[int], directory: Path) -> None:
+        super().__init__()
+        self.epochs, self.directory = set(epochs), directory
         self.files: list[Path] = []
 
-    def __call__(self, report: EpochReport) -> None:
-        if report.epoch not in self.epochs:
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch + 1 not in self.epochs:
             return
-        model, _ = self.checkpoint.load()
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"epoch-{report.epoch:04d}.weights.h5"
-        model.save_weights(path)
+        path = self.directory / f"epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(path)
         self.files.append(path)
 
 
@@ -197,14 +192,11 @@ def retrain(
 
 def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *, tta: bool, snapshots: int, seed_dir: Path, progress: bool) -> dict[str, Any]:
     seed_dir.mkdir(parents=True, exist_ok=True)
-    callbacks, checkpoint_dir, saver = [], None, None
+    saver = None
     if snapshots:
-        checkpoint = Checkpoint(seed_dir / "checkpoint")
-        checkpoint.clear()  # start afresh: train() would resume from a leftover checkpoint
         steps = math.ceil(len(data.x_train) / min(config.batch_size, len(data.x_train)))
-        saver = SnapshotSaver(checkpoint, snapshot_epochs(config, steps, snapshots), seed_dir / "snapshots")
-        callbacks, checkpoint_dir = [saver], checkpoint.directory
-    result = train(config, data, callbacks, checkpoint_dir=checkpoint_dir, verbose=1 if progress else 0)
+        saver = SnapshotSaver(snapshot_epochs(config, steps, snapshots), seed_dir / "snapshots")
+    result = train(config, data, keras_callbacks=[saver] if saver else [], verbose=1 if progress else 0)
     model_path = seed_dir / "model.keras"
     result.model.save(model_path)
     last = result.history[-1] if result.history else None
@@ -220,7 +212,6 @@ def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *,
     if tta:
         run["tta_test_accuracy"] = evaluate(result, dataset.x_test, dataset.y_test, flip_tta=True)
     if saver is not None:
-        Checkpoint(checkpoint_dir).clear()
         run["snapshot_epochs"] = sorted(saver.epochs)
         # A run that diverged before the first snapshot epoch has nothing to ensemble.
         run["snapshot_test_accuracy"] = ensemble_accuracy(result, saver.files, dataset.x_test, dataset.y_test) if saver.files else None

@@ -186,6 +186,7 @@ def train(
     *,
     checkpoint_dir: str | Path | None = None,
     stop: threading.Event | None = None,
+    keras_callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
 ) -> TrainResult:
     """Trains one configuration and returns its history and model.
@@ -199,6 +200,7 @@ def train(
             already there, resumes from it instead of starting over.
         stop: If given and set, training raises TrainingInterrupted after the current
             batch; the last whole epoch is in the checkpoint.
+        keras_callbacks: Extra Keras callbacks for what needs the model itself (snapshots).
         verbose: Keras' progress output (0 silent, 1 progress bar).
 
     Returns:
@@ -231,7 +233,7 @@ def train(
             validation_data=(x_val, y_val) if len(x_val) else None,
             epochs=config.epochs,
             initial_epoch=len(history),
-            callbacks=[keras.callbacks.TerminateOnNaN(), reporter] + ([_StopOnEvent(stop)] if stop else []),
+            callbacks=[keras.callbacks.TerminateOnNaN(), reporter, *keras_callbacks] + ([_StopOnEvent(stop)] if stop else []),
             verbose=verbose,
         )
     diverged = reporter.diverged or (bool(history) and not math.isfinite(history[-1].loss))
