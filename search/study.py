@@ -60,7 +60,8 @@ def open_storage(url: str | None = None) -> BaseStorage:
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for the writer instead of "database is locked"
     else:
-        engine_kwargs.update(pool_size=2, max_overflow=1, pool_recycle=300, connect_args={"connect_timeout": 10})
+        # One idle connection; the heartbeat thread and the budget lock may add two at peak.
+        engine_kwargs.update(pool_size=1, max_overflow=2, pool_recycle=300, connect_args={"connect_timeout": 10})
     try:
         storage = RDBStorage(
             url,
@@ -153,12 +154,35 @@ class StudySettings:
             multivariate=True, group=True, constant_liar=True, n_startup_trials=10, seed=self.seed
         )
 
+    @property
+    def _min_resource(self) -> int:
+        return max(1, self.epochs // 27)
+
+    @property
+    def _warmup_steps(self) -> int:
+        return max(1, self.epochs // 5)
+
     def pruner_for(self) -> optuna.pruners.BasePruner:
         if self.pruner == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=max(1, self.epochs // 27), max_resource=self.epochs)
+            return optuna.pruners.HyperbandPruner(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)
         if self.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, self.epochs // 5))
+            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self._warmup_steps)
         return optuna.pruners.NopPruner()
+
+    def may_prune_at(self, epoch: int) -> bool:
+        """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
+
+        Hyperband's brackets decide only at their rungs, ``min_resource * 3**k``; the median
+        pruner decides after its warm-up; "none" never does.
+        """
+        if self.pruner == "hyperband":
+            rung = self._min_resource
+            while rung < epoch:
+                rung *= 3
+            return rung == epoch
+        if self.pruner == "median":
+            return epoch > self._warmup_steps
+        return False
 
 
 def create_study(name: str, settings: StudySettings, storage: BaseStorage) -> tuple[optuna.Study, bool]:

@@ -117,7 +117,7 @@ class Worker:
             def report(r: EpochReport) -> None:
                 epoch_seconds.append(r.seconds)
                 with_retry(lambda: trial.report(r.val_accuracy, r.epoch), what="report")
-                if with_retry(trial.should_prune, what="should_prune"):
+                if self.settings.may_prune_at(r.epoch) and with_retry(trial.should_prune, what="should_prune"):
                     raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
             if checkpoint.exists():

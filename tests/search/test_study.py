@@ -119,3 +119,29 @@ def test_space_file_with_a_wrong_name_fails_study_create(pg_url, fashion_subset,
                  "--subset", str(fashion_subset), "--space", str(space)])
     assert code == 2 and "space: unknown name 'archh'" in capsys.readouterr().err
     assert "bad" not in [s.study_name for s in optuna.get_all_study_summaries(open_storage(pg_url))]
+
+
+def test_prune_checks_only_where_the_pruner_can_decide():
+    assert [e for e in range(1, 31) if settings(epochs=30).may_prune_at(e)] == [1, 3, 9, 27]
+    assert [e for e in range(1, 41) if settings(epochs=40, pruner="hyperband").may_prune_at(e)] == [1, 3, 9, 27]
+    assert [e for e in range(1, 11) if settings(epochs=10, pruner="median").may_prune_at(e)] == [3, 4, 5, 6, 7, 8, 9, 10]
+    assert not any(settings(epochs=10, pruner="none").may_prune_at(e) for e in range(1, 11))
+
+
+def test_hyperband_decides_only_at_its_rungs():
+    """The rung rule above matches what Optuna's Hyperband actually does: a trial that reports
+    worse than every other at each epoch is pruned at a rung epoch, never in between."""
+    study = optuna.create_study(direction="maximize", pruner=settings(epochs=30).pruner_for(),
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    pruned_at = []
+    for i in range(60):
+        trial = study.ask()
+        for epoch in range(1, 31):
+            trial.report(float(i % 7) / 10 + epoch / 100, epoch)
+            if trial.should_prune():
+                pruned_at.append(epoch)
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, float(i % 7))
+    assert pruned_at and set(pruned_at) <= {1, 3, 9, 27}
