@@ -69,6 +69,7 @@ def worker_main(index: int, inbox: Any, outbox: Any) -> None:
     started = time.perf_counter()
     import optuna
 
+    import search.study
     from search.study import load_study, open_storage, with_retry
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -105,12 +106,15 @@ def worker_main(index: int, inbox: Any, outbox: Any) -> None:
                     break
         if hasattr(storage, "engine"):
             storage.engine.dispose()  # close this run's connections before the next run
+        for engine in search.study._LOCK_ENGINES.values():  # and the budget lock's, cached per URL
+            engine.dispose()
         del study, storage
         outbox.put(("done", index, {"retries": retries.count, "errors": errors}))
 
 
 def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    text = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    return text if len(text) <= 300 else f"{text[:140]} ... {text[-150:]}"  # the driver's reason is at the end
 
 
 class _RetryCounter(logging.Handler):
@@ -306,6 +310,16 @@ def pg_calibrate(dbname: str) -> dict[str, float]:
     return {"select_1_ms": 1e3 * rtt, "insert_commit_ms": 1e3 * commit}
 
 
+def pg_drain(dbname: str, wait_s: float = 15.0) -> int:
+    """Waits for the last run's connections to our database to close, then ends any left (a session
+    a failed call left checked out survives engine.dispose()); returns how many were ended."""
+    count = "select count(*) from pg_stat_activity where datname = '%s' and pid <> pg_backend_pid()" % dbname
+    deadline = time.time() + wait_s
+    while pg_admin(count)[0][0] and time.time() < deadline:
+        time.sleep(0.5)
+    return len(pg_admin(f"select pg_terminate_backend(pid) from pg_stat_activity where datname = '{dbname}'"))
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile; nan for no values."""
     if not values:
@@ -328,6 +342,7 @@ def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retr
         storage.engine.dispose()
     del storage
 
+    leftover = pg_drain(dbname) if run.backend == "postgresql" and dbname else 0
     load_before = os.getloadavg()
     poller = ConnectionPoller(dbname) if run.backend == "postgresql" and dbname else None
     if poller:
@@ -373,6 +388,7 @@ def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retr
         "retries": sum(d["retries"] for d in done.values()), "errors": [e for d in done.values() for e in d["errors"]],
         "load_before": load_before, "load_after": os.getloadavg(),
         "peak_connections_db": poller.peak_db if poller else None,
+        "leftover_connections_terminated": leftover,
         "peak_connections_server": poller.peak_all if poller else None,
     }
     for op in OPS:  # every call made counts, abandoned trials' included

@@ -15,7 +15,9 @@ Epoch 1 includes tracing the train and eval steps, so
 is what every trial pays before it learns anything: the figure later work must shrink.
 A tiny 50-image validation set (not taken from the 1000) makes epoch 1 trace the eval step
 too, as a real trial's does. An arch whose build + epochs exceed --slow-seconds (3 minutes)
-is also run at --fallback-width (0.5). Prints a markdown table; writes JSON to --out.
+is also run at --fallback-width (0.5). Process CPU seconds are recorded too (a later epoch, and
+the fixed cost from train() start to the end of epoch 1): on a shared machine they move much
+less with others' load than wall time does. Prints a markdown table; writes JSON to --out.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def register_subset(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--extractor", help="saved feature extractor (.keras); default: the cached one, trained on first use")
     b.add_argument("--draws", type=int, help="random-restarts: random draws per class (default: 10000)")
     b.add_argument("--weight", type=float, help="mixed: weight of diversity against representativeness, in [0, 1] (default: 0.5)")
-    b.add_argument("--out", help="subset file to write (default: the cache path for dataset, method, per-class and seed)")
+    b.add_argument("--out", help="subset file to write (default: in the cache, named by dataset, method, params, per-class and seed)")
     b.set_defaults(func=run_build)
 
     s = actions.add_parser("show", help="print a subset file's objectives and class counts")
@@ -55,12 +55,16 @@ def run_build(args: argparse.Namespace) -> int:
             if args.method != method:
                 raise ValueError(f"--{flag} applies to --method {method}, not {args.method}")
             params[flag] = value
+    # Checked here too so that a typo fails before minutes of feature extraction.
+    if args.per_class < 1 or (args.draws is not None and args.draws < 1) or not 0 <= (args.weight or 0) <= 1:
+        raise ValueError(f"need --per-class >= 1, --draws >= 1 and --weight in [0, 1]; got {args.per_class}, {args.draws}, {args.weight}")
     if args.method == "random" and args.extractor:
         raise ValueError("--method random uses no feature extractor; drop --extractor")
     if args.extractor and not Path(args.extractor).is_file():
         raise ValueError(f"feature extractor not found: {args.extractor} (omit --extractor to use or train the cached one)")
     dataset = load_dataset(args.dataset, args.data_dir)
-    out = Path(args.out) if args.out else default_subset_path(dataset.name, args.method, args.per_class, args.seed)
+    tag = args.method + "".join(f"-{k}{v}" for k, v in params.items())  # e.g. mixed-weight0.3
+    out = Path(args.out) if args.out else default_subset_path(dataset.name, tag, args.per_class, args.seed)
     if args.method != "random" and not args.extractor and not default_extractor_path(dataset.name).is_file():
         print(f"training the feature extractor for {dataset.name} (once; cached at {default_extractor_path(dataset.name)})")
     build_subset(dataset, args.method, out, per_class=args.per_class, seed=args.seed, extractor_path=args.extractor, **params)

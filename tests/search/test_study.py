@@ -122,8 +122,8 @@ def test_space_file_with_a_wrong_name_fails_study_create(pg_url, fashion_subset,
 
 
 def test_prune_checks_only_where_the_pruner_can_decide():
-    assert [e for e in range(1, 31) if settings(epochs=30).may_prune_at(e)] == [1, 3, 9, 27]
-    assert [e for e in range(1, 41) if settings(epochs=40, pruner="hyperband").may_prune_at(e)] == [1, 3, 9, 27]
+    assert [e for e in range(1, 31) if settings(epochs=30).may_prune_at(e)] == [3, 9, 27]
+    assert [e for e in range(1, 41) if settings(epochs=40, pruner="hyperband").may_prune_at(e)] == [4, 12, 36]
     assert [e for e in range(1, 11) if settings(epochs=10, pruner="median").may_prune_at(e)] == [3, 4, 5, 6, 7, 8, 9, 10]
     assert not any(settings(epochs=10, pruner="none").may_prune_at(e) for e in range(1, 11))
 
@@ -144,4 +144,12 @@ def test_hyperband_decides_only_at_its_rungs():
                 break
         else:
             study.tell(trial, float(i % 7))
-    assert pruned_at and set(pruned_at) <= {1, 3, 9, 27}
+    assert pruned_at and set(pruned_at) <= {3, 9, 27}
+
+
+def test_tpe_starts_within_each_hyperband_bracket():
+    """Optuna's TPE sees only its own bracket under Hyperband: the start-up is shared out."""
+    assert settings(epochs=30)._brackets == 3 and settings(epochs=9)._brackets == 2
+    assert settings(epochs=30).sampler_for()._n_startup_trials == 4
+    assert settings(epochs=9).sampler_for()._n_startup_trials == 5
+    assert settings(epochs=30, pruner="median").sampler_for()._n_startup_trials == 10
