@@ -148,9 +148,9 @@ def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], sta
 
     def claim_and_ask() -> Any:
         # Worker._ask: the budget check and ask under the study's lock (a PostgreSQL advisory
-        # lock on its own connection; an flock beside SQLite and journal files).
+        # lock on a connection of the storage's pool; an flock beside SQLite and journal files).
         t = time.perf_counter()
-        with budget_lock(task["url"], study.study_name):
+        with budget_lock(task["url"], study.study_name, storage):
             left = budget_left(study, settings, start_at)
             t_ask = time.perf_counter()
             trial = study.ask() if left else None  # multivariate TPE samples the relative params here
@@ -184,7 +184,8 @@ def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], sta
             time.sleep(task["step_sleep"])  # "training"; not storage time
         value = objective_value(x, lr, c, step)
         timed("report", lambda: trial.report(value, step))
-        if timed("should_prune", trial.should_prune):
+        # As the worker does: ask the pruner only at epochs where it can decide.
+        if (not task["worker_calls"] or settings.may_prune_at(step)) and timed("should_prune", trial.should_prune):
             state = TrialState.PRUNED
             break
     if task["worker_calls"]:  # and when it finishes one
@@ -328,13 +329,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retry_deadline: float, dbname: str | None) -> dict[str, Any]:
+def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retry_deadline: float, dbname: str | None, run_pruner: str = "median") -> dict[str, Any]:
     from search.study import StudySettings, create_study, open_storage
 
     name = f"scale-{run.backend}-{run.procs}-{'stress' if not run.step_sleep else 'paced'}"
     settings = StudySettings(
         dataset="bench", dataset_checksum="-", subset_path="-", subset_checksum="-",
-        epochs=steps, sampler="tpe", pruner="median", n_trials=run.procs * run.trials,
+        epochs=steps, sampler="tpe", pruner=run_pruner, n_trials=run.procs * run.trials,
     )
     storage = open_storage(url)
     create_study(name, settings, storage)
@@ -464,6 +465,7 @@ def main() -> None:
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--workdir", help="where SQLite and journal files go (default: a temporary directory)")
+    parser.add_argument("--pruner", default="median", choices=["median", "hyperband"], help="the study's pruner (kilotune's default is hyperband)")
     parser.add_argument("--out", default="runs/storage_scale.json")
     args = parser.parse_args()
 
@@ -530,7 +532,7 @@ def main() -> None:
                 "sqlite": f"sqlite:///{stem}.db",
                 "journal": f"{stem}.journal",
             }[run.backend]
-            rows.append(run_one(pool, run, url, args.steps, not args.bare, args.retry_deadline, dbname if pg else None))
+            rows.append(run_one(pool, run, url, args.steps, not args.bare, args.retry_deadline, dbname if pg else None, args.pruner))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             save(False)
     finally:
