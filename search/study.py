@@ -63,21 +63,32 @@ def open_storage(url: str | None = None) -> BaseStorage:
     else:
         # One idle connection; the heartbeat thread and the budget lock may add two at peak.
         engine_kwargs.update(pool_size=1, max_overflow=2, pool_recycle=300, connect_args={"connect_timeout": 10})
-    try:
-        storage = RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-            heartbeat_stale_trial_callback=retry,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ImportError) as e:
-        reason = " ".join(str(getattr(e, "orig", None) or e).split())[:300]
-        raise ValueError(f"cannot open storage {redact(url)}: {reason}") from None
+    for attempt in range(5):
+        try:
+            storage = RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=retry,
+            )
+            break
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
+            # Processes opening a new database at once race to create Optuna's schema; the
+            # losers find it created when they try again.
+            if attempt == 4 or "already exists" not in str(e):
+                raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ImportError) as e:
+            raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
     if url.startswith("sqlite"):
         with storage.engine.connect() as conn:  # WAL lets the dashboard read while workers write
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _reason(error: Exception) -> str:
+    return " ".join(str(getattr(error, "orig", None) or error).split())[:300]
 
 
 def redact(url: str) -> str:
@@ -213,13 +224,25 @@ def create_study(name: str, settings: StudySettings, storage: BaseStorage) -> tu
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=storage), False
-    if created or "dataset" not in study.user_attrs:
+    if created or not _wait_for_settings(study):
+        # Written one key at a time, ``created_at`` last: its presence marks a complete record.
         for key, value in asdict(settings).items():
             study.set_user_attr(key, value)
         return study, created
     recorded = StudySettings.from_study(study)
     check_same_data(recorded, settings.dataset_checksum, settings.subset_checksum, name)
     return study, False
+
+
+def _wait_for_settings(study: optuna.Study, timeout_s: float = 30.0) -> bool:
+    """Waits while another process finishes recording the settings; False if it never does
+    (its creator died), so the caller records them."""
+    deadline = time.monotonic() + timeout_s
+    while "created_at" not in study.user_attrs:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def load_study(name: str, storage: BaseStorage) -> tuple[optuna.Study, StudySettings]:

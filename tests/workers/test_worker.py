@@ -107,7 +107,9 @@ def test_sigterm_stops_the_worker_quickly_and_its_trial_is_retried(make_study, p
     worker.send_signal(signal.SIGTERM)
     out = worker.communicate(timeout=60)[0]
     assert worker.returncode == 0 and time.monotonic() - sent < 30, out[-2000:]
-    first, retry = trials(study, pg_url)
+    done = trials(study, pg_url)
+    assert len(done) == 2, (out[-3000:], [(t.state, t.user_attrs.get("status")) for t in done])
+    first, retry = done
     assert first.state == TrialState.FAIL and first.user_attrs["status"] == "interrupted"
     assert retry.state == TrialState.WAITING and retry.params == first.params, "never silently COMPLETE"
     assert retry.intermediate_values == first.intermediate_values
