@@ -66,11 +66,12 @@ def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
 
 
 def test_three_workers_share_one_study_within_its_global_budget(make_study, pg_url, worker_env):
-    study = make_study("shared", epochs=5, n_trials=9)
+    # 12 trials: the median pruner waits for 5 complete ones, so ~7 can be pruned.
+    study = make_study("shared", epochs=5, n_trials=12)
     outs = finish([start_worker(study, pg_url, worker_env, "--worker-id", f"w{i}") for i in range(3)])
     done = trials(study, pg_url)
-    assert len(done) == 9, "the budget is for the study, not per worker"
-    assert sorted(t.number for t in done) == list(range(9))
+    assert len(done) == 12, "the budget is for the study, not per worker"
+    assert sorted(t.number for t in done) == list(range(12))
     assert {t.state for t in done} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert any(t.state == TrialState.PRUNED for t in done), "the pruner stopped no trial"
     assert len({t.user_attrs["worker_id"] for t in done}) >= 2, outs
@@ -100,7 +101,8 @@ def test_sigkilled_worker_trial_is_retried_and_resumes_from_its_checkpoint(make_
 
 
 def test_sigterm_stops_the_worker_quickly_and_its_trial_is_retried(make_study, pg_url, worker_env):
-    study = make_study("termed", epochs=30, n_trials=1, pruner="none")
+    # Long enough that it cannot finish before the signal, even on a loaded machine.
+    study = make_study("termed", epochs=300, n_trials=1, pruner="none")
     worker = start_worker(study, pg_url, worker_env)
     wait_for(lambda: any(len(t.intermediate_values) >= 1 for t in trials(study, pg_url)), 180, "an epoch")
     sent = time.monotonic()
