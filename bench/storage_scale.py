@@ -69,7 +69,6 @@ def worker_main(index: int, inbox: Any, outbox: Any) -> None:
     started = time.perf_counter()
     import optuna
 
-    import search.study
     from search.study import load_study, open_storage, with_retry
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -106,8 +105,6 @@ def worker_main(index: int, inbox: Any, outbox: Any) -> None:
                     break
         if hasattr(storage, "engine"):
             storage.engine.dispose()  # close this run's connections before the next run
-        for engine in search.study._LOCK_ENGINES.values():  # and the budget lock's, cached per URL
-            engine.dispose()
         del study, storage
         outbox.put(("done", index, {"retries": retries.count, "errors": errors}))
 

@@ -128,7 +128,7 @@ CONFIG_FIELDS = {f.name for f in fields(TrainConfig)}
 
 # Built-in restrictions, usable as ``--space NAME`` instead of a file.
 NAMED_SPACES: dict[str, dict[str, Any]] = {
-    # Small models that train an epoch over 1000 images in about a second on a laptop CPU.
+    # Small models: 4-10 s an epoch over 1000 images on 2 CPU cores (docs/bench-train-speed.md, width 0.5).
     "small": {"arch": ["vgg8", "resnet9", "resnet20"], "width": [0.25, 0.5], "resnet20_depth": 20, "batch_size": [32, 64, 128]},
 }
 

@@ -302,19 +302,18 @@ def _study_age(study: optuna.Study, fallback: float) -> float:
 
 
 @contextlib.contextmanager
-def budget_lock(url: str, study_name: str, storage: BaseStorage | None = None) -> Iterator[None]:
+def budget_lock(url: str, study_name: str, storage: BaseStorage) -> Iterator[None]:
     """Serialises "is there budget left? then ask" across workers, so the budget is exact.
 
     PostgreSQL: a session advisory lock keyed by the study, on a connection from the
-    storage's own pool when given (so a worker never holds more than that pool). SQLite and journal
+    storage's own pool (so a worker never holds more than that pool). SQLite and journal
     files: an fcntl lock beside the file (all their workers share one host). Other
     databases: no lock, and the budget may be overshot by up to one trial per worker.
     """
     url = storage_url(url)
     key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-    if url.startswith("postgresql"):
-        engine = storage.engine if isinstance(storage, RDBStorage) else _lock_engine(url)
-        with engine.connect() as conn:
+    if url.startswith("postgresql") and isinstance(storage, RDBStorage):
+        with storage.engine.connect() as conn:
             conn.exec_driver_sql("SELECT pg_advisory_lock(%s)" % key)
             try:
                 yield
@@ -331,15 +330,6 @@ def budget_lock(url: str, study_name: str, storage: BaseStorage | None = None) -
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_LOCK_ENGINES: dict[str, sqlalchemy.Engine] = {}
-
-
-def _lock_engine(url: str) -> sqlalchemy.Engine:
-    if url not in _LOCK_ENGINES:
-        _LOCK_ENGINES[url] = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, pool_pre_ping=True)
-    return _LOCK_ENGINES[url]
 
 
 def _local_path(url: str) -> Path | None:

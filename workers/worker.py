@@ -142,9 +142,8 @@ class Worker:
         finally:
             heartbeat.stop()
             keras.backend.clear_session()  # free the graph and memory before the next model
-        # A diverged run is a result (a bad one), so the sampler learns to avoid it.
-        finite = [r.val_accuracy for r in result.history]
-        value = finite[-1] if finite else 0.0
+        # A diverged run is a result (a bad one: its last finite epoch), so the sampler learns to avoid it.
+        value = result.val_accuracy if result.history else 0.0
         with_retry(lambda: trial.set_user_attr("params_count", result.params), what="set_user_attr")
         self._finish(trial, TrialState.COMPLETE, result.status, epoch_seconds, value)
         checkpoint.clear()
