@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, al
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 BACKENDS = ("postgresql", "sqlite", "journal")
 # claim = fail_stale_trials + budget lock + budget check, as the worker does before each ask.
-OPS = ("claim", "ask", "suggest", "user_attr", "heartbeat", "report", "should_prune", "tell")
+# In the worker's shape, report and user_attr time the recorder's enqueue; flush waits for its writes.
+OPS = ("claim", "ask", "suggest", "user_attr", "heartbeat", "report", "flush", "should_prune", "tell")
 OTHER = ("claim", "user_attr", "heartbeat")  # the worker's calls beyond ask/report/tell
 HEAVY = ("keras", "tensorflow", "jax", "torch")
 
@@ -125,23 +126,93 @@ class _RetryCounter(logging.Handler):
         self.count += 1
 
 
-def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], start_at: float, stop_at: float) -> dict[str, Any] | None:
-    """One worker-shaped trial: wall seconds of every storage call, and the client CPU they used."""
+def worker_trial(study: Any, settings: Any, trial: Any, task: dict[str, Any], timed: Any, stop_at: float) -> tuple[Any, Any, int, float]:
+    """Worker._train_trial's storage calls, with a sleep for training: the real search space's
+    suggests, reports and user attributes through the worker's TrialRecorder, flushed before
+    each prune check and before tell."""
     import socket
 
+    from optuna.trial import TrialState
+
+    from search.space import SearchSpace
+    from workers.recorder import TrialRecorder
+
+    state, value, step = TrialState.COMPLETE, None, 0
+    with TrialRecorder(trial) as recorder:
+        t = time.perf_counter()
+        config = SearchSpace.from_spec(settings.space).suggest(trial, settings.epochs)  # ~15 params
+        timed.wall["suggest"].append(time.perf_counter() - t)
+        attrs = {"config": config.to_dict(), "worker": f"{socket.gethostname()}:{os.getpid()}", "device": "cpu", "status": "running"}
+        for key, v in attrs.items():
+            timed("user_attr", lambda: recorder.set_user_attr(key, v))
+        for step in range(1, task["steps"] + 1):
+            if time.time() > stop_at:  # the run's cap: give the trial up, as a killed worker would
+                state = TrialState.FAIL
+                break
+            if task["step_sleep"]:
+                time.sleep(task["step_sleep"])  # "training"; not storage time
+            value = objective_value(config.dropout * 10, config.learning_rate, "abc"[len(config.arch) % 3], step)
+            timed("report", lambda: recorder.report(value, step))
+            if settings.may_prune_at(step):
+                flush(recorder, timed.wall)
+                if timed("should_prune", trial.should_prune):
+                    state = TrialState.PRUNED
+                    break
+        finish = {"status": state.name.lower(), "epoch_seconds": [0.333] * step, "images_per_second": 2400.0}
+        if state == TrialState.COMPLETE:
+            finish["params_count"] = 1_000_000
+        for key, v in finish.items():
+            timed("user_attr", lambda: recorder.set_user_attr(key, v))
+        flush(recorder, timed.wall)
+    return state, value, step, recorder.write_seconds
+
+
+def flush(recorder: Any, wall: dict[str, list[float]]) -> None:
+    """Timed, but not in with_retry: the recorder retries its writes, and a retried flush would hide a lost one."""
+    t = time.perf_counter()
+    recorder.flush()
+    wall["flush"].append(time.perf_counter() - t)
+
+
+def bare_trial(settings: Any, trial: Any, task: dict[str, Any], timed: Any, stop_at: float) -> tuple[Any, Any, int, float]:
+    """Optuna alone, inline: three suggests, then report + should_prune every step."""
+    from optuna.trial import TrialState
+
+    x = timed("suggest", lambda: trial.suggest_float("x", -5.0, 5.0))
+    lr = timed("suggest", lambda: trial.suggest_float("lr", 1e-4, 1.0, log=True))
+    c = timed("suggest", lambda: trial.suggest_categorical("c", ["a", "b", "c"]))
+    state, value, step = TrialState.COMPLETE, None, 0
+    for step in range(1, task["steps"] + 1):
+        if time.time() > stop_at:
+            state = TrialState.FAIL
+            break
+        if task["step_sleep"]:
+            time.sleep(task["step_sleep"])
+        value = objective_value(x, lr, c, step)
+        timed("report", lambda: trial.report(value, step))
+        if timed("should_prune", trial.should_prune):
+            state = TrialState.PRUNED
+            break
+    return state, value, step, 0.0
+
+
+def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], start_at: float, stop_at: float) -> dict[str, Any] | None:
+    """One worker-shaped trial: wall seconds of every storage call, and the client CPU they used."""
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
     from search.study import budget_left, budget_lock, with_retry
 
     wall: dict[str, list[float]] = {op: [] for op in OPS}
-    cpu0 = time.thread_time()
+    cpu0 = time.process_time()  # the recorder's thread included
 
     def timed(op: str, call: Any) -> Any:
         t = time.perf_counter()
         result = with_retry(call, what=op, deadline_s=task["retry_deadline"])
         wall[op].append(time.perf_counter() - t)
         return result
+
+    timed.wall = wall  # for the calls timed without with_retry's wrapping
 
     def claim_and_ask() -> Any:
         # Worker._ask: the budget check and ask under the study's lock (a PostgreSQL advisory
@@ -163,34 +234,12 @@ def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], sta
             return None
     else:
         trial = timed("ask", study.ask)
-    x = timed("suggest", lambda: trial.suggest_float("x", -5.0, 5.0))
-    lr = timed("suggest", lambda: trial.suggest_float("lr", 1e-4, 1.0, log=True))
-    c = timed("suggest", lambda: trial.suggest_categorical("c", ["a", "b", "c"]))
-    if task["worker_calls"]:  # the attributes a worker writes when it starts a trial (docs/study-format.md)
-        config = {f"field_{i}": 0.1 * i for i in range(24)} | {"x": x, "lr": lr, "c": c}
-        for key, value in {"config": config, "worker": f"{socket.gethostname()}:{os.getpid()}", "device": "cpu", "status": "running"}.items():
-            timed("user_attr", lambda: trial.set_user_attr(key, value))
     if hasattr(storage, "record_heartbeat"):  # the worker beats when a trial starts (then every 10 s)
         timed("heartbeat", lambda: storage.record_heartbeat(trial._trial_id))
-    state, value, step = TrialState.COMPLETE, None, 0
-    for step in range(1, task["steps"] + 1):
-        if time.time() > stop_at:  # the run's cap: give the trial up, as a killed worker would
-            state = TrialState.FAIL
-            break
-        if task["step_sleep"]:
-            time.sleep(task["step_sleep"])  # "training"; not storage time
-        value = objective_value(x, lr, c, step)
-        timed("report", lambda: trial.report(value, step))
-        # As the worker does: ask the pruner only at epochs where it can decide.
-        if (not task["worker_calls"] or settings.may_prune_at(step)) and timed("should_prune", trial.should_prune):
-            state = TrialState.PRUNED
-            break
-    if task["worker_calls"]:  # and when it finishes one
-        finish = {"status": state.name.lower(), "epoch_seconds": [0.333] * step, "images_per_second": 2400.0}
-        if state == TrialState.COMPLETE:
-            finish["params_count"] = 1_000_000
-        for key, v in finish.items():
-            timed("user_attr", lambda: trial.set_user_attr(key, v))
+    if task["worker_calls"]:
+        state, value, step, background = worker_trial(study, settings, trial, task, timed, stop_at)
+    else:
+        state, value, step, background = bare_trial(settings, trial, task, timed, stop_at)
     timed("tell", lambda: study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True))
     return {
         "state": "abandoned" if state == TrialState.FAIL else state.name.lower(),
@@ -198,7 +247,8 @@ def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], sta
         "wall": wall,
         "total": sum(sum(v) for v in wall.values()),
         "other": sum(sum(wall[op]) for op in OTHER),
-        "client_cpu": time.thread_time() - cpu0,
+        "background": background,  # the recorder thread's writes, off the trial's path
+        "client_cpu": time.process_time() - cpu0,
         "end": time.time(),
     }
 
@@ -396,10 +446,13 @@ def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retr
         totals = [t["total"] for t in subset]
         row[key] = {"n": len(totals), "median_ms": 1e3 * percentile(totals, 50), "p99_ms": 1e3 * percentile(totals, 99),
                     "client_cpu_median_ms": 1e3 * percentile([t["client_cpu"] for t in subset], 50),
-                    "other_median_ms": 1e3 * percentile([t["other"] for t in subset], 50)}
+                    "other_median_ms": 1e3 * percentile([t["other"] for t in subset], 50),
+                    "background_median_ms": 1e3 * percentile([t["background"] for t in subset], 50)}
     # A full trial from the per-call medians: still defined when a capped run completed none.
-    per_trial_calls = {"claim": 2 if worker_calls else 0, "ask": 1, "suggest": 3, "user_attr": 8 if worker_calls else 0,
-                       "heartbeat": 1 if row["heartbeat"]["calls"] else 0, "report": steps, "should_prune": steps, "tell": 1}
+    # Calls per trial as made (complete trials; all trials if none completed).
+    sample = [t for t in finished if t["state"] == "complete"] or finished or trials
+    per_trial_calls = {op: percentile([len(t["wall"][op]) for t in sample], 50) if sample else 0 for op in OPS}
+    row["per_trial_calls"] = per_trial_calls
     row["complete_trial_from_medians_ms"] = sum(n * row[op]["median_ms"] for op, n in per_trial_calls.items() if n)
     return row
 
@@ -411,18 +464,18 @@ def fmt(v: float | None) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """One row per run. "blocking" is storage time on the trial's own thread (the target's figure);
+    "background" is the recorder thread's writes, overlapped with training."""
     lines = [
-        "| storage | procs | load | trials done (pruned) | trials/s | ask ms med / p99 | report+should_prune ms med / p99 | "
-        "tell ms med / p99 | other worker calls ms per trial med | storage ms per trial med / p99 | "
-        "per complete trial med / p99 (from medians) | peak conns (server) | note |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| storage | procs | load | trials done (pruned) | trials/s | claim+ask ms med / p99 | suggests ms per trial med | "
+        "flush ms med / p99 | should_prune ms med | tell ms med / p99 | blocking storage ms per trial med / p99 | "
+        "background writes ms per trial med | client CPU ms per trial med | peak conns (server) | note |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"| {r['backend']} | {r['procs']} | {r['load']} |" + " - |" * 9 + f" skipped: {r['skipped']} |")
+            lines.append(f"| {r['backend']} | {r['procs']} | {r['load']} |" + " - |" * 11 + f" skipped: {r['skipped']} |")
             continue
-        # report and should_prune are called as a pair every step; show the pair's cost.
-        pair = f"{fmt(r['report']['median_ms'] + r['should_prune']['median_ms'])} / {fmt(r['report']['p99_ms'] + r['should_prune']['p99_ms'])}"
         note = []
         if r["capped"]:
             note.append(f"capped at {r['run_timeout']:.0f} s" + (" (killed)" if r["killed"] else "") + f", {r['abandoned']} abandoned")
@@ -431,12 +484,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         if r["errors"]:
             note.append(f"{len(r['errors'])} errors, e.g. {r['errors'][0][:80]}")
         conns = "-" if r["peak_connections_db"] is None else f"{r['peak_connections_db']} ({r['peak_connections_server']})"
-        pct = r["per_complete_trial"]
+        pt = r["per_trial"]
+        med = lambda op: fmt(r[op]["median_ms"])  # noqa: E731
         lines.append(
             f"| {r['backend']} | {r['procs']} | {r['load']} | {r['trials_finished']} ({r['pruned']}) | {r['trials_per_second']:.1f} | "
-            f"{fmt(r['ask']['median_ms'])} / {fmt(r['ask']['p99_ms'])} | {pair} | {fmt(r['tell']['median_ms'])} / {fmt(r['tell']['p99_ms'])} | "
-            f"{fmt(r['per_trial']['other_median_ms'])} | {fmt(r['per_trial']['median_ms'])} / {fmt(r['per_trial']['p99_ms'])} | "
-            f"{fmt(pct['median_ms'])} / {fmt(pct['p99_ms'])} ({fmt(r['complete_trial_from_medians_ms'])}) | {conns} | {'; '.join(note)} |"
+            f"{fmt(r['claim']['median_ms'] + r['ask']['median_ms'])} / {fmt(r['claim']['p99_ms'] + r['ask']['p99_ms'])} | "
+            f"{fmt(r['suggest']['median_ms'] * r['per_trial_calls']['suggest'])} | {med('flush')} / {fmt(r['flush']['p99_ms'])} | "
+            f"{med('should_prune')} | {med('tell')} / {fmt(r['tell']['p99_ms'])} | {fmt(pt['median_ms'])} / {fmt(pt['p99_ms'])} | "
+            f"{fmt(pt['background_median_ms'])} | {fmt(pt['client_cpu_median_ms'])} | {conns} | {'; '.join(note)} |"
         )
     return "\n".join(lines)
 
@@ -462,7 +517,7 @@ def main() -> None:
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--workdir", help="where SQLite and journal files go (default: a temporary directory)")
-    parser.add_argument("--pruner", default="median", choices=["median", "hyperband"], help="the study's pruner (kilotune's default is hyperband)")
+    parser.add_argument("--pruner", default="hyperband", choices=["median", "hyperband"], help="the study's pruner (kilotune's default, hyperband, or median)")
     parser.add_argument("--out", default="runs/storage_scale.json")
     args = parser.parse_args()
 

@@ -53,7 +53,7 @@ def open_storage(url: str | None = None) -> BaseStorage:
     trial, its heartbeat thread, the budget lock), so 64 workers stay under 192, well below
     the 300 that docker-compose.yml gives PostgreSQL.
     """
-    url = storage_url(url)
+    url = _with_driver(storage_url(url))
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
     if url.endswith((".log", ".journal")) and "://" not in url:
         return JournalStorage(JournalFileStorage(url))
@@ -85,6 +85,15 @@ def open_storage(url: str | None = None) -> BaseStorage:
         with storage.engine.connect() as conn:  # WAL lets the dashboard read while workers write
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     return storage
+
+
+def _with_driver(url: str) -> str:
+    """Names psycopg2 in a bare PostgreSQL URL: SQLAlchemy 2.1 maps ``postgresql://`` to psycopg 3,
+    which kilotune does not install, and would fail with "Failed to import DB access module"."""
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg2://" + url[len(bare):]
+    return url
 
 
 def _reason(error: Exception) -> str:

@@ -36,6 +36,7 @@ from subset.subsetfile import load_subset
 from workers.data import holdout_data
 from workers.gpu import is_out_of_memory
 from workers.checkpoint import Checkpoint
+from workers.recorder import TrialRecorder
 from workers.train import EpochReport, TrainingInterrupted, train
 
 log = logging.getLogger("kilotune.worker")
@@ -103,6 +104,14 @@ class Worker:
         checkpoint = Checkpoint(checkpoint_root() / self.study.study_name / str(history[0] if history else trial.number))
         heartbeat = _Heartbeat(self.storage, trial._trial_id)
         heartbeat.start()
+        try:
+            with TrialRecorder(trial) as recorder:
+                return self._train_trial(trial, recorder, history, checkpoint)
+        finally:
+            heartbeat.stop()
+            keras.backend.clear_session()  # free the graph and memory before the next model
+
+    def _train_trial(self, trial: optuna.Trial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
         epoch_seconds: list[float] = []
         try:
             config = self.space.suggest(trial, self.settings.epochs)
@@ -111,50 +120,57 @@ class Worker:
                 attrs["worker_id"] = self.worker_id
             if history:
                 attrs["retry_of"] = history[-1]
+            if checkpoint.exists():
+                attrs["resumed_from_epoch"] = checkpoint.epoch()
             for key, value in attrs.items():
-                with_retry(lambda: trial.set_user_attr(key, value), what="set_user_attr")
+                recorder.set_user_attr(key, value)
 
             def report(r: EpochReport) -> None:
                 epoch_seconds.append(r.seconds)
-                with_retry(lambda: trial.report(r.val_accuracy, r.epoch), what="report")
-                if self.settings.may_prune_at(r.epoch) and with_retry(trial.should_prune, what="should_prune"):
-                    raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
+                recorder.report(r.val_accuracy, r.epoch)
+                if self.settings.may_prune_at(r.epoch):
+                    recorder.flush()  # the pruner reads the reports
+                    if with_retry(trial.should_prune, what="should_prune"):
+                        raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
-            if checkpoint.exists():
-                with_retry(lambda: trial.set_user_attr("resumed_from_epoch", checkpoint.epoch()), what="set_user_attr")
             result = train(config, self.data, [report], checkpoint_dir=checkpoint.directory, stop=self.stop)
         except optuna.TrialPruned:
-            self._finish(trial, TrialState.PRUNED, "pruned", epoch_seconds)
+            self._finish(trial, recorder, TrialState.PRUNED, "pruned", epoch_seconds)
             checkpoint.clear()
             return "pruned"
         except TrainingInterrupted:
             # Not a result: fail it now and queue its retry, which resumes from the checkpoint.
-            self._finish(trial, TrialState.FAIL, "interrupted", epoch_seconds)
+            self._finish(trial, recorder, TrialState.FAIL, "interrupted", epoch_seconds)
             with_retry(lambda: self.retry(self.study, self.storage.get_trial(trial._trial_id)), what="retry")
             return "interrupted"
         except Exception as e:  # one bad trial must not end the worker
             reason = "out of memory" if is_out_of_memory(e) else " ".join(f"{type(e).__name__}: {e}".split())[:500]
             log.error("trial %d failed: %s\n%s", trial.number, reason, traceback.format_exc())
-            with_retry(lambda: trial.set_user_attr("fail_reason", reason), what="set_user_attr")
-            self._finish(trial, TrialState.FAIL, "failed", epoch_seconds)
+            recorder.set_user_attr("fail_reason", reason)
+            self._finish(trial, recorder, TrialState.FAIL, "failed", epoch_seconds)
             checkpoint.clear()
             return "failed"
-        finally:
-            heartbeat.stop()
-            keras.backend.clear_session()  # free the graph and memory before the next model
         # A diverged run is a result (a bad one: its last finite epoch), so the sampler learns to avoid it.
         value = result.val_accuracy if result.history else 0.0
-        with_retry(lambda: trial.set_user_attr("params_count", result.params), what="set_user_attr")
-        self._finish(trial, TrialState.COMPLETE, result.status, epoch_seconds, value)
+        recorder.set_user_attr("params_count", result.params)
+        self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, value)
         checkpoint.clear()
         return result.status
 
-    def _finish(self, trial: optuna.Trial, state: TrialState, status: str, epoch_seconds: list[float], value: float | None = None) -> None:
-        attrs = {"status": status, "epoch_seconds": [round(s, 3) for s in epoch_seconds]}
+    def _finish(
+        self,
+        trial: optuna.Trial,
+        recorder: TrialRecorder,
+        state: TrialState,
+        status: str,
+        epoch_seconds: list[float],
+        value: float | None = None,
+    ) -> None:
+        recorder.set_user_attr("status", status)
+        recorder.set_user_attr("epoch_seconds", [round(s, 3) for s in epoch_seconds])
         if epoch_seconds:
-            attrs["images_per_second"] = round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1)
-        for key, v in attrs.items():
-            with_retry(lambda: trial.set_user_attr(key, v), what="set_user_attr")
+            recorder.set_user_attr("images_per_second", round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
+        recorder.flush()  # a finished trial takes no more writes
         with_retry(lambda: self.study.tell(trial, value, state=state, skip_if_finished=True), what="tell")
         log.info("trial %d %s%s", trial.number, status, f" value={value:.4f}" if value is not None else "")
 

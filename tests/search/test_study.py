@@ -153,3 +153,11 @@ def test_tpe_starts_within_each_hyperband_bracket():
     assert settings(epochs=30).sampler_for()._n_startup_trials == 4
     assert settings(epochs=9).sampler_for()._n_startup_trials == 5
     assert settings(epochs=30, pruner="median").sampler_for()._n_startup_trials == 10
+
+
+def test_a_bare_postgresql_url_opens_with_the_installed_driver(pg_url):
+    bare = "postgresql://" + pg_url.split("://", 1)[1]  # what users type; SQLAlchemy 2.1 would pick psycopg 3
+    storage = open_storage(bare)
+    assert storage.engine.dialect.driver == "psycopg2"
+    study, created = create_study("bare-url", settings(), storage)
+    assert created and study.study_name == "bare-url"

@@ -1,0 +1,80 @@
+"""TrialRecorder: writes off the training thread, in order, visible after flush, errors not lost."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+import pytest
+import sqlalchemy
+
+from workers.recorder import TrialRecorder
+
+
+@pytest.fixture
+def trial() -> optuna.Trial:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(storage=optuna.storages.InMemoryStorage()).ask()
+
+
+def test_writes_are_stored_in_order_after_flush(trial):
+    with TrialRecorder(trial) as recorder:
+        for step in range(30):
+            recorder.report(step / 100, step)
+        recorder.set_user_attr("status", "running")
+        recorder.set_user_attr("status", "done")  # the later write wins: order is kept
+        recorder.flush()
+        stored = trial.study._storage.get_trial(trial._trial_id)
+        assert stored.intermediate_values == {step: step / 100 for step in range(30)}
+        assert stored.user_attrs == {"status": "done"}
+
+
+def test_writes_run_on_the_recorders_thread_not_the_callers(trial):
+    threads: list[str] = []
+    set_attr = trial.set_user_attr
+    trial.set_user_attr = lambda key, value: (threads.append(threading.current_thread().name), set_attr(key, value))
+    with TrialRecorder(trial) as recorder:
+        recorder.set_user_attr("a", 1)
+    assert threads == [f"recorder-{trial.number}"]
+    assert threads[0] != threading.current_thread().name
+
+
+def test_a_failed_write_is_raised_at_flush_and_later_writes_are_not_stored(trial):
+    recorder = TrialRecorder(trial)
+    recorder.report("not a number", 0)
+    recorder.report(0.5, 1)
+    with pytest.raises(TypeError, match="supposed to be a float"):
+        recorder.flush()
+    recorder.close()
+    assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {}
+
+
+def test_a_transient_database_error_is_retried_not_lost(trial, monkeypatch):
+    monkeypatch.setattr("search.study.time.sleep", lambda s: None)
+    failures = [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
+    report = trial.report
+
+    def flaky_report(value: float, step: int) -> None:
+        if failures:
+            raise failures.pop()
+        report(value, step)
+
+    trial.report = flaky_report
+    with TrialRecorder(trial) as recorder:
+        recorder.report(0.25, 3)
+    assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {3: 0.25}
+    assert failures == []
+
+
+def test_a_closed_recorder_refuses_writes(trial):
+    recorder = TrialRecorder(trial)
+    recorder.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        recorder.set_user_attr("late", 1)
+
+
+def test_leaving_on_an_exception_keeps_that_exception(trial):
+    with pytest.raises(KeyError, match="training broke"):
+        with TrialRecorder(trial) as recorder:
+            recorder.report("bad", 0)  # a write error too: the training error must win
+            raise KeyError("training broke")
