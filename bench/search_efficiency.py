@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path

@@ -4,24 +4,29 @@
 
 For each storage (PostgreSQL, the embedded SQLite WAL default, Optuna's JournalFileStorage) and
 each process count (1, 4, 16, 64), one fresh kilotune study (``search.study.create_study``, TPE
-and the median pruner as ``kilotune study create`` records them) is worked by that many spawned
-processes. Each opens its own storage through ``search.study.open_storage`` (so the bounded,
-pre-pinged pool is what is measured), loads the study with ``search.study.load_study`` and, from
-a common start time, runs up to ``--trials`` trials of a trivial objective the way a worker does:
-ask, suggest three params, record a heartbeat, 30 x (report + should_prune), tell; every call
-wrapped in ``with_retry`` and timed. Storage time per trial = the sum of those calls.
+and the pruner as ``kilotune study create --pruner`` records them; Hyperband by default) is worked
+by that many spawned processes. Each opens its own storage through ``search.study.open_storage``
+(so the bounded, pre-pinged pool is what is measured), loads the study and, from a common start
+time, runs up to ``--trials`` trials the way ``Worker.run`` does, with the worker's own code
+(``workers.protocol``): ``TrialSource.take`` (stale trials, budget lock, ask, the default space's
+~15 suggests, first heartbeat) one trial ahead in a thread; user attributes and 30 reports through
+a ``TrialRecorder``; flush + ``should_prune`` at the pruner's rungs; flush + tell. Every call is
+timed. **Blocking** storage time per trial = what the trial's own thread waited for (the wait for
+its taken trial, enqueues, flushes, should_prune, tell); **background** = the take and the
+recorder's writes, overlapped with training. ``--bare`` measures Optuna alone instead: ask, three
+suggests, 30 x (report + should_prune), tell, all inline.
 
 Two loads:
 - stress (``--step-sleep 0``): no training at all, every process calls the storage back to back;
   gives saturated trials/s. On few cores the latencies include waiting for a CPU.
 - paced (``--paced-*``): each step sleeps 1/30 of a 10-second trial, the load 64 real workers
-  put on the storage; the target is judged here: < 100 ms storage per trial (1% of a 10 s trial)
-  at 64 processes on PostgreSQL.
+  put on the storage; the target is judged here: < 100 ms blocking storage per trial (1% of a
+  10 s trial) at 64 processes on PostgreSQL.
 
 Runs are capped (--run-timeout): after it no trial starts and running ones are abandoned (told
 FAIL, counted under "abandoned"); the whole benchmark has a --budget and skips what does not fit.
 A side thread polls pg_stat_activity every 0.2 s for peak connections. Worker processes import
-only optuna and search.study (checked: no keras/tensorflow). Prints a markdown table; writes JSON.
+only optuna, search/ and workers.protocol (checked: no keras/tensorflow). Prints a markdown table; writes JSON.
 """
 
 from __future__ import annotations
@@ -48,10 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, al
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
 BACKENDS = ("postgresql", "sqlite", "journal")
-# claim = fail_stale_trials + budget lock + budget check, as the worker does before each ask.
-# In the worker's shape, report and user_attr time the recorder's enqueue; flush waits for its writes.
-OPS = ("claim", "ask", "suggest", "user_attr", "heartbeat", "report", "flush", "should_prune", "tell")
-OTHER = ("claim", "user_attr", "heartbeat")  # the worker's calls beyond ask/report/tell
+# The worker's shape: "take" = TrialSource.take (stale trials, budget lock, ask, the space's
+# suggests, first heartbeat), run ahead in a thread; "lock_held" = the part of it under the
+# study's budget lock, which every worker's take queues for; "take_wait" = how long the trial waited for
+# it; report and user_attr time the recorder's enqueue; flush waits for the recorder's writes.
+# The bare shape: ask, suggest, heartbeat, report, should_prune, tell, all inline.
+OPS = ("take", "lock_held", "take_wait", "ask", "suggest", "user_attr", "heartbeat", "report", "flush", "should_prune", "tell")
+OTHER = ("take_wait", "user_attr", "heartbeat")  # the worker's calls beyond ask/report/tell
 HEAVY = ("keras", "tensorflow", "jax", "torch")
 
 
@@ -92,18 +100,19 @@ def worker_main(index: int, inbox: Any, outbox: Any) -> None:
         start_at = inbox.get()
         time.sleep(max(0.0, start_at - time.time()))
         stop_at = start_at + task["run_timeout"]
-        for _ in range(task["trials"] if study is not None else 0):
-            if time.time() > stop_at:  # capped: start no new trial
-                break
-            try:
-                record = run_trial(study, settings, storage, task, start_at, stop_at)
-                if record is None:  # the study's budget is spent
-                    break
-                outbox.put(("trial", index, record))
-            except Exception as e:  # one failed call must not hide the others' numbers
-                errors.append(_one_line(e))
-                if len(errors) >= 5:
-                    break
+        try:
+            if study is None:
+                pass
+            elif task["worker_calls"]:
+                for record in trials_like_a_worker(study, settings, storage, task, start_at, stop_at):
+                    outbox.put(("trial", index, record))
+            else:
+                for _ in range(task["trials"]):
+                    if time.time() > stop_at:  # capped: start no new trial
+                        break
+                    outbox.put(("trial", index, bare_trial(study, storage, task, stop_at)))
+        except Exception as e:  # e.g. a call that gave up: report it with the others' numbers
+            errors.append(_one_line(e))
         if hasattr(storage, "engine"):
             storage.engine.dispose()  # close this run's connections before the next run
         del study, storage
@@ -126,22 +135,83 @@ class _RetryCounter(logging.Handler):
         self.count += 1
 
 
-def worker_trial(study: Any, settings: Any, trial: Any, task: dict[str, Any], timed: Any, stop_at: float) -> tuple[Any, Any, int, float]:
-    """Worker._train_trial's storage calls, with a sleep for training: the real search space's
-    suggests, reports and user attributes through the worker's TrialRecorder, flushed before
-    each prune check and before tell."""
+def new_record(task: dict[str, Any]) -> tuple[dict[str, list[float]], Any]:
+    """Per-op wall times of one trial, and ``timed(op, call)``: a call in with_retry, timed."""
+    from search.study import with_retry
+
+    wall: dict[str, list[float]] = {op: [] for op in OPS}
+
+    def timed(op: str, call: Any) -> Any:
+        t = time.perf_counter()
+        result = with_retry(call, what=op, deadline_s=task["retry_deadline"])
+        wall[op].append(time.perf_counter() - t)
+        return result
+
+    return wall, timed
+
+
+def finish_record(wall: dict[str, list[float]], state: Any, step: int, background: float, cpu0: float) -> dict[str, Any]:
+    from optuna.trial import TrialState
+
+    return {
+        "state": "abandoned" if state == TrialState.FAIL else state.name.lower(),
+        "steps": step,
+        "wall": wall,
+        "total": sum(sum(v) for op, v in wall.items() if op not in ("take", "lock_held")),  # what the trial waited for
+        "other": sum(sum(wall[op]) for op in OTHER),
+        "background": background,  # taking the trial ahead, and the recorder's writes
+        "client_cpu": time.process_time() - cpu0,  # every thread of the process
+        "end": time.time(),
+    }
+
+
+def trials_like_a_worker(study: Any, settings: Any, storage: Any, task: dict[str, Any], start_at: float, stop_at: float) -> Any:
+    """Worker.run with a sleep for training: the worker's TrialSource takes the next trial in a
+    thread while the current one trains; its reports and attributes go through a TrialRecorder,
+    flushed before each prune check and before tell. Yields one record per trial."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from workers.protocol import TrialSource
+
+    source = TrialSource(task["url"], storage, study, settings)
+
+    def take() -> tuple[Any, float, float]:
+        t = time.perf_counter()
+        return source.take(start_at), time.perf_counter() - t, source.lock_held_seconds
+
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        upcoming, taken_so_far = ahead.submit(take), 0
+        while upcoming is not None:
+            cpu0, t = time.process_time(), time.perf_counter()
+            taken, take_seconds, lock_held = upcoming.result()
+            waited = time.perf_counter() - t
+            if taken is None:  # the study's budget is spent
+                return
+            if time.time() > stop_at:  # capped: start no new trial
+                source.hand_back(taken)
+                return
+            taken_so_far += 1
+            upcoming = ahead.submit(take) if taken_so_far < task["trials"] else None
+            record = worker_trial(study, settings, taken, task, stop_at, waited, take_seconds, cpu0)
+            record["wall"]["lock_held"].append(lock_held)
+            record["first"] = taken_so_far == 1  # nothing ran before it to hide its take
+            yield record
+
+
+def worker_trial(study: Any, settings: Any, taken: Any, task: dict[str, Any], stop_at: float, waited: float, take_seconds: float, cpu0: float) -> dict[str, Any]:
+    """Worker._train_trial's storage calls around a sleep for training."""
     import socket
 
     from optuna.trial import TrialState
 
-    from search.space import SearchSpace
-    from workers.recorder import TrialRecorder
+    from workers.protocol import TrialRecorder
 
+    wall, timed = new_record(task)
+    wall["take_wait"].append(waited)
+    wall["take"].append(take_seconds)
+    trial, config = taken.trial, taken.sampled_config()
     state, value, step = TrialState.COMPLETE, None, 0
     with TrialRecorder(trial) as recorder:
-        t = time.perf_counter()
-        config = SearchSpace.from_spec(settings.space).suggest(trial, settings.epochs)  # ~15 params
-        timed.wall["suggest"].append(time.perf_counter() - t)
         attrs = {"config": config.to_dict(), "worker": f"{socket.gethostname()}:{os.getpid()}", "device": "cpu", "status": "running"}
         for key, v in attrs.items():
             timed("user_attr", lambda: recorder.set_user_attr(key, v))
@@ -154,7 +224,7 @@ def worker_trial(study: Any, settings: Any, trial: Any, task: dict[str, Any], ti
             value = objective_value(config.dropout * 10, config.learning_rate, "abc"[len(config.arch) % 3], step)
             timed("report", lambda: recorder.report(value, step))
             if settings.may_prune_at(step):
-                flush(recorder, timed.wall)
+                flush(recorder, wall)
                 if timed("should_prune", trial.should_prune):
                     state = TrialState.PRUNED
                     break
@@ -163,8 +233,10 @@ def worker_trial(study: Any, settings: Any, trial: Any, task: dict[str, Any], ti
             finish["params_count"] = 1_000_000
         for key, v in finish.items():
             timed("user_attr", lambda: recorder.set_user_attr(key, v))
-        flush(recorder, timed.wall)
-    return state, value, step, recorder.write_seconds
+        flush(recorder, wall)
+        timed("tell", lambda: study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True))
+    taken.heartbeat.stop()
+    return finish_record(wall, state, step, take_seconds + recorder.write_seconds, cpu0)
 
 
 def flush(recorder: Any, wall: dict[str, list[float]]) -> None:
@@ -174,13 +246,18 @@ def flush(recorder: Any, wall: dict[str, list[float]]) -> None:
     wall["flush"].append(time.perf_counter() - t)
 
 
-def bare_trial(settings: Any, trial: Any, task: dict[str, Any], timed: Any, stop_at: float) -> tuple[Any, Any, int, float]:
-    """Optuna alone, inline: three suggests, then report + should_prune every step."""
+def bare_trial(study: Any, storage: Any, task: dict[str, Any], stop_at: float) -> dict[str, Any]:
+    """Optuna alone, inline: ask, three suggests, a heartbeat, report + should_prune every step, tell."""
     from optuna.trial import TrialState
 
+    cpu0 = time.process_time()
+    wall, timed = new_record(task)
+    trial = timed("ask", study.ask)
     x = timed("suggest", lambda: trial.suggest_float("x", -5.0, 5.0))
     lr = timed("suggest", lambda: trial.suggest_float("lr", 1e-4, 1.0, log=True))
     c = timed("suggest", lambda: trial.suggest_categorical("c", ["a", "b", "c"]))
+    if hasattr(storage, "record_heartbeat"):
+        timed("heartbeat", lambda: storage.record_heartbeat(trial._trial_id))
     state, value, step = TrialState.COMPLETE, None, 0
     for step in range(1, task["steps"] + 1):
         if time.time() > stop_at:
@@ -193,64 +270,8 @@ def bare_trial(settings: Any, trial: Any, task: dict[str, Any], timed: Any, stop
         if timed("should_prune", trial.should_prune):
             state = TrialState.PRUNED
             break
-    return state, value, step, 0.0
-
-
-def run_trial(study: Any, settings: Any, storage: Any, task: dict[str, Any], start_at: float, stop_at: float) -> dict[str, Any] | None:
-    """One worker-shaped trial: wall seconds of every storage call, and the client CPU they used."""
-    from optuna.storages import fail_stale_trials
-    from optuna.trial import TrialState
-
-    from search.study import budget_left, budget_lock, with_retry
-
-    wall: dict[str, list[float]] = {op: [] for op in OPS}
-    cpu0 = time.process_time()  # the recorder's thread included
-
-    def timed(op: str, call: Any) -> Any:
-        t = time.perf_counter()
-        result = with_retry(call, what=op, deadline_s=task["retry_deadline"])
-        wall[op].append(time.perf_counter() - t)
-        return result
-
-    timed.wall = wall  # for the calls timed without with_retry's wrapping
-
-    def claim_and_ask() -> Any:
-        # Worker._ask: the budget check and ask under the study's lock (a PostgreSQL advisory
-        # lock on a connection of the storage's pool; an flock beside SQLite and journal files).
-        t = time.perf_counter()
-        with budget_lock(task["url"], study.study_name, storage):
-            left = budget_left(study, settings, start_at)
-            t_ask = time.perf_counter()
-            trial = study.ask() if left else None  # multivariate TPE samples the relative params here
-            asked = time.perf_counter() - t_ask
-        wall["claim"].append(time.perf_counter() - t - asked)
-        wall["ask"].append(asked)
-        return trial
-
-    if task["worker_calls"]:
-        timed("claim", lambda: fail_stale_trials(study))
-        trial = with_retry(claim_and_ask, what="ask", deadline_s=task["retry_deadline"])
-        if trial is None:
-            return None
-    else:
-        trial = timed("ask", study.ask)
-    if hasattr(storage, "record_heartbeat"):  # the worker beats when a trial starts (then every 10 s)
-        timed("heartbeat", lambda: storage.record_heartbeat(trial._trial_id))
-    if task["worker_calls"]:
-        state, value, step, background = worker_trial(study, settings, trial, task, timed, stop_at)
-    else:
-        state, value, step, background = bare_trial(settings, trial, task, timed, stop_at)
     timed("tell", lambda: study.tell(trial, value if state == TrialState.COMPLETE else None, state=state, skip_if_finished=True))
-    return {
-        "state": "abandoned" if state == TrialState.FAIL else state.name.lower(),
-        "steps": step,
-        "wall": wall,
-        "total": sum(sum(v) for v in wall.values()),
-        "other": sum(sum(wall[op]) for op in OTHER),
-        "background": background,  # the recorder thread's writes, off the trial's path
-        "client_cpu": time.process_time() - cpu0,
-        "end": time.time(),
-    }
+    return finish_record(wall, state, step, 0.0, cpu0)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -442,7 +463,8 @@ def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retr
     for op in OPS:  # every call made counts, abandoned trials' included
         values = [v for t in trials for v in t["wall"][op]]
         row[op] = {"calls": len(values), "median_ms": 1e3 * percentile(values, 50), "p99_ms": 1e3 * percentile(values, 99)}
-    for key, subset in (("per_trial", finished), ("per_complete_trial", [t for t in finished if t["state"] == "complete"])):
+    later = [t for t in finished if not t.get("first", True)]  # steady state: each process's trials after its first
+    for key, subset in (("per_trial", finished), ("per_complete_trial", [t for t in finished if t["state"] == "complete"]), ("per_later_trial", later)):
         totals = [t["total"] for t in subset]
         row[key] = {"n": len(totals), "median_ms": 1e3 * percentile(totals, 50), "p99_ms": 1e3 * percentile(totals, 99),
                     "client_cpu_median_ms": 1e3 * percentile([t["client_cpu"] for t in subset], 50),
@@ -467,14 +489,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     """One row per run. "blocking" is storage time on the trial's own thread (the target's figure);
     "background" is the recorder thread's writes, overlapped with training."""
     lines = [
-        "| storage | procs | load | trials done (pruned) | trials/s | claim+ask ms med / p99 | suggests ms per trial med | "
+        "| storage | procs | load | trials done (pruned) | trials/s | take (ahead) ms med / p99 | budget lock held ms med | take wait ms med / p99 | "
         "flush ms med / p99 | should_prune ms med | tell ms med / p99 | blocking storage ms per trial med / p99 | "
-        "background writes ms per trial med | client CPU ms per trial med | peak conns (server) | note |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "blocking ms per later trial med / p99 | background ms per trial med | client CPU ms per trial med | peak conns (server) | note |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if r.get("skipped"):
-            lines.append(f"| {r['backend']} | {r['procs']} | {r['load']} |" + " - |" * 11 + f" skipped: {r['skipped']} |")
+            lines.append(f"| {r['backend']} | {r['procs']} | {r['load']} |" + " - |" * 13 + f" skipped: {r['skipped']} |")
             continue
         note = []
         if r["capped"]:
@@ -488,10 +510,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         med = lambda op: fmt(r[op]["median_ms"])  # noqa: E731
         lines.append(
             f"| {r['backend']} | {r['procs']} | {r['load']} | {r['trials_finished']} ({r['pruned']}) | {r['trials_per_second']:.1f} | "
-            f"{fmt(r['claim']['median_ms'] + r['ask']['median_ms'])} / {fmt(r['claim']['p99_ms'] + r['ask']['p99_ms'])} | "
-            f"{fmt(r['suggest']['median_ms'] * r['per_trial_calls']['suggest'])} | {med('flush')} / {fmt(r['flush']['p99_ms'])} | "
+            f"{med('take')} / {fmt(r['take']['p99_ms'])} | {med('lock_held')} | {med('take_wait')} / {fmt(r['take_wait']['p99_ms'])} | "
+            f"{med('flush')} / {fmt(r['flush']['p99_ms'])} | "
             f"{med('should_prune')} | {med('tell')} / {fmt(r['tell']['p99_ms'])} | {fmt(pt['median_ms'])} / {fmt(pt['p99_ms'])} | "
-            f"{fmt(pt['background_median_ms'])} | {fmt(pt['client_cpu_median_ms'])} | {conns} | {'; '.join(note)} |"
+            f"{fmt(r['per_later_trial']['median_ms'])} / {fmt(r['per_later_trial']['p99_ms'])} | {fmt(pt['background_median_ms'])} | {fmt(pt['client_cpu_median_ms'])} | {conns} | {'; '.join(note)} |"
         )
     return "\n".join(lines)
 
@@ -505,7 +527,7 @@ def main() -> None:
     parser.add_argument("--step-sleep", type=float, default=0.0, help="seconds of 'training' per step in the main runs (0: stress)")
     parser.add_argument("--run-timeout", type=float, default=15.0, help="cap of each main run, seconds")
     parser.add_argument("--paced-backends", nargs="*", default=["postgresql", "sqlite"], choices=BACKENDS)
-    parser.add_argument("--paced-procs", type=int, default=64)
+    parser.add_argument("--paced-procs", type=int, nargs="*", default=[64])
     parser.add_argument("--paced-trial-seconds", type=float, default=10.0, help="'training' per paced trial, spread over the steps")
     parser.add_argument("--paced-trials", type=int, default=3, help="trials per process, paced runs")
     parser.add_argument("--paced-timeout", type=float, default=35.0)
@@ -536,7 +558,7 @@ def main() -> None:
     # budget runs out, what is lost is the heaviest cell, not a whole storage.
     order = sorted(args.backends, key=lambda b: (b == "postgresql", BACKENDS.index(b)))
     runs = [Run(b, n, args.trials, args.step_sleep, args.run_timeout) for n in sorted(args.procs) for b in order]
-    runs += [Run(b, args.paced_procs, args.paced_trials, args.paced_trial_seconds / args.steps, args.paced_timeout) for b in args.paced_backends]
+    runs += [Run(b, n, args.paced_trials, args.paced_trial_seconds / args.steps, args.paced_timeout) for n in sorted(args.paced_procs) for b in args.paced_backends]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="kilotune_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     dbname = f"kilotune_bench_{secrets.token_hex(4)}"
@@ -600,10 +622,11 @@ def main() -> None:
     print()
     print(table(rows))
     for r in rows:
-        if r["backend"] == "postgresql" and r["procs"] == args.paced_procs and r["step_sleep"] and not r.get("skipped"):
-            t = r["per_complete_trial"]
-            print(f"\ntarget: < 100 ms storage per trial at {r['procs']} processes on PostgreSQL ({r['load']}): "
-                  f"{'met' if t['median_ms'] < 100 else 'NOT met'} (median {fmt(t['median_ms'])} ms, p99 {fmt(t['p99_ms'])} ms per complete trial)")
+        if r["backend"] == "postgresql" and r["procs"] == max(args.paced_procs) and r["step_sleep"] and not r.get("skipped"):
+            for key, what in (("per_trial", "every trial"), ("per_later_trial", "trials after each process's first")):
+                t = r[key]
+                print(f"target: < 100 ms blocking storage per trial at {r['procs']} processes on PostgreSQL ({r['load']}), {what}: "
+                      f"{'met' if t['median_ms'] < 100 else 'NOT met'} at the median ({fmt(t['median_ms'])} ms; p99 {fmt(t['p99_ms'])} ms)")
     if pg:
         peak = max((r["peak_connections_db"] or 0 for r in rows if r["backend"] == "postgresql" and not r.get("skipped")), default=0)
         print(f"PostgreSQL {pg['version']}: max_connections {pg['max_connections']}, peak {peak} connections in the benchmark "

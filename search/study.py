@@ -49,9 +49,10 @@ def open_storage(url: str | None = None) -> BaseStorage:
     """Opens the storage, checking that it is reachable; one clear ValueError if not.
 
     RDB storages get heartbeats and Optuna's retry of stale trials (inheriting the reported
-    epochs), and a small pre-pinged pool. A worker holds at most three connections (its
-    trial, its heartbeat thread, the budget lock), so 64 workers stay under 192, well below
-    the 300 that docker-compose.yml gives PostgreSQL.
+    epochs), and a small pre-pinged pool: one idle connection, at most four open. A worker's
+    threads (training, its recorder, heartbeats, asking ahead under the budget lock) share
+    them and wait briefly for one when all four are busy, so 64 workers never hold more than
+    256, below the 300 that docker-compose.yml gives PostgreSQL.
     """
     url = _with_driver(storage_url(url))
     retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
@@ -61,8 +62,8 @@ def open_storage(url: str | None = None) -> BaseStorage:
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 60}  # wait for the writer instead of "database is locked"
     else:
-        # One idle connection; the heartbeat thread and the budget lock may add two at peak.
-        engine_kwargs.update(pool_size=1, max_overflow=2, pool_recycle=300, connect_args={"connect_timeout": 10})
+        # One idle connection; the worker's other threads may open three more at peak.
+        engine_kwargs.update(pool_size=1, max_overflow=3, pool_recycle=300, connect_args={"connect_timeout": 10})
     for attempt in range(5):
         try:
             storage = RDBStorage(
@@ -290,8 +291,13 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
     return trial.user_attrs.get("status") == "failed"
 
 
+def study_timed_out(study: optuna.Study, settings: StudySettings, started: float) -> bool:
+    """Whether the study's ``--timeout`` (for the study as a whole) has passed."""
+    return settings.timeout_s is not None and _study_age(study, started) >= settings.timeout_s
+
+
 def budget_left(study: optuna.Study, settings: StudySettings, started: float) -> bool:
-    if settings.timeout_s is not None and _study_age(study, started) >= settings.timeout_s:
+    if study_timed_out(study, settings, started):
         return False
     if settings.n_trials is None:
         return True

@@ -1,8 +1,11 @@
 """The worker: pulls trials from a study, trains them, reports every epoch, survives faults.
 
-One loop, read top to bottom in ``Worker.run``: fail stale trials, take the budget lock and
-ask, train with per-epoch reports (and pruning), tell. Every storage call goes through
-``with_retry``, so a database restart costs a wait, not the trial.
+One loop, read top to bottom in ``Worker.run``: take a trial (fail stale trials, take the
+budget lock, ask, sample its config), train it with per-epoch reports (and pruning), tell.
+The next trial is taken in the background while this one trains, and reports are written by
+a recorder thread, so a trial waits on the database only for prune checks and tell
+(docs/bench-storage.md). Every storage call goes through ``with_retry``, so a database
+restart costs a wait, not the trial.
 """
 
 from __future__ import annotations
@@ -13,30 +16,21 @@ import socket
 import threading
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from search.space import SearchSpace
-from search.study import (
-    HEARTBEAT_SECONDS,
-    budget_left,
-    budget_lock,
-    check_same_data,
-    load_study,
-    open_storage,
-    storage_url,
-    with_retry,
-)
+from search.study import check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
 from subset.datasets import load_dataset
 from subset.subsetfile import load_subset
+from workers.checkpoint import Checkpoint
 from workers.data import holdout_data
 from workers.gpu import is_out_of_memory
-from workers.checkpoint import Checkpoint
-from workers.recorder import TrialRecorder
+from workers.protocol import TakenTrial, TrialRecorder, TrialSource
 from workers.train import EpochReport, TrainingInterrupted, train
 
 log = logging.getLogger("kilotune.worker")
@@ -66,8 +60,7 @@ class Worker:
         self.stop = stop or threading.Event()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.worker_id, self.device = worker_id, device
-        self.space = SearchSpace.from_spec(self.settings.space)
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+        self.source = TrialSource(self.url, self.storage, self.study, self.settings)
 
         dataset = load_dataset(self.settings.dataset, data_dir)
         subset = load_subset(subset_path or self.settings.subset_path, dataset)
@@ -77,44 +70,40 @@ class Worker:
     def run(self, max_trials: int | None = None) -> int:
         """Returns the number of trials this worker finished (complete, pruned or failed)."""
         started, done = time.time(), 0
-        while not self.stop.is_set() and (max_trials is None or done < max_trials):
-            trial = self._ask(started)
-            if trial is None:
-                log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
-                break
-            if self._run_trial(trial) != "interrupted":
-                done += 1
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ask-ahead") as ahead:
+            upcoming: Future[TakenTrial | None] | None = ahead.submit(self.source.take, started)
+            while upcoming is not None:
+                taken = upcoming.result()
+                if taken is None:
+                    log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
+                    break
+                if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
+                    self.source.hand_back(taken)
+                    break
+                # Take the next trial while this one trains: the claim, the ask and the space's
+                # ~15 suggests are ~0.2-0.3 s of storage and sampling (docs/bench-storage.md).
+                wants_more = max_trials is None or done + 1 < max_trials
+                upcoming = ahead.submit(self.source.take, started) if wants_more else None
+                if self._run_trial(taken) != "interrupted":
+                    done += 1
         return done
 
-    def _ask(self, started: float) -> optuna.Trial | None:
-        with_retry(lambda: fail_stale_trials(self.study), what="failing stale trials")
-
-        def ask() -> optuna.Trial | None:
-            with budget_lock(self.url, self.study.study_name, self.storage):
-                if not budget_left(self.study, self.settings, started):
-                    return None
-                return self.study.ask()
-
-        return with_retry(ask, what="ask")
-
-    def _run_trial(self, trial: optuna.Trial) -> str:
-        frozen = self.storage.get_trial(trial._trial_id)
-        history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
+    def _run_trial(self, taken: TakenTrial) -> str:
+        trial = taken.trial
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial._cached_frozen_trial)
         # Every retry of a trial shares the first attempt's checkpoint directory.
         checkpoint = Checkpoint(checkpoint_root() / self.study.study_name / str(history[0] if history else trial.number))
-        heartbeat = _Heartbeat(self.storage, trial._trial_id)
-        heartbeat.start()
         try:
             with TrialRecorder(trial) as recorder:
-                return self._train_trial(trial, recorder, history, checkpoint)
+                return self._train_trial(taken, recorder, history, checkpoint)
         finally:
-            heartbeat.stop()
+            taken.heartbeat.stop()
             keras.backend.clear_session()  # free the graph and memory before the next model
 
-    def _train_trial(self, trial: optuna.Trial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
-        epoch_seconds: list[float] = []
+    def _train_trial(self, taken: TakenTrial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
+        trial, epoch_seconds = taken.trial, []
         try:
-            config = self.space.suggest(trial, self.settings.epochs)
+            config = taken.sampled_config()
             attrs = {"config": config.to_dict(), "worker": self.name, "device": self.device, "status": "running"}
             if self.worker_id:
                 attrs["worker_id"] = self.worker_id
@@ -141,7 +130,7 @@ class Worker:
         except TrainingInterrupted:
             # Not a result: fail it now and queue its retry, which resumes from the checkpoint.
             self._finish(trial, recorder, TrialState.FAIL, "interrupted", epoch_seconds)
-            with_retry(lambda: self.retry(self.study, self.storage.get_trial(trial._trial_id)), what="retry")
+            self.source.retry(trial)
             return "interrupted"
         except Exception as e:  # one bad trial must not end the worker
             reason = "out of memory" if is_out_of_memory(e) else " ".join(f"{type(e).__name__}: {e}".split())[:500]
@@ -173,29 +162,3 @@ class Worker:
         recorder.flush()  # a finished trial takes no more writes
         with_retry(lambda: self.study.tell(trial, value, state=state, skip_if_finished=True), what="tell")
         log.info("trial %d %s%s", trial.number, status, f" value={value:.4f}" if value is not None else "")
-
-
-class _Heartbeat:
-    """Records the trial's heartbeat every few seconds; a dead worker's trial goes stale."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._beat, daemon=True, name=f"heartbeat-{trial_id}")
-
-    def start(self) -> None:
-        if hasattr(self.storage, "record_heartbeat"):
-            with_retry(lambda: self.storage.record_heartbeat(self.trial_id), what="heartbeat")
-            self.thread.start()
-
-    def _beat(self) -> None:
-        while not self.stopped.wait(HEARTBEAT_SECONDS):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception as e:  # the database may be restarting; the next beat tries again
-                log.warning("heartbeat failed: %s", type(e).__name__)
-
-    def stop(self) -> None:
-        self.stopped.set()
-        if self.thread.is_alive():
-            self.thread.join()

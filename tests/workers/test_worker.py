@@ -14,7 +14,6 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from search.study import load_study, open_storage
 from tests.conftest import kilotune
 
 pytestmark = pytest.mark.slow
@@ -100,9 +99,10 @@ def test_sigkilled_worker_trial_is_retried_and_resumes_from_its_checkpoint(make_
     assert sum(t.state == TrialState.COMPLETE for t in done) == 2
 
 
-def test_sigterm_stops_the_worker_quickly_and_its_trial_is_retried(make_study, pg_url, worker_env):
-    # Long enough that it cannot finish before the signal, even on a loaded machine.
-    study = make_study("termed", epochs=300, n_trials=1, pruner="none")
+def test_sigterm_stops_the_worker_quickly_and_its_trials_are_retried(make_study, pg_url, worker_env):
+    # Long enough that it cannot finish before the signal, even on a loaded machine. A budget of
+    # 3 lets the worker take trial 1 ahead while trial 0 trains: both must come back.
+    study = make_study("termed", epochs=300, n_trials=3, pruner="none")
     worker = start_worker(study, pg_url, worker_env)
     wait_for(lambda: any(len(t.intermediate_values) >= 1 for t in trials(study, pg_url)), 180, "an epoch")
     sent = time.monotonic()
@@ -110,11 +110,12 @@ def test_sigterm_stops_the_worker_quickly_and_its_trial_is_retried(make_study, p
     out = worker.communicate(timeout=60)[0]
     assert worker.returncode == 0 and time.monotonic() - sent < 30, out[-2000:]
     done = trials(study, pg_url)
-    assert len(done) == 2, (out[-3000:], [(t.state, t.user_attrs.get("status")) for t in done])
-    first, retry = done
-    assert first.state == TrialState.FAIL and first.user_attrs["status"] == "interrupted"
-    assert retry.state == TrialState.WAITING and retry.params == first.params, "never silently COMPLETE"
-    assert retry.intermediate_values == first.intermediate_values
+    summary = [(t.number, t.state.name, t.user_attrs.get("status")) for t in done]
+    assert summary[:2] == [(0, "FAIL", "interrupted"), (1, "FAIL", "returned")], (out[-3000:], summary)
+    assert [t.state for t in done[2:]] == [TrialState.WAITING] * 2, ("never silently COMPLETE", summary)
+    for failed, retry in zip(done[:2], done[2:]):
+        assert retry.params == failed.params and retry.intermediate_values == failed.intermediate_values
+    assert len(done[0].intermediate_values) >= 1 and done[1].intermediate_values == {}, "trial 1 was never trained"
 
 
 def test_workers_carry_on_through_a_postgresql_restart(make_study, pg_url, worker_env):

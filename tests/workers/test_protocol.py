@@ -1,20 +1,69 @@
-"""TrialRecorder: writes off the training thread, in order, visible after flush, errors not lost."""
+"""The worker's study protocol: TrialSource takes trials within the budget and gives them back;
+TrialRecorder writes off the training thread, in order, visible after flush, errors not lost."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import optuna
 import pytest
 import sqlalchemy
+from optuna.trial import TrialState
 
-from workers.recorder import TrialRecorder
+from search.study import StudySettings, create_study, open_storage
+from workers.config import TrainConfig
+from workers.protocol import TrialRecorder, TrialSource
 
 
 @pytest.fixture
 def trial() -> optuna.Trial:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(storage=optuna.storages.InMemoryStorage()).ask()
+
+
+@pytest.fixture
+def source(tmp_path) -> TrialSource:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url)
+    settings = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json",
+                             subset_checksum="sha256:bb", epochs=3, n_trials=2, space={"arch": ["vgg8", "resnet9"]})
+    study, _ = create_study("protocol", settings, storage)
+    return TrialSource(url, storage, study, settings)
+
+
+def test_take_samples_a_config_beats_and_stops_at_the_budget(source):
+    started = time.time()
+    first, second = source.take(started), source.take(started)
+    assert source.take(started) is None, "n_trials=2: a third trial is over the budget"
+    for taken in (first, second):
+        assert isinstance(taken.sampled_config(), TrainConfig) and taken.config.arch in ("vgg8", "resnet9")
+        assert taken.heartbeat.thread.is_alive(), "a taken trial must beat, or a dead worker's trial is never retried"
+        assert source.storage.get_trial(taken.trial._trial_id).state == TrialState.RUNNING
+        taken.heartbeat.stop()
+
+
+def test_a_handed_back_trial_is_taken_again_with_the_same_config(source):
+    started = time.time()
+    taken = source.take(started)
+    source.hand_back(taken)
+    assert not taken.heartbeat.thread.is_alive()
+    returned = source.storage.get_trial(taken.trial._trial_id)
+    assert returned.state == TrialState.FAIL and returned.user_attrs["status"] == "returned"
+    again = source.take(started)
+    assert again.trial.params == taken.trial.params and again.sampled_config() == taken.sampled_config()
+    again.heartbeat.stop()
+
+
+def test_a_config_the_space_cannot_build_fails_when_its_turn_comes(source, monkeypatch):
+    def broken(space, trial, epochs):
+        raise ValueError("width=3.0 is out of range")
+
+    monkeypatch.setattr(type(source.space), "suggest", broken)
+    taken = source.take(time.time())
+    with pytest.raises(ValueError, match="width=3.0"):
+        taken.sampled_config()
+    taken.heartbeat.stop()
 
 
 def test_writes_are_stored_in_order_after_flush(trial):
