@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 
@@ -58,7 +59,7 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     from search.space import SearchSpace
     from search.study import StudySettings, create_study, now_iso, open_storage
     from subset.datasets import load_dataset
-    from subset.features import ensure_default_subset
+    from subset.features import default_subset_path, ensure_default_subset
     from subset.subsetfile import load_subset
 
     from search.cli import version
@@ -70,6 +71,10 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         raise ValueError(f"--epochs={args.epochs} must be at least 1")
     storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
     dataset = load_dataset(args.dataset, args.data_dir)
+    if not args.subset and not default_subset_path(dataset.name).is_file():
+        # The first run on a machine is silent for minutes otherwise.
+        print(f"building the default subset of {dataset.name} once (trains a feature extractor: a few "
+              f"minutes on a CPU); cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
     subset_path = args.subset or str(ensure_default_subset(dataset))
     subset = load_subset(subset_path, dataset)
     settings = StudySettings(

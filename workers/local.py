@@ -65,13 +65,17 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def progress(study: optuna.Study) -> str:
+    """One line: trials by state, and the best so far."""
     trials = study.get_trials(deepcopy=False)
     count = {s: sum(t.state == s for t in trials) for s in TrialState}
+    # A RUNNING trial without a status is one a worker took ahead; it trains when the current one ends.
+    training = sum(t.state == TrialState.RUNNING and "status" in t.user_attrs for t in trials)
+    failed = sum(t.state == TrialState.FAIL and t.user_attrs.get("status") == "failed" for t in trials)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = max(complete, key=lambda t: t.value, default=None)
     best_text = f"best {best.value:.4f} (trial {best.number}, {best.user_attrs.get('config', {}).get('arch')})" if best else "best -"
     return (f"trials: {count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
-            f"{count[TrialState.RUNNING]} running, {count[TrialState.FAIL]} failed; {best_text}")
+            f"{training} training (+{count[TrialState.RUNNING] - training} taken ahead), {failed} failed; {best_text}")
 
 
 def print_best(study: optuna.Study) -> None:

@@ -123,12 +123,18 @@ class TrialSource:
         """Queues a WAITING copy of a failed trial (same params and reports) for any worker."""
         with_retry(lambda: self.retry_callback(self.study, self.storage.get_trial(trial._trial_id)), what="retry")
 
-    def hand_back(self, taken: TakenTrial) -> None:
-        """Gives back a trial taken but not trained: FAIL "returned", and a WAITING copy."""
+    def hand_back(self, taken: TakenTrial, *, requeue: bool = True) -> None:
+        """Gives back a trial taken but not trained: FAIL "returned" (outside the budget).
+
+        Args:
+            taken: The trial.
+            requeue: Queue a WAITING copy for another worker; not when the study's time is up.
+        """
         trial = taken.trial
         with_retry(lambda: trial.set_user_attr("status", "returned"), what="set_user_attr")
         with_retry(lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), what="tell")
-        self.retry(trial)
+        if requeue:
+            self.retry(trial)
         taken.heartbeat.stop()
         log.info("trial %d returned to the study untrained", trial.number)
 

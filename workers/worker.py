@@ -77,8 +77,9 @@ class Worker:
                 if taken is None:
                     log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
                     break
-                if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
-                    self.source.hand_back(taken)
+                timed_out = study_timed_out(self.study, self.settings, started)
+                if self.stop.is_set() or timed_out:
+                    self.source.hand_back(taken, requeue=not timed_out)
                     break
                 # Take the next trial while this one trains: the claim, the ask and the space's
                 # ~15 suggests are ~0.2-0.3 s of storage and sampling (docs/bench-storage.md).

@@ -113,6 +113,27 @@ def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path
     assert main(["study", "delete", "--study", "cli", "--storage", pg_url]) == 0
 
 
+def test_create_without_a_subset_says_it_builds_the_default_one_first(pg_url, fashion_subset, tmp_path, capsys, monkeypatch):
+    import subset.features
+
+    cache = tmp_path / "cache" / "fashion-mnist-max-sum.json"
+    built: list[str] = []
+
+    def build(dataset):  # stands in for minutes of extractor training; the message is what is tested
+        built.append(dataset.name)
+        return fashion_subset
+
+    monkeypatch.setattr(subset.features, "default_subset_path", lambda name, *a, **k: cache)
+    monkeypatch.setattr(subset.features, "ensure_default_subset", build)
+    assert main(["study", "create", "--study", "nosubset", "--storage", pg_url, "--dataset", "fashion-mnist", "--epochs", "2"]) == 0
+    assert built == ["fashion-mnist"]
+    assert "building the default subset of fashion-mnist once" in capsys.readouterr().err
+    cache.parent.mkdir()
+    cache.write_text("{}")  # cached now: no message
+    assert main(["study", "create", "--study", "nosubset2", "--storage", pg_url, "--dataset", "fashion-mnist", "--epochs", "2"]) == 0
+    assert "building the default subset" not in capsys.readouterr().err
+
+
 def test_space_file_with_a_wrong_name_fails_study_create(pg_url, fashion_subset, tmp_path, capsys):
     space = tmp_path / "space.yaml"
     space.write_text("archh: [vgg8]\n")

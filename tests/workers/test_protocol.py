@@ -55,6 +55,13 @@ def test_a_handed_back_trial_is_taken_again_with_the_same_config(source):
     again.heartbeat.stop()
 
 
+def test_a_trial_handed_back_after_the_timeout_is_not_queued_again(source):
+    taken = source.take(time.time())
+    source.hand_back(taken, requeue=False)
+    states = [t.state for t in source.study.get_trials()]
+    assert states == [TrialState.FAIL], "no WAITING copy: no worker would ever take it"
+
+
 def test_a_config_the_space_cannot_build_fails_when_its_turn_comes(source, monkeypatch):
     def broken(space, trial, epochs):
         raise ValueError("width=3.0 is out of range")
@@ -127,3 +134,19 @@ def test_leaving_on_an_exception_keeps_that_exception(trial):
         with TrialRecorder(trial) as recorder:
             recorder.report("bad", 0)  # a write error too: the training error must win
             raise KeyError("training broke")
+
+
+def test_progress_tells_training_from_taken_ahead_and_failed_from_retried(source):
+    from workers.local import progress
+
+    started = time.time()
+    training, ahead = source.take(started), source.take(started)
+    training.trial.set_user_attr("status", "running")  # what the worker writes when training starts
+    line = progress(source.study)
+    assert "0 complete, 0 pruned, 1 training (+1 taken ahead), 0 failed; best -" in line
+    source.hand_back(ahead)  # FAIL "returned": retried, not failed
+    training.trial.set_user_attr("status", "failed")
+    source.study.tell(training.trial, state=TrialState.FAIL)
+    assert "0 training (+0 taken ahead), 1 failed" in progress(source.study)
+    for taken in (training, ahead):
+        taken.heartbeat.stop()
