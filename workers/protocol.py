@@ -24,7 +24,7 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_
 from optuna.trial import TrialState
 
 from search.space import SearchSpace
-from search.study import HEARTBEAT_SECONDS, StudySettings, budget_left, budget_lock, with_retry
+from search.study import HEARTBEAT_SECONDS, StudySettings, budget_lock, claim_trial, with_retry
 from workers.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
@@ -102,9 +102,7 @@ class TrialSource:
             with budget_lock(self.url, self.study.study_name, self.storage):
                 locked = time.perf_counter()
                 try:
-                    if not budget_left(self.study, self.settings, started):
-                        return None
-                    return self.study.ask()
+                    return claim_trial(self.study, self.settings, self.storage, started)
                 finally:
                     # Every worker's ask queues for this lock: the fleet asks at most 1/hold trials a second.
                     self.lock_held_seconds = time.perf_counter() - locked

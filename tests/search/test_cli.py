@@ -7,7 +7,7 @@ import sys
 import optuna
 import pytest
 
-from search.cli import build_parser, main
+from search.cli import main
 from tests.conftest import REPO
 
 SUBCOMMANDS = {"train", "worker", "run", "subset", "study", "report", "export", "retrain"}

@@ -3,13 +3,25 @@
 import json
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from search.cli import main
-from search.study import StudySettings, budget_left, create_study, load_study, open_storage, storage_url
-from tests.conftest import REPO, kilotune
+from search.study import (
+    StudySettings,
+    _budget_rows,
+    budget_left,
+    claim_trial,
+    counts_toward_budget,
+    create_study,
+    load_study,
+    open_storage,
+    storage_url,
+)
+from tests.conftest import REPO
 
 
 def settings(**changes) -> StudySettings:
@@ -183,3 +195,28 @@ def test_a_bare_postgresql_url_opens_with_the_installed_driver(pg_url):
     assert storage.engine.dialect.driver == "psycopg2"
     study, created = create_study("bare-url", settings(), storage)
     assert created and study.study_name == "bare-url"
+
+
+def test_claim_counts_the_budget_as_the_trials_say_and_takes_queued_trials_first(pg_url):
+    storage = open_storage(pg_url)
+    study, _ = create_study("claims", settings(n_trials=6), storage)
+    for state, status in [(TrialState.COMPLETE, "complete"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed"),
+                          (TrialState.FAIL, "interrupted"), (TrialState.FAIL, "returned")]:
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.set_user_attr("status", status)
+        study.tell(trial, 0.5 if state == TrialState.COMPLETE else None, state=state)
+    study.ask()  # running
+    study.enqueue_trial({"lr": 0.25})  # a queued retry or preset
+    counted, waiting = _budget_rows(storage, study._study_id)
+    trials = study.get_trials()
+    assert counted == sum(counts_toward_budget(t) for t in trials) == 5, "interrupted and returned trials are retried, not counted"
+    assert waiting == [t._trial_id for t in trials if t.state == TrialState.WAITING]
+
+    queued = claim_trial(study, study_settings := load_study("claims", storage)[1], storage, time.time())
+    assert queued.number == 6 and queued.suggest_float("lr", 1e-3, 1.0) == 0.25, "the queued trial comes first"
+    fresh = claim_trial(study, study_settings, storage, time.time())
+    assert fresh.number == 7 and study.get_trials()[7].state == TrialState.RUNNING
+    assert 1e-3 <= fresh.suggest_float("lr", 1e-3, 1.0) <= 1.0, "a claimed trial samples and stores its params"
+    assert claim_trial(study, study_settings, storage, time.time()) is None, "6 counted: the budget is spent"
+    assert budget_left(study, study_settings, time.time()) is False, "the generic check agrees"

@@ -1,0 +1,106 @@
+"""What a worker does under the study's budget lock, as the study fills with running trials.
+
+    python bench/budget_claim.py --storage postgresql://postgres@127.0.0.1:5432/postgres
+
+Every worker's take queues for the budget lock, so the time it is held caps how many trials the
+whole fleet can start per second. This builds one study in a fresh database (created and dropped
+here) with --finished finished trials and, step by step, 0 to --running RUNNING trials (each with
+the default space's params, a config attribute and 10 reports, as a worker leaves them), and at
+each step times, single process and uncontended, the two ways to claim a trial:
+
+- ``budget_left`` + ``study.ask()`` (kilotune before 2026-11-22): both re-read every unfinished
+  trial through Optuna's cached storage;
+- ``search.study.claim_trial``: two indexed queries, then the trial is created;
+
+and, for comparison, ``trial.should_prune()`` at Hyperband's first rung (epoch 3), the other
+storage read a trial waits for that depends on the study's size.
+
+Prints the median of --repeats claims per step; each claimed trial is told COMPLETE at once, so
+the number of running trials stays fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import secrets
+import sys
+import time
+from pathlib import Path
+from statistics import median
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--storage", default="postgresql://postgres@127.0.0.1:5432/postgres", help="a PostgreSQL server URL")
+    parser.add_argument("--finished", type=int, default=200)
+    parser.add_argument("--running", type=int, nargs="*", default=[0, 16, 64, 128])
+    parser.add_argument("--repeats", type=int, default=15)
+    args = parser.parse_args()
+
+    import optuna
+    import sqlalchemy
+
+    from search.space import SearchSpace
+    from search.study import StudySettings, _with_driver, budget_left, claim_trial, create_study, load_study, open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    server = sqlalchemy.engine.make_url(_with_driver(args.storage))
+    name = f"kilotune_claim_{secrets.token_hex(4)}"
+    admin = sqlalchemy.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"create database {name}")
+    try:
+        storage = open_storage(server.set(database=name).render_as_string(hide_password=False))
+        settings = StudySettings(dataset="bench", dataset_checksum="-", subset_path="-", subset_checksum="-",
+                                 epochs=30, n_trials=10**6)
+        create_study("claims", settings, storage)
+        study, settings = load_study("claims", storage)
+        space = SearchSpace.from_spec(None)
+
+        def worker_trial() -> optuna.Trial:
+            trial = study.ask()
+            trial.set_user_attr("config", space.suggest(trial, settings.epochs).to_dict())
+            for step in range(1, 11):
+                trial.report(random.random(), step)
+            return trial
+
+        for _ in range(args.finished):
+            study.tell(worker_trial(), random.random())
+        print(f"optuna {optuna.__version__}; {server.render_as_string(hide_password=True)}; {args.finished} finished trials; "
+              f"median of {args.repeats} claims, one process, no contention")
+        running: list[optuna.Trial] = []
+        for target in sorted(args.running):
+            while len(running) < target:
+                running.append(worker_trial())
+            timings: dict[str, list[float]] = {"budget_left + ask": [], "claim_trial": []}
+            for _ in range(args.repeats):
+                for way in timings:
+                    started = time.perf_counter()
+                    if way == "claim_trial":
+                        trial = claim_trial(study, settings, storage, time.time())
+                    else:
+                        trial = study.ask() if budget_left(study, settings, time.time()) else None
+                    timings[way].append(time.perf_counter() - started)
+                    study.tell(trial, random.random())  # keep the number of running trials fixed
+            # The other per-trial read that grows with the study: the pruner's check at a rung.
+            timings["should_prune"] = []
+            for _ in range(args.repeats):
+                trial = claim_trial(study, settings, storage, time.time())
+                for step in range(1, 4):
+                    trial.report(random.random(), step)
+                started = time.perf_counter()
+                trial.should_prune()
+                timings["should_prune"].append(time.perf_counter() - started)
+                study.tell(trial, random.random())
+            print(f"{target:4d} running: " + ", ".join(f"{way} {1e3 * median(v):.1f} ms" for way, v in timings.items()))
+        storage.engine.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"drop database if exists {name} with (force)")
+
+
+if __name__ == "__main__":
+    main()
