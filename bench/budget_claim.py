@@ -1,4 +1,4 @@
-"""What a worker does under the study's budget lock, as the study fills with running trials.
+"""A worker's reads that grow with the study: the budget claim and the prune check, as running trials fill it.
 
     python bench/budget_claim.py --storage postgresql://postgres@127.0.0.1:5432/postgres
 
@@ -12,11 +12,15 @@ each step times, single process and uncontended, the two ways to claim a trial:
   trial through Optuna's cached storage;
 - ``search.study.claim_trial``: two indexed queries, then the trial is created;
 
-and, for comparison, ``trial.should_prune()`` at Hyperband's first rung (epoch 3), the other
-storage read a trial waits for that depends on the study's size.
+and the two ways to check a trial at the first rung of its Hyperband bracket (epoch 3, 9 or 27;
+before it, the rule reads nothing), ``trial.should_prune()``:
 
-Prints the median of --repeats claims per step; each claimed trial is told COMPLETE at once, so
-the number of running trials stays fixed.
+- with Optuna's ``HyperbandPruner`` (kilotune before 2026-12-02): reads every trial of the
+  bracket, and Optuna's cached storage re-reads every unfinished one;
+- with ``search.pruners.IndexedHyperbandPruner``: the bracket's rung values in one query.
+
+Prints the median of --repeats per step; each claimed or checked trial is told COMPLETE at once,
+so the number of running trials stays fixed; the last column times that ``study.tell``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ def main() -> None:
                                  epochs=30, n_trials=10**6)
         create_study("claims", settings, storage)
         study, settings = load_study("claims", storage)
+        indexed_pruner, optuna_pruner = settings.pruner_for(storage), settings.pruner_for()
+        optuna_pruner._try_initialization(study)  # private, read-only use: which bracket a trial is in
         space = SearchSpace.from_spec(None)
 
         def worker_trial() -> optuna.Trial:
@@ -65,6 +71,8 @@ def main() -> None:
             trial.set_user_attr("config", space.suggest(trial, settings.epochs).to_dict())
             for step in range(1, 11):
                 trial.report(random.random(), step)
+                if settings.may_prune_at(step):
+                    trial.should_prune()  # records the trial's rung value, as a worker's check does
             return trial
 
         for _ in range(args.finished):
@@ -86,15 +94,23 @@ def main() -> None:
                     timings[way].append(time.perf_counter() - started)
                     study.tell(trial, random.random())  # keep the number of running trials fixed
             # The other per-trial read that grows with the study: the pruner's check at a rung.
-            timings["should_prune"] = []
+            pruners = {"should_prune (Optuna)": optuna_pruner, "should_prune (indexed)": indexed_pruner}
+            for way in pruners:
+                timings[way] = []
             for _ in range(args.repeats):
-                trial = claim_trial(study, settings, storage, time.time())
-                for step in range(1, 4):
-                    trial.report(random.random(), step)
-                started = time.perf_counter()
-                trial.should_prune()
-                timings["should_prune"].append(time.perf_counter() - started)
-                study.tell(trial, random.random())
+                for way, pruner in pruners.items():
+                    study.pruner = pruner
+                    trial = claim_trial(study, settings, storage, time.time())
+                    # At the first rung of the trial's bracket (epoch 3, 9 or 27), where the rule reads the study.
+                    for step in range(1, settings._min_resource * 3 ** optuna_pruner._get_bracket_id(study, trial) + 1):
+                        trial.report(random.random(), step)
+                    started = time.perf_counter()
+                    trial.should_prune()
+                    timings[way].append(time.perf_counter() - started)
+                    started = time.perf_counter()
+                    study.tell(trial, random.random())
+                    if way.endswith("(indexed)"):
+                        timings.setdefault("tell", []).append(time.perf_counter() - started)
             print(f"{target:4d} running: " + ", ".join(f"{way} {1e3 * median(v):.1f} ms" for way, v in timings.items()))
         storage.engine.dispose()
     finally:

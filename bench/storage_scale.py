@@ -539,7 +539,7 @@ def main() -> None:
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--workdir", help="where SQLite and journal files go (default: a temporary directory)")
-    parser.add_argument("--pruner", default="hyperband", choices=["median", "hyperband"], help="the study's pruner (kilotune's default, hyperband, or median)")
+    parser.add_argument("--pruner", default="hyperband", choices=["hyperband", "successive-halving", "median"], help="the study's pruner (default: kilotune's, %(default)s)")
     parser.add_argument("--out", default="runs/storage_scale.json")
     args = parser.parse_args()
 

@@ -36,7 +36,7 @@ DEFAULT_STORAGE = "sqlite:///kilotune.db"
 HEARTBEAT_SECONDS = int(os.environ.get("KILOTUNE_HEARTBEAT_SECONDS", 10))
 GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
 SAMPLERS = ("tpe", "random")
-PRUNERS = ("hyperband", "median", "none")
+PRUNERS = ("hyperband", "successive-halving", "median", "none")
 T = TypeVar("T")
 
 
@@ -197,20 +197,30 @@ class StudySettings:
     def _warmup_steps(self) -> int:
         return max(1, self.epochs // 5)
 
-    def pruner_for(self) -> optuna.pruners.BasePruner:
+    def pruner_for(self, storage: BaseStorage | None = None) -> optuna.pruners.BasePruner:
+        """The study's pruner; on an RDB storage, one whose checks read one indexed query
+        (search/pruners.py) instead of every running trial."""
+        from search import pruners
+
+        rdb = storage if isinstance(storage, RDBStorage) else None
         if self.pruner == "hyperband":
-            return optuna.pruners.HyperbandPruner(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)
+            kwargs = dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)
+            return pruners.IndexedHyperbandPruner(rdb, **kwargs) if rdb else optuna.pruners.HyperbandPruner(**kwargs)
+        if self.pruner == "successive-halving":
+            kwargs = dict(min_resource=self._min_resource, reduction_factor=3)
+            return pruners.IndexedSuccessiveHalvingPruner(rdb, **kwargs) if rdb else optuna.pruners.SuccessiveHalvingPruner(**kwargs)
         if self.pruner == "median":
-            return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=self._warmup_steps)
+            kwargs = dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)
+            return pruners.IndexedMedianPruner(rdb, **kwargs) if rdb else optuna.pruners.MedianPruner(**kwargs)
         return optuna.pruners.NopPruner()
 
     def may_prune_at(self, epoch: int) -> bool:
         """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
 
-        Hyperband's brackets decide only at their rungs, ``min_resource * 3**k``; the median
-        pruner decides after its warm-up; "none" never does.
+        Hyperband's brackets and successive halving decide only at their rungs,
+        ``min_resource * 3**k``; the median pruner decides after its warm-up; "none" never does.
         """
-        if self.pruner == "hyperband":
+        if self.pruner in ("hyperband", "successive-halving"):
             rung = self._min_resource
             while rung < epoch:
                 rung *= 3
@@ -264,7 +274,7 @@ def load_study(name: str, storage: BaseStorage) -> tuple[optuna.Study, StudySett
         raise ValueError(f"unknown study {name!r}; studies in this storage: {known or 'none'}") from None
     settings = StudySettings.from_study(bare)
     study = optuna.load_study(
-        study_name=name, storage=storage, sampler=settings.sampler_for(), pruner=settings.pruner_for()
+        study_name=name, storage=storage, sampler=settings.sampler_for(), pruner=settings.pruner_for(storage)
     )
     return study, settings
 

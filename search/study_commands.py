@@ -21,7 +21,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial, the pruner's max resource (default: %(default)s)")
     parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")
     parser.add_argument("--sampler", default="tpe", help="tpe or random (default: %(default)s)")
-    parser.add_argument("--pruner", default="hyperband", help="hyperband, median or none (default: %(default)s)")
+    parser.add_argument("--pruner", default="hyperband", help="hyperband, successive-halving, median or none (default: %(default)s)")
     parser.add_argument("--n-trials", type=int, help="global trial budget for the whole study")
     parser.add_argument("--timeout", type=float, help="global time budget in seconds, from the study's creation")
     parser.add_argument("--seed", type=int, help="sampler seed (default: random)")

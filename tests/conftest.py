@@ -15,8 +15,12 @@ FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 @pytest.fixture(scope="session")
-def pg_url():
-    """A database created for this test run and dropped after it."""
+def pg_server():
+    """Makes databases for this test run on the real PostgreSQL server; drops them after it.
+
+    ``make()`` returns a new empty database's URL; ``make(template=url)`` a copy of that
+    database, whose open connections it ends (PostgreSQL copies only an unused database).
+    """
     import sqlalchemy
 
     admin_url = os.environ.get("KILOTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -29,14 +33,30 @@ def pg_url():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is not reachable at {admin_url}: {e}")
         pytest.skip("PostgreSQL is not reachable; set KILOTUNE_TEST_PG")
-    name = f"kilotune_test_{uuid.uuid4().hex[:10]}"
+    made: list[str] = []
+
+    def make(template: str | None = None) -> str:
+        name = f"kilotune_test_{uuid.uuid4().hex[:10]}"
+        source = template.rsplit("/", 1)[1] if template else None
+        with admin.connect() as conn:
+            if source:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}'")
+            conn.exec_driver_sql(f"CREATE DATABASE {name}" + (f" TEMPLATE {source}" if source else ""))
+        made.append(name)
+        return admin_url.rsplit("/", 1)[0] + "/" + name
+
+    yield make
     with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    yield admin_url.rsplit("/", 1)[0] + "/" + name
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        for name in made:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server):
+    """A database created for this test run and dropped after it."""
+    return pg_server()
 
 
 @pytest.fixture(scope="session")

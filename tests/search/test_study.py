@@ -158,14 +158,16 @@ def test_space_file_with_a_wrong_name_fails_study_create(pg_url, fashion_subset,
 def test_prune_checks_only_where_the_pruner_can_decide():
     assert [e for e in range(1, 31) if settings(epochs=30).may_prune_at(e)] == [3, 9, 27]
     assert [e for e in range(1, 41) if settings(epochs=40, pruner="hyperband").may_prune_at(e)] == [4, 12, 36]
+    assert [e for e in range(1, 31) if settings(epochs=30, pruner="successive-halving").may_prune_at(e)] == [3, 9, 27]
     assert [e for e in range(1, 11) if settings(epochs=10, pruner="median").may_prune_at(e)] == [3, 4, 5, 6, 7, 8, 9, 10]
     assert not any(settings(epochs=10, pruner="none").may_prune_at(e) for e in range(1, 11))
 
 
-def test_hyperband_decides_only_at_its_rungs():
-    """The rung rule above matches what Optuna's Hyperband actually does: a trial that reports
+@pytest.mark.parametrize("pruner", ["hyperband", "successive-halving"])
+def test_rung_pruners_decide_only_at_their_rungs(pruner):
+    """The rung rule above matches what Optuna's pruners actually do: a trial that reports
     worse than every other at each epoch is pruned at a rung epoch, never in between."""
-    study = optuna.create_study(direction="maximize", pruner=settings(epochs=30).pruner_for(),
+    study = optuna.create_study(direction="maximize", pruner=settings(epochs=30, pruner=pruner).pruner_for(),
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     pruned_at = []
     for i in range(60):
