@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -69,19 +70,12 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         _, space_spec = SearchSpace.from_file(args.space)
     if args.epochs < 1:
         raise ValueError(f"--epochs={args.epochs} must be at least 1")
-    storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
-    dataset = load_dataset(args.dataset, args.data_dir)
-    if not args.subset and not default_subset_path(dataset.name).is_file():
-        # The first run on a machine is silent for minutes otherwise.
-        print(f"building the default subset of {dataset.name} once (trains a feature extractor: a few "
-              f"minutes on a CPU); cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
-    subset_path = args.subset or str(ensure_default_subset(dataset))
-    subset = load_subset(subset_path, dataset)
+    # Every setting is checked before the storage is opened or data loaded (minutes on a first run).
     settings = StudySettings(
-        dataset=dataset.name,
-        dataset_checksum=dataset.checksum,
-        subset_path=str(subset.path.resolve()),
-        subset_checksum=subset.checksum,
+        dataset=args.dataset,
+        dataset_checksum="",
+        subset_path="",
+        subset_checksum="",
         val_fraction=args.val_fraction,
         epochs=args.epochs,
         space=space_spec,
@@ -91,6 +85,21 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         timeout_s=args.timeout,
         seed=args.seed,
         kilotune_version=version(),
+    )
+    storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if not args.subset and not default_subset_path(dataset.name).is_file():
+        # The first run on a machine is silent for minutes otherwise.
+        print(f"building the default subset of {dataset.name} once (trains a feature extractor: a few "
+              f"minutes on a CPU); cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
+    subset_path = args.subset or str(ensure_default_subset(dataset))
+    subset = load_subset(subset_path, dataset)
+    settings = dataclasses.replace(
+        settings,
+        dataset=dataset.name,
+        dataset_checksum=dataset.checksum,
+        subset_path=str(subset.path.resolve()),
+        subset_checksum=subset.checksum,
         created_at=now_iso(),
     )
     return create_study(args.study, settings, storage)

@@ -45,6 +45,16 @@ def test_unreachable_storage_is_one_clear_line(capsys):
     assert "secret" not in err
 
 
+@pytest.mark.parametrize("flag", ["--pruner", "--sampler"])
+def test_a_wrong_choice_is_refused_before_storage_or_data(flag, tmp_path, capsys):
+    """Neither the unreachable storage nor the missing dataset is touched: the choice is checked first."""
+    code = main(["study", "create", "--study", "s", "--storage", "postgresql://nobody@127.0.0.1:1/none",
+                 "--data-dir", str(tmp_path / "nothing-here"), flag, "asha"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"kilotune study: error: {flag[2:]}='asha' is not allowed; choose one of ['")
+
+
 def test_unknown_study_lists_the_known_ones(pg_url, capsys):
     storage = open_storage(pg_url)
     create_study("known-one", settings(), storage)
