@@ -37,10 +37,6 @@ class _OtherTrial:
         self.system_attrs: dict[str, Any] = {}
         self.intermediate_values: dict[int, float] = {}
 
-    @property
-    def last_step(self) -> int | None:
-        return max(self.intermediate_values, default=None)
-
 
 class _StudyView:
     """Stands in for the study inside an Optuna rule: ``get_trials`` runs ``read_trials``.
