@@ -202,17 +202,17 @@ class StudySettings:
         (search/pruners.py) instead of every running trial."""
         from search import pruners
 
-        rdb = storage if isinstance(storage, RDBStorage) else None
-        if self.pruner == "hyperband":
-            kwargs = dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)
-            return pruners.IndexedHyperbandPruner(rdb, **kwargs) if rdb else optuna.pruners.HyperbandPruner(**kwargs)
-        if self.pruner == "successive-halving":
-            kwargs = dict(min_resource=self._min_resource, reduction_factor=3)
-            return pruners.IndexedSuccessiveHalvingPruner(rdb, **kwargs) if rdb else optuna.pruners.SuccessiveHalvingPruner(**kwargs)
-        if self.pruner == "median":
-            kwargs = dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)
-            return pruners.IndexedMedianPruner(rdb, **kwargs) if rdb else optuna.pruners.MedianPruner(**kwargs)
-        return optuna.pruners.NopPruner()
+        if self.pruner == "none":
+            return optuna.pruners.NopPruner()
+        optuna_pruner, indexed_pruner, kwargs = {
+            "hyperband": (optuna.pruners.HyperbandPruner, pruners.IndexedHyperbandPruner,
+                          dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)),
+            "successive-halving": (optuna.pruners.SuccessiveHalvingPruner, pruners.IndexedSuccessiveHalvingPruner,
+                                   dict(min_resource=self._min_resource, reduction_factor=3)),
+            "median": (optuna.pruners.MedianPruner, pruners.IndexedMedianPruner,
+                       dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)),
+        }[self.pruner]
+        return indexed_pruner(storage, **kwargs) if isinstance(storage, RDBStorage) else optuna_pruner(**kwargs)
 
     def may_prune_at(self, epoch: int) -> bool:
         """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
