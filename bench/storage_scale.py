@@ -397,13 +397,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
-def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retry_deadline: float, dbname: str | None, run_pruner: str = "median") -> dict[str, Any]:
+def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retry_deadline: float, dbname: str | None,
+            run_pruner: str = "median", run_sampler: str = "tpe") -> dict[str, Any]:
     from search.study import StudySettings, create_study, open_storage
 
     name = f"scale-{run.backend}-{run.procs}-{'stress' if not run.step_sleep else 'paced'}"
     settings = StudySettings(
         dataset="bench", dataset_checksum="-", subset_path="-", subset_checksum="-",
-        epochs=steps, sampler="tpe", pruner=run_pruner, n_trials=run.procs * run.trials,
+        epochs=steps, sampler=run_sampler, pruner=run_pruner, n_trials=run.procs * run.trials,
     )
     storage = open_storage(url)
     create_study(name, settings, storage)
@@ -539,6 +540,8 @@ def main() -> None:
     parser.add_argument("--pg-host", default="127.0.0.1")
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--workdir", help="where SQLite and journal files go (default: a temporary directory)")
+    parser.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
+                        help="the study's sampler (default: %(default)s; random needs less client CPU per trial: 246 vs 696 ms at 64 processes, docs/bench-storage.md v4)")
     parser.add_argument("--pruner", default="hyperband", choices=["hyperband", "successive-halving", "median"], help="the study's pruner (default: kilotune's, %(default)s)")
     parser.add_argument("--out", default="runs/storage_scale.json")
     args = parser.parse_args()
@@ -606,7 +609,7 @@ def main() -> None:
                 "sqlite": f"sqlite:///{stem}.db",
                 "journal": f"{stem}.journal",
             }[run.backend]
-            rows.append(run_one(pool, run, url, args.steps, not args.bare, args.retry_deadline, dbname if pg else None, args.pruner))
+            rows.append(run_one(pool, run, url, args.steps, not args.bare, args.retry_deadline, dbname if pg else None, args.pruner, args.sampler))
             print(table(rows[-1:]).splitlines()[-1], flush=True)
             save(False)
     finally:
