@@ -4,8 +4,9 @@ Optuna's rules compare a trial with what the other trials recorded: successive h
 Hyperband, which runs it per bracket) with their values at a rung (``completed_rung_<k>`` system
 attributes), the median rule with complete trials' values at a step. Optuna reads them with
 ``study.get_trials()``, and its cached storage re-reads every unfinished trial with all its
-reports on every call: a check took 5 ms in an idle study and 106 ms with 128 running trials,
-so a 64-worker fleet would wait ~0.3 s per trial on its own prune checks (docs/bench-storage.md).
+reports on every call: Hyperband's check took 19-22 ms in an idle study and 254-288 ms with 128
+running trials, where kilotune's took 15-16 and 26-27 ms (``bench/budget_claim.py``, v4 in
+docs/bench-storage.md).
 
 The classes here keep Optuna's rules and their code: each hands the rule a ``_StudyView``
 whose ``get_trials`` answers with just those values, from one indexed query on Optuna's schema.
@@ -90,6 +91,13 @@ def _complete_values_at(storage: RDBStorage, study_id: int, step: int) -> list[_
     return trials
 
 
+def _refuse_auto(kwargs: dict[str, Any], *keys: str) -> None:
+    """Optuna's "auto" resources (its default) are estimated from every trial: refused."""
+    for key in keys:
+        if kwargs.get(key, "auto") == "auto":
+            raise ValueError(f"{key}={kwargs.get(key, 'auto')!r} is not allowed; give an epoch count")
+
+
 class IndexedSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
     """Optuna's successive halving (ASHA), its rung values read by one query.
 
@@ -100,8 +108,7 @@ class IndexedSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
     """
 
     def __init__(self, storage: RDBStorage, **kwargs: Any) -> None:
-        if kwargs.get("min_resource", "auto") == "auto":
-            raise ValueError(f"min_resource={kwargs.get('min_resource', 'auto')!r} is not allowed; give an epoch count")
+        _refuse_auto(kwargs, "min_resource")
         super().__init__(**kwargs)
         self._rdb = storage
 
@@ -122,9 +129,7 @@ class IndexedHyperbandPruner(optuna.pruners.HyperbandPruner):
     """
 
     def __init__(self, storage: RDBStorage, **kwargs: Any) -> None:
-        for key in ("min_resource", "max_resource"):
-            if kwargs.get(key, "auto") == "auto":
-                raise ValueError(f"{key}={kwargs.get(key, 'auto')!r} is not allowed; give an epoch count")
+        _refuse_auto(kwargs, "min_resource", "max_resource")
         super().__init__(**kwargs)
         self._rdb = storage
 

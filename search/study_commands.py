@@ -68,8 +68,6 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     space_spec: dict = {}
     if args.space:
         _, space_spec = SearchSpace.from_file(args.space)
-    if args.epochs < 1:
-        raise ValueError(f"--epochs={args.epochs} must be at least 1")
     # Every setting is checked before the storage is opened or data loaded (minutes on a first run).
     settings = StudySettings(
         dataset=args.dataset,

@@ -82,9 +82,9 @@ def compare_on_copies(url: str, make_copy, pruner: str) -> None:
     assert probe(mine, study_settings.may_prune_at, seed=2) == expected
     assert any(pruned for *_, pruned in expected) and not all(pruned for *_, pruned in expected)
     # The rung values the rule wrote are the same too: the next trials would see the same study.
-    rung_attrs = lambda s: [t.system_attrs for t in s.get_trials()]  # noqa: E731
-    assert rung_attrs(mine) == rung_attrs(theirs)
-    optuna_storage.engine.dispose(), kilotune_storage.engine.dispose()
+    assert [t.system_attrs for t in mine.get_trials()] == [t.system_attrs for t in theirs.get_trials()]
+    optuna_storage.engine.dispose()
+    kilotune_storage.engine.dispose()
 
 
 @pytest.mark.parametrize("pruner", sorted(INDEXED))

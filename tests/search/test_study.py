@@ -111,7 +111,8 @@ def test_budget_counts_finished_and_queued_trials_but_not_dead_workers(tmp_path)
 
 @pytest.mark.parametrize(
     ("changes", "message"),
-    [({"sampler": "grid"}, "sampler='grid' is not allowed"), ({"pruner": "x"}, "pruner='x'"), ({"n_trials": 0}, "n_trials=0")],
+    [({"sampler": "grid"}, "sampler='grid' is not allowed"), ({"pruner": "x"}, "pruner='x'"), ({"n_trials": 0}, "n_trials=0"),
+     ({"epochs": 0}, "epochs=0 must be at least 1")],
 )
 def test_bad_settings(changes, message):
     with pytest.raises(ValueError, match=message):
