@@ -49,6 +49,10 @@ class Checkpoint:
         """Epochs done by the saved state."""
         return int(json.loads(self.state_path.read_text())["epoch"])
 
+    def history(self) -> list[dict]:
+        """The saved epochs' reports (``EpochReport`` fields), without loading the model."""
+        return list(json.loads(self.state_path.read_text())["history"])
+
     def load(self) -> tuple[keras.Model, list[dict]]:
         """Returns the saved model (compiled, optimizer restored) and the epoch reports so far."""
         state = json.loads(self.state_path.read_text())

@@ -6,13 +6,14 @@ and search/), so bench/storage_scale.py measures exactly these calls in 64 light
 Where the storage time goes, and why the calls are arranged this way (docs/bench-storage.md):
 taking a trial (budget lock, ask, ~15 suggests with TPE's reads) costs ~0.2-0.3 s, so the worker
 takes the next one while the current one trains; reports and user attributes are ~40 writes a
-trial that nothing reads until the next prune check, so a ``TrialRecorder`` thread writes them.
+trial that nothing reads until the next prune check, so a ``TrialRecorder`` thread stores them
+a few at a time. Params, reports and attributes are stored by ``search.trial_writes``: one
+transaction for many writes, where Optuna makes one each.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +26,11 @@ from optuna.trial import TrialState
 
 from search.space import SearchSpace
 from search.study import HEARTBEAT_SECONDS, StudySettings, budget_lock, claim_trial, with_retry
+from search.trial_writes import BufferedWrites, store
 from workers.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
-_STOP = object()
+RECORDER_LINGER_SECONDS = 5.0  # reports are read at prune checks (which flush) and by the dashboard
 
 
 class Heartbeat:
@@ -113,9 +115,20 @@ class TrialSource:
         heartbeat = Heartbeat(self.storage, trial._trial_id)  # from now on a dead worker's trial is retried
         heartbeat.start()
         try:
-            return TakenTrial(trial, heartbeat, config=self.space.suggest(trial, self.settings.epochs))
+            return TakenTrial(trial, heartbeat, config=self._suggest(trial))
         except Exception as e:
             return TakenTrial(trial, heartbeat, error=e)
+
+    def _suggest(self, trial: optuna.Trial) -> TrainConfig:
+        """The space's ~15 suggests, their params stored in one transaction, not one each."""
+        buffer = BufferedWrites(trial.storage, trial._trial_id)
+        trial.storage = buffer  # type: ignore[assignment]
+        try:
+            config = self.space.suggest(trial, self.settings.epochs)
+        finally:
+            trial.storage = buffer.storage
+            with_retry(lambda: store(buffer.storage, trial._trial_id, buffer.take()), what="storing the trial's params")
+        return config
 
     def retry(self, trial: optuna.Trial) -> None:
         """Queues a WAITING copy of a failed trial (same params and reports) for any worker."""
@@ -138,48 +151,67 @@ class TrialSource:
 
 
 class TrialRecorder:
-    """Queues one trial's reports and user attributes to a background thread; ``flush`` waits for them.
+    """Keeps one trial's reports and user attributes, and stores them from a background thread.
 
-    Each is a database write (~1-5 ms on PostgreSQL) that nothing reads until the next prune
-    check or the end of the trial, so training does not wait for them. Writes keep their order
-    and each goes through ``with_retry``, so a restarting database delays them rather than losing
-    them. The first write that fails for good is raised by the next ``flush``. Use as a context
-    manager: leaving it flushes and stops the thread.
+    ``report`` and ``set_user_attr`` are the trial's own (Optuna checks the value and updates
+    the trial in memory, which is what its pruner reads), but their storage writes wait in a
+    ``BufferedWrites``. The thread stores what waits in one transaction once the oldest write
+    has waited ``linger_s``, or at a ``flush``, which waits for it (before a prune check, which
+    reads other trials' values, and before tell). So a trial makes ~6 transactions, not ~40,
+    and training never waits for one (docs/bench-storage.md v5). Each store
+    goes through ``with_retry``, so a restarting database delays writes rather than losing
+    them; a store that fails for good is raised by the next ``flush``, and later writes are
+    dropped (they would store a gap). Use as a context manager: leaving it flushes, stops the
+    thread and gives the trial its storage back.
 
     Args:
-        trial: The trial to write to. Only the recorder's thread writes to it until ``flush``
-            returns, so ``trial.should_prune`` and ``study.tell`` must come after a ``flush``.
+        trial: The trial to record. Until ``close``, ``trial.should_prune`` and ``study.tell``
+            must come after a ``flush``.
+        linger_s: The longest a write waits unstored unless flushed. A worker killed meanwhile
+            loses those reports; its retry re-reports them from the checkpoint.
     """
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
-        self._writes: queue.Queue[Any] = queue.Queue()
+
+    def __init__(self, trial: optuna.Trial, linger_s: float = RECORDER_LINGER_SECONDS) -> None:
+        self.trial, self.linger_s = trial, linger_s
+        self.buffer = BufferedWrites(trial.storage, trial._trial_id)
+        trial.storage = self.buffer  # type: ignore[assignment]  # a stand-in: writes wait, reads pass
+        self.write_seconds = 0.0  # time the thread spent storing: storage work taken off the caller
         self._error: BaseException | None = None
-        self.write_seconds = 0.0  # time the thread spent writing: storage work taken off the caller
+        self._cond = threading.Condition()
+        self._written = self._taken = self._stored = self._wanted = 0  # counts of write calls
+        self._oldest: float | None = None  # when the oldest waiting write was made
+        self._closing = False
         self._thread = threading.Thread(target=self._drain, daemon=True, name=f"recorder-{trial.number}")
         self._thread.start()
 
     def report(self, value: float, step: int) -> None:
-        """Queues ``trial.report(value, step)``."""
-        self._put(lambda: self.trial.report(value, step), "report")
+        """``trial.report(value, step)``; the value is stored later."""
+        self._write(lambda: self.trial.report(value, step), "report")
 
     def set_user_attr(self, key: str, value: Any) -> None:
-        """Queues ``trial.set_user_attr(key, value)``."""
-        self._put(lambda: self.trial.set_user_attr(key, value), "set_user_attr")
+        """``trial.set_user_attr(key, value)``; the attribute is stored later."""
+        self._write(lambda: self.trial.set_user_attr(key, value), "set_user_attr")
 
     def flush(self) -> None:
-        """Waits until every queued write is stored; raises the first write that failed."""
-        self._writes.join()
-        if self._error is not None:
+        """Waits until every write made so far is stored; raises a store that failed."""
+        with self._cond:
+            target = self._wanted = self._written
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._stored >= target)
             error, self._error = self._error, None
+        if error is not None:
             raise error
 
     def close(self) -> None:
-        """Flushes, then stops the thread."""
+        """Flushes, stops the thread, and gives the trial its own storage back."""
         try:
             self.flush()
         finally:
-            self._writes.put(_STOP)
+            with self._cond:
+                self._closing = True
+                self._cond.notify_all()
             self._thread.join()
+            self.trial.storage = self.buffer.storage
 
     def __enter__(self) -> TrialRecorder:
         return self
@@ -194,23 +226,39 @@ class TrialRecorder:
         except Exception:
             pass
 
-    def _put(self, write: Callable[[], None], what: str) -> None:
-        if not self._thread.is_alive():
-            raise RuntimeError(f"recorder of trial {self.trial.number} is closed; {what=} not written")
-        self._writes.put((write, what))
+    def _write(self, call: Callable[[], None], what: str) -> None:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(f"recorder of trial {self.trial.number} is closed; {what=} not written")
+            call()  # raises here, in the caller, on a value Optuna refuses
+            self._written += 1
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+            self._cond.notify_all()
+
+    def _due(self) -> bool:
+        waiting = self._written > self._taken
+        assert self._oldest is not None or not waiting
+        return waiting and (self._closing or self._wanted > self._taken or time.monotonic() >= self._oldest + self.linger_s)
 
     def _drain(self) -> None:
         while True:
-            item = self._writes.get()
+            with self._cond:
+                while not self._due():
+                    if self._closing and self._written == self._taken:
+                        return
+                    waiting = self._written > self._taken
+                    self._cond.wait(max(0.0, self._oldest + self.linger_s - time.monotonic()) if waiting else None)  # type: ignore[operator]
+                writes, upto = self.buffer.take(), self._written
+                self._taken, self._oldest = upto, None
             try:
-                if item is _STOP:
-                    return
-                write, what = item
-                if self._error is None:  # after a lost write, later ones would store a gap
+                if self._error is None:  # after a lost store, later ones would store a gap
                     started = time.perf_counter()
-                    with_retry(write, what=what)
+                    with_retry(lambda: store(self.buffer.storage, self.trial._trial_id, writes), what="storing the trial's writes")
                     self.write_seconds += time.perf_counter() - started
             except BaseException as e:  # handed to the caller at flush
                 self._error = e
             finally:
-                self._writes.task_done()
+                with self._cond:
+                    self._stored = upto
+                    self._cond.notify_all()

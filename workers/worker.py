@@ -114,6 +114,12 @@ class Worker:
                 attrs["resumed_from_epoch"] = checkpoint.epoch()
             for key, value in attrs.items():
                 recorder.set_user_attr(key, value)
+            if checkpoint.exists():
+                # The killed attempt's recorder may not have stored its last reports: the checkpoint has them.
+                reported = trial._cached_frozen_trial.intermediate_values
+                for epoch in checkpoint.history():
+                    if epoch["epoch"] not in reported:
+                        recorder.report(epoch["val_accuracy"], epoch["epoch"])
 
             def report(r: EpochReport) -> None:
                 epoch_seconds.append(r.seconds)

@@ -113,3 +113,41 @@ def test_automatic_resources_are_refused():
 def test_other_storages_get_optunas_own_pruners():
     assert type(settings("hyperband").pruner_for(None)) is optuna.pruners.HyperbandPruner
     assert type(settings("median").pruner_for(optuna.storages.InMemoryStorage())) is optuna.pruners.MedianPruner
+
+
+def sample_and_train(study: optuna.Study, prune_at, n: int) -> list[dict]:
+    """``n`` trials of a small conditional space, each trained to its rung or the end."""
+    sampled = []
+    for _ in range(n):
+        trial = study.ask()
+        x = trial.suggest_float("x", -3.0, 3.0)
+        arch = trial.suggest_categorical("arch", ["a", "b"])
+        y = trial.suggest_int("depth", 1, 8) if arch == "a" else trial.suggest_float("width", 0.1, 1.0, log=True)
+        quality = 1.0 / (1.0 + (x - 1.0) ** 2) + 0.05 * y
+        sampled.append(trial.params)
+        for epoch in range(1, EPOCHS + 1):
+            trial.report(quality * epoch / EPOCHS, epoch)
+            if prune_at(epoch) and trial.should_prune():
+                study.tell(trial, state=TrialState.PRUNED)
+                break
+        else:
+            study.tell(trial, quality)
+    return sampled
+
+
+def test_tpe_samples_as_under_optunas_own_hyperband(tmp_path):
+    """kilotune's Hyperband keeps one bracket study per bracket (Optuna builds one per suggest):
+    TPE must still see the same trials, so both copies of a study sample the same params."""
+    hyperband = settings("hyperband")
+    path, copy_path = tmp_path / "a.db", tmp_path / "b.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{path}", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0), pruner=hyperband.pruner_for())
+    sample_and_train(study, hyperband.may_prune_at, 2)  # fewer than TPE's start-up: it must see the new ones
+    shutil.copy(path, copy_path)
+    samplers = [StudySettings(**{**hyperband.__dict__, "seed": 3}).sampler_for() for _ in range(2)]
+    theirs = optuna.load_study(study_name="s", storage=RDBStorage(f"sqlite:///{path}"), sampler=samplers[0], pruner=hyperband.pruner_for())
+    kilotune_storage = RDBStorage(f"sqlite:///{copy_path}")
+    mine = optuna.load_study(study_name="s", storage=kilotune_storage, sampler=samplers[1], pruner=hyperband.pruner_for(kilotune_storage))
+    expected = sample_and_train(theirs, hyperband.may_prune_at, 15)
+    assert sample_and_train(mine, hyperband.may_prune_at, 15) == expected
+    assert len({round(p["x"], 6) for p in expected}) == 15, "every trial sampled anew"

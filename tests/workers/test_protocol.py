@@ -1,5 +1,6 @@
 """The worker's study protocol: TrialSource takes trials within the budget and gives them back;
-TrialRecorder writes off the training thread, in order, visible after flush, errors not lost."""
+TrialRecorder stores writes together off the training thread, in order, all of them after flush,
+errors not lost."""
 
 from __future__ import annotations
 
@@ -12,14 +13,24 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from search.study import StudySettings, create_study, open_storage
+from search.trial_writes import BufferedWrites, store
 from workers.config import TrainConfig
 from workers.protocol import TrialRecorder, TrialSource
 
 
 @pytest.fixture
-def trial() -> optuna.Trial:
+def recorded_trial(tmp_path) -> optuna.Trial:
+    """A trial on SQLite: the recorder stores its writes in one transaction on Optuna's schema."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=optuna.storages.InMemoryStorage()).ask()
+    return optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'trial.db'}")).ask()
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def trial(request, tmp_path) -> optuna.Trial:
+    """A trial on Optuna's in-memory storage (Optuna's own calls store the writes) or on SQLite."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.InMemoryStorage() if request.param == "memory" else open_storage(f"sqlite:///{tmp_path / 'trial.db'}")
+    return optuna.create_study(storage=storage).ask()
 
 
 @pytest.fixture
@@ -73,7 +84,8 @@ def test_a_config_the_space_cannot_build_fails_when_its_turn_comes(source, monke
     taken.heartbeat.stop()
 
 
-def test_writes_are_stored_in_order_after_flush(trial):
+def test_writes_are_stored_in_order_after_flush(recorded_trial):
+    trial = recorded_trial
     with TrialRecorder(trial) as recorder:
         for step in range(30):
             recorder.report(step / 100, step)
@@ -83,39 +95,64 @@ def test_writes_are_stored_in_order_after_flush(trial):
         stored = trial.study._storage.get_trial(trial._trial_id)
         assert stored.intermediate_values == {step: step / 100 for step in range(30)}
         assert stored.user_attrs == {"status": "done"}
+    assert not isinstance(trial.storage, BufferedWrites), "after close the trial writes to its storage again"
 
 
-def test_writes_run_on_the_recorders_thread_not_the_callers(trial):
-    threads: list[str] = []
-    set_attr = trial.set_user_attr
-    trial.set_user_attr = lambda key, value: (threads.append(threading.current_thread().name), set_attr(key, value))
+def test_writes_are_stored_together_on_the_recorders_thread(trial, monkeypatch):
+    stores: list[tuple[str, int]] = []
+    monkeypatch.setattr("workers.protocol.store", lambda storage, trial_id, writes: stores.append((threading.current_thread().name, len(writes))))
+    with TrialRecorder(trial, linger_s=60) as recorder:
+        for step in range(30):
+            recorder.report(step / 100, step)
+        recorder.set_user_attr("status", "running")
+        assert stores == [], "nothing asked for them yet: they wait"
+        recorder.flush()
+        assert stores == [(f"recorder-{trial.number}", 31)], "one store, off the caller's thread"
+
+
+def test_a_write_waits_at_most_linger_s(recorded_trial):
+    trial = recorded_trial
+    stored = lambda: trial.study._storage.get_trial(trial._trial_id).intermediate_values  # noqa: E731
+    with TrialRecorder(trial, linger_s=0.3) as recorder:
+        recorder.report(0.5, 1)
+        assert stored() == {}
+        assert wait_until(lambda: stored() == {1: 0.5}, 5.0), "stored after linger_s without a flush"
+
+
+def test_a_value_optuna_refuses_is_refused_at_the_call(trial):
     with TrialRecorder(trial) as recorder:
-        recorder.set_user_attr("a", 1)
-    assert threads == [f"recorder-{trial.number}"]
-    assert threads[0] != threading.current_thread().name
+        with pytest.raises(TypeError, match="supposed to be a float"):
+            recorder.report("not a number", 0)
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            recorder.set_user_attr("bad", object())
+    assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {}
 
 
-def test_a_failed_write_is_raised_at_flush_and_later_writes_are_not_stored(trial):
-    recorder = TrialRecorder(trial)
-    recorder.report("not a number", 0)
+def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(recorded_trial, monkeypatch):
+    trial = recorded_trial
+    monkeypatch.setattr("workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
+    recorder = TrialRecorder(trial, linger_s=0.1)
     recorder.report(0.5, 1)
-    with pytest.raises(TypeError, match="supposed to be a float"):
+    assert wait_until(lambda: recorder._error is not None, 5.0)
+    monkeypatch.undo()  # the database is back, but a gap must not be stored
+    recorder.report(0.6, 2)
+    with pytest.raises(ValueError, match="disk full"):
         recorder.flush()
     recorder.close()
     assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {}
 
 
-def test_a_transient_database_error_is_retried_not_lost(trial, monkeypatch):
+def test_a_transient_database_error_is_retried_not_lost(recorded_trial, monkeypatch):
+    trial = recorded_trial
     monkeypatch.setattr("search.study.time.sleep", lambda s: None)
     failures = [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
-    report = trial.report
 
-    def flaky_report(value: float, step: int) -> None:
+    def flaky_store(storage, trial_id, writes) -> None:
         if failures:
             raise failures.pop()
-        report(value, step)
+        store(storage, trial_id, writes)
 
-    trial.report = flaky_report
+    monkeypatch.setattr("workers.protocol.store", flaky_store)
     with TrialRecorder(trial) as recorder:
         recorder.report(0.25, 3)
     assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {3: 0.25}
@@ -129,11 +166,37 @@ def test_a_closed_recorder_refuses_writes(trial):
         recorder.set_user_attr("late", 1)
 
 
-def test_leaving_on_an_exception_keeps_that_exception(trial):
+def test_leaving_on_an_exception_keeps_that_exception(trial, monkeypatch):
+    monkeypatch.setattr("workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
     with pytest.raises(KeyError, match="training broke"):
         with TrialRecorder(trial) as recorder:
-            recorder.report("bad", 0)  # a write error too: the training error must win
+            recorder.report(0.5, 0)  # its store fails at close: the training error must win
             raise KeyError("training broke")
+
+
+def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
+    calls: list[int] = []
+
+    def counted_store(storage, trial_id, writes) -> None:
+        calls.append(len(writes.params))
+        store(storage, trial_id, writes)
+
+    monkeypatch.setattr("workers.protocol.store", counted_store)
+    taken = source.take(time.time())
+    stored = source.storage.get_trial(taken.trial._trial_id)
+    assert stored.params == taken.trial.params and stored.distributions == taken.trial.distributions
+    assert calls == [len(stored.params)] and len(stored.params) > 5
+    assert not isinstance(taken.trial.storage, BufferedWrites)
+    taken.heartbeat.stop()
+
+
+def wait_until(condition, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_progress_tells_training_from_taken_ahead_and_failed_from_retried(source):

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -84,7 +85,9 @@ def test_three_workers_share_one_study_within_its_global_budget(make_study, pg_u
 def test_sigkilled_worker_trial_is_retried_and_resumes_from_its_checkpoint(make_study, pg_url, worker_env):
     study = make_study("killed", epochs=8, n_trials=2, pruner="none")
     victim = start_worker(study, pg_url, worker_env)
-    wait_for(lambda: any(len(t.intermediate_values) >= 2 for t in trials(study, pg_url)), 180, "two epochs")
+    # Killed once its checkpoint holds two epochs: its last reports may still wait in its recorder.
+    state = Path(worker_env["KILOTUNE_CHECKPOINT_DIR"]) / study / "0" / "state.json"
+    wait_for(lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 2, 180, "two epochs checkpointed")
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     time.sleep(7)  # past the grace period: the trial's heartbeat is stale
