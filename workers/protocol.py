@@ -179,7 +179,7 @@ class TrialRecorder:
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._written = self._taken = self._stored = self._wanted = 0  # counts of write calls
-        self._oldest: float | None = None  # when the oldest waiting write was made
+        self._oldest: float | None = None  # when the oldest write not yet taken was made; None: none waits
         self._closing = False
         self._thread = threading.Thread(target=self._drain, daemon=True, name=f"recorder-{trial.number}")
         self._thread.start()
@@ -237,18 +237,18 @@ class TrialRecorder:
             self._cond.notify_all()
 
     def _due(self) -> bool:
-        waiting = self._written > self._taken
-        assert self._oldest is not None or not waiting
-        return waiting and (self._closing or self._wanted > self._taken or time.monotonic() >= self._oldest + self.linger_s)
+        """Writes wait, and a flush wants them, the recorder is closing, or they waited linger_s."""
+        if self._oldest is None:
+            return False
+        return self._closing or self._wanted > self._taken or time.monotonic() >= self._oldest + self.linger_s
 
     def _drain(self) -> None:
         while True:
             with self._cond:
                 while not self._due():
-                    if self._closing and self._written == self._taken:
+                    if self._oldest is None and self._closing:
                         return
-                    waiting = self._written > self._taken
-                    self._cond.wait(max(0.0, self._oldest + self.linger_s - time.monotonic()) if waiting else None)  # type: ignore[operator]
+                    self._cond.wait(None if self._oldest is None else max(0.0, self._oldest + self.linger_s - time.monotonic()))
                 writes, upto = self.buffer.take(), self._written
                 self._taken, self._oldest = upto, None
             try:

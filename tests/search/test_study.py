@@ -195,7 +195,7 @@ def test_rung_pruners_decide_only_at_their_rungs(pruner):
 
 
 def test_tpe_starts_within_each_hyperband_bracket():
-    """Optuna's TPE sees only its own bracket under Hyperband: the start-up is shared out."""
+    """Under Hyperband the start-up is shared out among the brackets (see sampler_for)."""
     assert settings(epochs=30)._brackets == 3 and settings(epochs=9)._brackets == 2
     assert settings(epochs=30).sampler_for()._n_startup_trials == 4
     assert settings(epochs=9).sampler_for()._n_startup_trials == 5
