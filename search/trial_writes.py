@@ -104,10 +104,10 @@ def store(storage: BaseStorage, trial_id: int, writes: PendingWrites) -> None:
     _store_rdb(rdb, trial_id, writes)
 
 
-# (storage, study id, param name, distribution JSON) found to fit the study's distribution of
+# (database, study id, param name, distribution JSON) found to fit the study's distribution of
 # that param: which never changes once stored, so each worker checks each param once, as
 # Optuna's cached storage does, not once per trial.
-_FITS_THE_STUDY: set[tuple[int, int, str, str]] = set()
+_FITS_THE_STUDY: set[tuple[str, int, str, str]] = set()
 
 
 def _rdb_of(storage: BaseStorage) -> RDBStorage | None:
@@ -133,7 +133,8 @@ def _store_rdb(rdb: RDBStorage, trial_id: int, writes: PendingWrites) -> None:
         rdb.check_trial_is_updatable(trial_id, state)
 
         if writes.params:
-            checked = {name: (id(rdb), study_id, name, distribution_to_json(d)) for name, (_, d) in writes.params.items()}
+            database = rdb.engine.url.render_as_string(hide_password=True)
+            checked = {name: (database, study_id, name, distribution_to_json(d)) for name, (_, d) in writes.params.items()}
             for name, (_, distribution) in writes.params.items():
                 if checked[name] in _FITS_THE_STUDY:
                     continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -75,3 +76,14 @@ def kilotune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Starts the real ``kilotune`` command as a process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=REPO, env=full_env, **kwargs)
+
+
+def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5):
+    """Polls ``predicate`` until it returns something true, which it returns; fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

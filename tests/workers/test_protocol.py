@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from search.study import StudySettings, create_study, open_storage
 from search.trial_writes import BufferedWrites, store
+from tests.conftest import wait_for
 from workers.config import TrainConfig
 from workers.protocol import TrialRecorder, TrialSource
 
@@ -116,7 +117,7 @@ def test_a_write_waits_at_most_linger_s(recorded_trial):
     with TrialRecorder(trial, linger_s=0.3) as recorder:
         recorder.report(0.5, 1)
         assert stored() == {}
-        assert wait_until(lambda: stored() == {1: 0.5}, 5.0), "stored after linger_s without a flush"
+        wait_for(lambda: stored() == {1: 0.5}, 5.0, "the report, stored after linger_s without a flush", poll_s=0.05)
 
 
 def test_a_value_optuna_refuses_is_refused_at_the_call(trial):
@@ -133,7 +134,7 @@ def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(recor
     monkeypatch.setattr("workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
     recorder = TrialRecorder(trial, linger_s=0.1)
     recorder.report(0.5, 1)
-    assert wait_until(lambda: recorder._error is not None, 5.0)
+    wait_for(lambda: recorder._error is not None, 5.0, "the store to fail", poll_s=0.05)
     monkeypatch.undo()  # the database is back, but a gap must not be stored
     recorder.report(0.6, 2)
     with pytest.raises(ValueError, match="disk full"):
@@ -188,15 +189,6 @@ def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
     assert calls == [len(stored.params)] and len(stored.params) > 5
     assert not isinstance(taken.trial.storage, BufferedWrites)
     taken.heartbeat.stop()
-
-
-def wait_until(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_progress_tells_training_from_taken_ahead_and_failed_from_retried(source):

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search.cli import main
-from tests.conftest import kilotune
+from tests.conftest import kilotune, wait_for
 
 pytestmark = pytest.mark.slow
 TINY_SPACE = {"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none", "optimizer": "sgd",
@@ -47,16 +47,6 @@ def start_worker(study: str, pg_url: str, env: dict, *extra: str) -> subprocess.
 
 def trials(study: str, pg_url: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=pg_url).get_trials()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
