@@ -123,7 +123,7 @@ class IndexedHyperbandPruner(optuna.pruners.HyperbandPruner):
     A subclass, so Optuna still shows the sampler only the trial's bracket (``_filter_study``).
     Optuna builds that bracket's study anew for every suggest, which costs a query for the
     study's id and, since the new study's cache of trials starts empty, a read of every trial
-    (~15 of each a trial). Here each bracket's study is built once per study object and shares
+    (~15 of each a trial). Here each bracket's study is built once (per study object) and shares
     the study's cache, which Optuna empties at each ask and tell, as it does without Hyperband.
 
     Args:
@@ -136,16 +136,14 @@ class IndexedHyperbandPruner(optuna.pruners.HyperbandPruner):
         _refuse_auto(kwargs, "min_resource", "max_resource")
         super().__init__(**kwargs)
         self._rdb = storage
-        self._bracket_studies: dict[tuple[int, int], tuple[optuna.Study, optuna.Study]] = {}
+        self._bracket_studies: dict[int, optuna.Study] = {}
 
     def _create_bracket_study(self, study: optuna.Study, bracket_index: int) -> optuna.Study:
-        key = (id(study), bracket_index)
-        cached = self._bracket_studies.get(key)
-        if cached is None or cached[0] is not study:  # the id of a study gone may be reused
-            bracket_study = super()._create_bracket_study(study, bracket_index)
-            bracket_study._thread_local = study._thread_local
-            cached = self._bracket_studies[key] = (study, bracket_study)
-        return cached[1]
+        cached = self._bracket_studies.get(bracket_index)
+        if cached is None or cached._study is not study:  # type: ignore[attr-defined]  # Optuna's _BracketStudy
+            cached = self._bracket_studies[bracket_index] = super()._create_bracket_study(study, bracket_index)
+            cached._thread_local = study._thread_local
+        return cached
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         if not self._pruners:

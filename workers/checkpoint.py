@@ -45,10 +45,6 @@ class Checkpoint:
             if old.name != model_file:
                 old.unlink(missing_ok=True)
 
-    def epoch(self) -> int:
-        """Epochs done by the saved state."""
-        return int(json.loads(self.state_path.read_text())["epoch"])
-
     def history(self) -> list[dict]:
         """The saved epochs' reports (``EpochReport`` fields), without loading the model."""
         return list(json.loads(self.state_path.read_text())["history"])

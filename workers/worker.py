@@ -110,16 +110,16 @@ class Worker:
                 attrs["worker_id"] = self.worker_id
             if history:
                 attrs["retry_of"] = history[-1]
-            if checkpoint.exists():
-                attrs["resumed_from_epoch"] = checkpoint.epoch()
+            done = checkpoint.history() if checkpoint.exists() else []
+            if done:
+                attrs["resumed_from_epoch"] = len(done)
             for key, value in attrs.items():
                 recorder.set_user_attr(key, value)
-            if checkpoint.exists():
-                # The killed attempt's recorder may not have stored its last reports: the checkpoint has them.
-                reported = trial._cached_frozen_trial.intermediate_values
-                for epoch in checkpoint.history():
-                    if epoch["epoch"] not in reported:
-                        recorder.report(epoch["val_accuracy"], epoch["epoch"])
+            # The killed attempt's recorder may not have stored its last reports: the checkpoint has them.
+            reported = trial._cached_frozen_trial.intermediate_values
+            for epoch in done:
+                if epoch["epoch"] not in reported:
+                    recorder.report(epoch["val_accuracy"], epoch["epoch"])
 
             def report(r: EpochReport) -> None:
                 epoch_seconds.append(r.seconds)

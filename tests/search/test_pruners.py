@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import shutil
 
@@ -144,7 +145,7 @@ def test_tpe_samples_as_under_optunas_own_hyperband(tmp_path):
                                 sampler=optuna.samplers.RandomSampler(seed=0), pruner=hyperband.pruner_for())
     sample_and_train(study, hyperband.may_prune_at, 2)  # fewer than TPE's start-up: it must see the new ones
     shutil.copy(path, copy_path)
-    samplers = [StudySettings(**{**hyperband.__dict__, "seed": 3}).sampler_for() for _ in range(2)]
+    samplers = [dataclasses.replace(hyperband, seed=3).sampler_for() for _ in range(2)]
     theirs = optuna.load_study(study_name="s", storage=RDBStorage(f"sqlite:///{path}"), sampler=samplers[0], pruner=hyperband.pruner_for())
     kilotune_storage = RDBStorage(f"sqlite:///{copy_path}")
     mine = optuna.load_study(study_name="s", storage=kilotune_storage, sampler=samplers[1], pruner=hyperband.pruner_for(kilotune_storage))

@@ -19,19 +19,21 @@ from workers.config import TrainConfig
 from workers.protocol import TrialRecorder, TrialSource
 
 
-@pytest.fixture
-def recorded_trial(tmp_path) -> optuna.Trial:
-    """A trial on SQLite: the recorder stores its writes in one transaction on Optuna's schema."""
+def new_trial(storage: optuna.storages.BaseStorage) -> optuna.Trial:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'trial.db'}")).ask()
+    return optuna.create_study(storage=storage).ask()
+
+
+@pytest.fixture
+def sqlite_trial(tmp_path) -> optuna.Trial:
+    """A trial on SQLite: the recorder stores its writes in one transaction on Optuna's schema."""
+    return new_trial(open_storage(f"sqlite:///{tmp_path / 'trial.db'}"))
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def trial(request, tmp_path) -> optuna.Trial:
+def trial(request) -> optuna.Trial:
     """A trial on Optuna's in-memory storage (Optuna's own calls store the writes) or on SQLite."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.InMemoryStorage() if request.param == "memory" else open_storage(f"sqlite:///{tmp_path / 'trial.db'}")
-    return optuna.create_study(storage=storage).ask()
+    return new_trial(optuna.storages.InMemoryStorage()) if request.param == "memory" else request.getfixturevalue("sqlite_trial")
 
 
 @pytest.fixture
@@ -85,8 +87,8 @@ def test_a_config_the_space_cannot_build_fails_when_its_turn_comes(source, monke
     taken.heartbeat.stop()
 
 
-def test_writes_are_stored_in_order_after_flush(recorded_trial):
-    trial = recorded_trial
+def test_writes_are_stored_in_order_after_flush(sqlite_trial):
+    trial = sqlite_trial
     with TrialRecorder(trial) as recorder:
         for step in range(30):
             recorder.report(step / 100, step)
@@ -111,8 +113,8 @@ def test_writes_are_stored_together_on_the_recorders_thread(trial, monkeypatch):
         assert stores == [(f"recorder-{trial.number}", 31)], "one store, off the caller's thread"
 
 
-def test_a_write_waits_at_most_linger_s(recorded_trial):
-    trial = recorded_trial
+def test_a_write_waits_at_most_linger_s(sqlite_trial):
+    trial = sqlite_trial
     stored = lambda: trial.study._storage.get_trial(trial._trial_id).intermediate_values  # noqa: E731
     with TrialRecorder(trial, linger_s=0.3) as recorder:
         recorder.report(0.5, 1)
@@ -129,8 +131,8 @@ def test_a_value_optuna_refuses_is_refused_at_the_call(trial):
     assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {}
 
 
-def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(recorded_trial, monkeypatch):
-    trial = recorded_trial
+def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(sqlite_trial, monkeypatch):
+    trial = sqlite_trial
     monkeypatch.setattr("workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
     recorder = TrialRecorder(trial, linger_s=0.1)
     recorder.report(0.5, 1)
@@ -143,8 +145,8 @@ def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(recor
     assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {}
 
 
-def test_a_transient_database_error_is_retried_not_lost(recorded_trial, monkeypatch):
-    trial = recorded_trial
+def test_a_transient_database_error_is_retried_not_lost(sqlite_trial, monkeypatch):
+    trial = sqlite_trial
     monkeypatch.setattr("search.study.time.sleep", lambda s: None)
     failures = [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
 
