@@ -27,6 +27,7 @@ from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDB
 from optuna.trial import TrialState
 
 from search import pruners
+from search.samplers import SnapshotTPESampler
 
 log = logging.getLogger("kilotune.study")
 # Heartbeats, group and constant liar are deliberate: the worker drives ask/tell itself.
@@ -175,13 +176,14 @@ class StudySettings:
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         # group=True keeps multivariate TPE exact over the conditional (define-by-run) space;
-        # constant_liar stops parallel workers from sampling the same point. Under Hyperband
+        # constant_liar stops parallel workers from sampling the same point (read once a take:
+        # search/samplers.py). Under Hyperband
         # the 10 random start-up trials are shared out among the brackets, chosen when TPE was
         # thought to see only its bracket's trials. With optuna 5.1 it sees every trial (it
         # reads Study._get_trials, which Hyperband's bracket study does not filter), so TPE
         # starts after 3-5 finished trials; whether 10 searches better is unmeasured.
         startup = max(3, math.ceil(10 / self._brackets)) if self.pruner == "hyperband" else 10
-        return optuna.samplers.TPESampler(
+        return SnapshotTPESampler(
             multivariate=True, group=True, constant_liar=True, n_startup_trials=startup, seed=self.seed
         )
 

@@ -92,7 +92,7 @@ def store(storage: BaseStorage, trial_id: int, writes: PendingWrites) -> None:
     """
     if not writes:
         return
-    rdb = _rdb_of(storage)
+    rdb = rdb_of(storage)
     if rdb is None or rdb.engine.name not in ("postgresql", "sqlite"):
         for name, (value, distribution) in writes.params.items():
             storage.set_trial_param(trial_id, name, value, distribution)
@@ -110,7 +110,7 @@ def store(storage: BaseStorage, trial_id: int, writes: PendingWrites) -> None:
 _FITS_THE_STUDY: set[tuple[str, int, str, str]] = set()
 
 
-def _rdb_of(storage: BaseStorage) -> RDBStorage | None:
+def rdb_of(storage: BaseStorage) -> RDBStorage | None:
     """The RDB storage under Optuna's cache (``study._storage`` wraps it), or None."""
     backend = getattr(storage, "_backend", storage)
     return backend if isinstance(backend, RDBStorage) else None
