@@ -541,7 +541,7 @@ def main() -> None:
     parser.add_argument("--pg-port", type=int, default=5432)
     parser.add_argument("--workdir", help="where SQLite and journal files go (default: a temporary directory)")
     parser.add_argument("--sampler", default="tpe", choices=["tpe", "random"],
-                        help="the study's sampler (default: %(default)s; client CPU a trial at 64 processes: random 98 ms (v5), TPE 275 ms (v6), docs/bench-storage.md)")
+                        help="the study's sampler (default: %(default)s; client CPU a trial at 64 processes: random 98 ms (v5), TPE 155 ms (v7), docs/bench-storage.md)")
     parser.add_argument("--pruner", default="hyperband", choices=["hyperband", "successive-halving", "median"], help="the study's pruner (default: kilotune's, %(default)s)")
     parser.add_argument("--out", default="runs/storage_scale.json")
     args = parser.parse_args()

@@ -8,12 +8,13 @@ system attributes: with 64 workers, ~10 reads of 128 running trials a take.
 
 ``SnapshotTPESampler`` reads once per trial, at its first sample, and hands Optuna's TPE code a
 study whose ``_get_trials`` answers from that snapshot. On an RDB storage the snapshot holds
-only what TPE reads: finished (COMPLETE, PRUNED) trials, read in full once per worker, since a
-finished trial never changes, and RUNNING trials' numbers, params and system attributes (the
-liar's relative params), read anew each time without their reports. The liar then sees the
-trials running when this trial began sampling, not those that start during its sampling (well
-under a second), which do not see it either. ``tests/search/test_samplers.py`` checks that it
-samples what Optuna's TPE samples, on SQLite, PostgreSQL and in memory.
+only what TPE reads (``_read_for_tpe``): params, values, system attributes (the liar's relative
+params) and a pruned trial's last report, none of the other reports a worker stores every
+epoch. Finished (COMPLETE, PRUNED) trials are read once per worker, since a finished trial never
+changes; running ones anew each time. The liar then sees the trials running when this trial
+began sampling, not those that start during its sampling (well under a second), which do not
+see it either. ``tests/search/test_samplers.py`` checks that it samples what Optuna's TPE
+samples, on SQLite, PostgreSQL and in memory.
 """
 
 from __future__ import annotations
@@ -88,38 +89,62 @@ class SnapshotTPESampler(optuna.samplers.TPESampler):
         return _Snapshot(study, self._local.trials)
 
     def _read(self, rdb: RDBStorage, study_id: int) -> list[FrozenTrial]:
-        """The study's finished trials (new ones read in full, the rest remembered) and running
-        trials without their reports, attributes or timestamps, in trial-number order."""
-        from optuna.storages._rdb.models import TrialModel, TrialParamModel, TrialSystemAttributeModel  # Optuna's schema
+        """The study's trials in the states TPE reads, holding only what TPE reads of them, in
+        trial-number order. Finished trials are read once per worker and remembered."""
+        from optuna.storages._rdb.models import TrialModel  # Optuna's versioned schema
 
         with rdb.engine.connect() as conn:
-            states = conn.execute(sqlalchemy.select(TrialModel.trial_id, TrialModel.number, TrialModel.state)
-                                  .where(TrialModel.study_id == study_id, TrialModel.state.in_(TPE_STATES))).all()
-            running = {trial_id: (number, {}, {}, {}) for trial_id, number, state in states if state == TrialState.RUNNING}
-            if running:  # each a (number, params, distributions, system attributes)
-                param_rows = conn.execute(sqlalchemy.select(TrialParamModel.trial_id, TrialParamModel.param_name,
-                                                        TrialParamModel.param_value, TrialParamModel.distribution_json)
-                                      .where(TrialParamModel.trial_id.in_(running)).order_by(TrialParamModel.param_id))
-                for trial_id, name, internal, distribution_json in param_rows:
-                    distribution = _distribution(distribution_json)
-                    running[trial_id][1][name] = distribution.to_external_repr(internal)
-                    running[trial_id][2][name] = distribution
-                attr_rows = conn.execute(sqlalchemy.select(TrialSystemAttributeModel.trial_id, TrialSystemAttributeModel.key,
-                                                       TrialSystemAttributeModel.value_json)
-                                     .where(TrialSystemAttributeModel.trial_id.in_(running)))
-                for trial_id, key, value_json in attr_rows:
-                    running[trial_id][3][key] = json.loads(value_json)
-        trials = [FrozenTrial(number, TrialState.RUNNING, None, None, None, params, distributions, {}, system_attrs, {}, trial_id)
-                  for trial_id, (number, params, distributions, system_attrs) in running.items()]
-        with self._finished_lock:
-            finished = self._finished.setdefault(study_id, {})
-            new = {trial_id for trial_id, _, state in states if state in FINISHED and trial_id not in finished}
-            if new:
-                # Optuna's own read and FrozenTrial builder, for the few trials finished since the last take.
-                for t in rdb._get_trials(study_id, states=FINISHED, included_trial_ids=new, trial_id_greater_than=max(new)):
-                    finished[t._trial_id] = t
-            trials += [finished[trial_id] for trial_id, _, state in states if state in FINISHED and trial_id in finished]
+            rows = conn.execute(sqlalchemy.select(TrialModel.trial_id, TrialModel.number, TrialModel.state)
+                                .where(TrialModel.study_id == study_id, TrialModel.state.in_(TPE_STATES))).all()
+            with self._finished_lock:
+                finished = self._finished.setdefault(study_id, {})
+                new = [row for row in rows if row.state in FINISHED and row.trial_id not in finished]
+                finished.update((t._trial_id, t) for t in _read_for_tpe(conn, new))
+                trials = [finished[row.trial_id] for row in rows if row.state in FINISHED]
+            trials += _read_for_tpe(conn, [row for row in rows if row.state == TrialState.RUNNING])
         return sorted(trials, key=lambda t: t.number)
+
+
+def _read_for_tpe(conn: sqlalchemy.Connection, rows: list[Any]) -> list[FrozenTrial]:
+    """What TPE reads of these trials (rows of trial_id, number, state): params, values, system
+    attributes (the liar's relative params, constraints) and, of a pruned trial, its last report
+    (TPE ranks pruned trials by it). No other reports, no user attributes, no timestamps."""
+    from optuna.storages._rdb.models import TrialIntermediateValueModel as Report  # Optuna's versioned schema
+    from optuna.storages._rdb.models import TrialParamModel as Param
+    from optuna.storages._rdb.models import TrialSystemAttributeModel as SystemAttr
+    from optuna.storages._rdb.models import TrialValueModel as Value
+
+    if not rows:
+        return []
+    ids = [row.trial_id for row in rows]
+    params: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    distributions: dict[int, dict[str, BaseDistribution]] = {i: {} for i in ids}
+    for trial_id, name, internal, distribution_json in conn.execute(
+            sqlalchemy.select(Param.trial_id, Param.param_name, Param.param_value, Param.distribution_json)
+            .where(Param.trial_id.in_(ids)).order_by(Param.param_id)):
+        distribution = _distribution(distribution_json)
+        params[trial_id][name], distributions[trial_id][name] = distribution.to_external_repr(internal), distribution
+    system_attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
+    for trial_id, key, value_json in conn.execute(
+            sqlalchemy.select(SystemAttr.trial_id, SystemAttr.key, SystemAttr.value_json).where(SystemAttr.trial_id.in_(ids))):
+        system_attrs[trial_id][key] = json.loads(value_json)
+    values: dict[int, dict[int, float]] = {i: {} for i in ids}
+    for trial_id, objective, value, value_type in conn.execute(
+            sqlalchemy.select(Value.trial_id, Value.objective, Value.value, Value.value_type).where(Value.trial_id.in_(ids))):
+        values[trial_id][objective] = Value.stored_repr_to_value(value, value_type)
+    last_report: dict[int, dict[int, float]] = {i: {} for i in ids}
+    pruned = [row.trial_id for row in rows if row.state == TrialState.PRUNED]
+    if pruned:
+        last = (sqlalchemy.select(Report.trial_id, sqlalchemy.func.max(Report.step).label("step"))
+                .where(Report.trial_id.in_(pruned)).group_by(Report.trial_id).subquery())
+        for trial_id, step, value, value_type in conn.execute(
+                sqlalchemy.select(Report.trial_id, Report.step, Report.intermediate_value, Report.intermediate_value_type)
+                .join(last, sqlalchemy.and_(Report.trial_id == last.c.trial_id, Report.step == last.c.step))):
+            last_report[trial_id][step] = Report.stored_repr_to_intermediate_value(value, value_type)
+    return [FrozenTrial(row.number, row.state, None, None, None, params[row.trial_id], distributions[row.trial_id], {},
+                        system_attrs[row.trial_id], last_report[row.trial_id], row.trial_id,
+                        values=[values[row.trial_id][k] for k in sorted(values[row.trial_id])] or None)
+            for row in rows]
 
 
 @functools.lru_cache(maxsize=1024)

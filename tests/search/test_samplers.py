@@ -26,19 +26,21 @@ def objective(params: dict) -> float:
 
 
 def take_and_run(study: optuna.Study, n: int, keep_running: int, prune_every: int = 5) -> list[dict]:
-    """``n`` takes of kilotune's whole space, each reporting every epoch. Every
+    """``n`` takes of kilotune's whole space, each reporting every epoch it runs. Every
     ``keep_running``-th trial is left RUNNING, as a fleet's trials are while others take (the
-    liar reads them), every ``prune_every``-th of the rest is PRUNED, the others COMPLETE."""
+    liar reads them); every ``prune_every``-th of the rest is PRUNED at an epoch of its own
+    (TPE ranks pruned trials by their last report); the others COMPLETE."""
     space, sampled = SearchSpace.from_spec(None), []
     for i in range(n):
         trial = study.ask()
         space.suggest(trial, EPOCHS)
         sampled.append(trial.params)
-        for epoch in range(1, EPOCHS + 1):
+        pruned = i % keep_running != 0 and i % prune_every == 0
+        for epoch in range(1, 1 + (1 + i % EPOCHS if pruned else EPOCHS)):
             trial.report(objective(trial.params) * epoch / EPOCHS, epoch)
         if i % keep_running == 0:
             continue
-        if i % prune_every == 0:
+        if pruned:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, objective(trial.params))
@@ -60,26 +62,27 @@ def storage_url(request, tmp_path):
             "inmemory": lambda: None}[request.param]()
 
 
-def sample_with(storage_url: str | None, sampler_class: type[optuna.samplers.TPESampler]) -> list[dict]:
+def sample_with(storage_url: str | None, sampler_class: type[optuna.samplers.TPESampler], prune_every: int) -> list[dict]:
     """A study filled past TPE's start-up, then 12 takes with ``sampler_class``."""
     storage = optuna.storages.InMemoryStorage() if storage_url is None else RDBStorage(storage_url)
     name = f"s{secrets.token_hex(4)}"
     study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
-    take_and_run(study, 16, keep_running=4)  # 12 finished (TPE starts after 10), 4 running
+    take_and_run(study, 16, keep_running=4, prune_every=prune_every)  # 12 finished (TPE starts after 10), 4 running
     study.sampler = tpe_like_kilotunes(sampler_class)
-    return take_and_run(study, 12, keep_running=2)
+    return take_and_run(study, 12, keep_running=2, prune_every=prune_every)
 
 
-def test_samples_as_optunas_tpe(storage_url):
-    expected = sample_with(storage_url, optuna.samplers.TPESampler)
-    assert sample_with(storage_url, SnapshotTPESampler) == expected
+@pytest.mark.parametrize("prune_every", [5, 1])  # 1: TPE's best trials are pruned ones, ranked by their last report
+def test_samples_as_optunas_tpe(storage_url, prune_every):
+    expected = sample_with(storage_url, optuna.samplers.TPESampler, prune_every)
+    assert sample_with(storage_url, SnapshotTPESampler, prune_every) == expected
     assert len({tuple(sorted(p.items())) for p in expected}) == len(expected), "every trial sampled anew"
 
 
 def test_sampling_reads_no_running_trials_reports(tmp_path, monkeypatch):
     """Optuna's liar re-reads every running trial's reports per parameter group; kilotune's
-    reads reports only of trials finished since its last take."""
+    reads only the last report of trials pruned since its last take."""
     storage = RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
                                 sampler=optuna.samplers.RandomSampler(seed=0))
