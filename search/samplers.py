@@ -34,8 +34,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from search.trial_writes import rdb_of
 
-TPE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # all TPE ever reads
+TPE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # the states TPE reads
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+READ_CHUNK = 500  # trials a query reads at most: a worker joining a big study stays within SQLite's bound-variable limit
 
 
 class _Snapshot:
@@ -109,13 +110,15 @@ def _read_for_tpe(conn: sqlalchemy.Connection, rows: list[Any]) -> list[FrozenTr
     """What TPE reads of these trials (rows of trial_id, number, state): params, values, system
     attributes (the liar's relative params, constraints) and, of a pruned trial, its last report
     (TPE ranks pruned trials by it). No other reports, no user attributes, no timestamps."""
+    return [t for start in range(0, len(rows), READ_CHUNK) for t in _read_chunk(conn, rows[start:start + READ_CHUNK])]
+
+
+def _read_chunk(conn: sqlalchemy.Connection, rows: list[Any]) -> list[FrozenTrial]:
     from optuna.storages._rdb.models import TrialIntermediateValueModel as Report  # Optuna's versioned schema
     from optuna.storages._rdb.models import TrialParamModel as Param
     from optuna.storages._rdb.models import TrialSystemAttributeModel as SystemAttr
     from optuna.storages._rdb.models import TrialValueModel as Value
 
-    if not rows:
-        return []
     ids = [row.trial_id for row in rows]
     params: dict[int, dict[str, Any]] = {i: {} for i in ids}
     distributions: dict[int, dict[str, BaseDistribution]] = {i: {} for i in ids}

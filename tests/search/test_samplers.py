@@ -11,6 +11,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+import search.samplers
 from search.samplers import SnapshotTPESampler
 from search.space import SearchSpace
 from search.study import StudySettings
@@ -78,6 +79,14 @@ def test_samples_as_optunas_tpe(storage_url, prune_every):
     expected = sample_with(storage_url, optuna.samplers.TPESampler, prune_every)
     assert sample_with(storage_url, SnapshotTPESampler, prune_every) == expected
     assert len({tuple(sorted(p.items())) for p in expected}) == len(expected), "every trial sampled anew"
+
+
+def test_samples_as_optunas_tpe_reading_in_chunks(tmp_path, monkeypatch):
+    """A worker joining a big study reads its trials a chunk a query (SQLite bounds a query's variables)."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    expected = sample_with(url, optuna.samplers.TPESampler, prune_every=3)
+    monkeypatch.setattr(search.samplers, "READ_CHUNK", 4)
+    assert sample_with(url, SnapshotTPESampler, prune_every=3) == expected
 
 
 def test_sampling_reads_no_running_trials_reports(tmp_path, monkeypatch):
