@@ -9,13 +9,16 @@ running trials, where kilotune's took 15-16 and 26-27 ms (``bench/budget_claim.p
 docs/bench-storage.md).
 
 The classes here keep Optuna's rules and their code: each hands the rule a ``_StudyView``
-whose ``get_trials`` answers with just those values, from one indexed query on Optuna's schema.
+whose ``get_trials`` answers with just those values, from one indexed query on Optuna's schema,
+and the trial with its own rung values from the same query (Optuna's trial reads all its system
+attributes with a query of its own: v8 in docs/bench-storage.md).
 ``tests/search/test_pruners.py`` checks every decision against Optuna's own pruner on copies of
 the same study, so a change in Optuna's rules or schema fails a test, not the search.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Container
 from typing import Any
@@ -91,6 +94,16 @@ def _complete_values_at(storage: RDBStorage, study_id: int, step: int) -> list[_
     return trials
 
 
+def _with_own_rungs(trial: FrozenTrial, trials: list[_OtherTrial]) -> FrozenTrial:
+    """The trial, its system attributes being the rung values ``trials`` holds for it: all the
+    rule reads of them. Optuna's trial would read every system attribute with a query of its own
+    (``Trial._get_latest_trial``), most of a check's cost."""
+    own = next((t.system_attrs for t in trials if t.number == trial.number), {})
+    trial = copy.copy(trial)
+    trial.system_attrs = dict(own)
+    return trial
+
+
 def _refuse_auto(kwargs: dict[str, Any], *keys: str) -> None:
     """Optuna's "auto" resources (its default) are estimated from every trial: refused."""
     for key in keys:
@@ -113,8 +126,8 @@ class IndexedSuccessiveHalvingPruner(optuna.pruners.SuccessiveHalvingPruner):
         self._rdb = storage
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        view = _StudyView(study, lambda: _rung_values(self._rdb, study._study_id))
-        return super().prune(view, trial)  # type: ignore[arg-type]
+        trials = _rung_values(self._rdb, study._study_id)
+        return super().prune(_StudyView(study, lambda: trials), _with_own_rungs(trial, trials))  # type: ignore[arg-type]
 
 
 class IndexedHyperbandPruner(optuna.pruners.HyperbandPruner):
@@ -149,12 +162,9 @@ class IndexedHyperbandPruner(optuna.pruners.HyperbandPruner):
         if not self._pruners:
             self._try_initialization(study)  # with fixed resources it reads nothing
         bracket = self._get_bracket_id(study, trial)
-
-        def bracket_rung_values() -> list[_OtherTrial]:
-            trials = _rung_values(self._rdb, study._study_id)
-            return [t for t in trials if self._get_bracket_id(study, t) == bracket]  # type: ignore[arg-type]
-
-        return self._pruners[bracket].prune(_StudyView(study, bracket_rung_values), trial)  # type: ignore[arg-type]
+        trials = [t for t in _rung_values(self._rdb, study._study_id)
+                  if self._get_bracket_id(study, t) == bracket]  # type: ignore[arg-type]
+        return self._pruners[bracket].prune(_StudyView(study, lambda: trials), _with_own_rungs(trial, trials))  # type: ignore[arg-type]
 
 
 class IndexedMedianPruner(optuna.pruners.MedianPruner):
