@@ -1,16 +1,18 @@
-"""What taking one trial costs with kilotune's TPE settings: the worker's take, ~15 suggests.
+"""What taking one trial costs with kilotune's TPE settings: the claim and the space's ~15 suggests.
 
     python bench/sampler_cost.py --storage postgresql://postgres@127.0.0.1:5432/postgres
     python bench/sampler_cost.py --running 128    # and with a 64-worker fleet's trials in flight
 
 For kilotune's sampler (``search.samplers.SnapshotTPESampler``) and Optuna's ``TPESampler`` with
 group and constant liar on or off, a fresh study in a fresh database (PostgreSQL: created and
-dropped here) runs --trials takes as the worker takes (``claim_trial`` + ``SearchSpace.suggest``:
-the default space, ~15 params) + tell with a random value, and prints the median take time (wall
+dropped here) runs --trials takes (``claim_trial`` + ``SearchSpace.suggest``: the default space,
+~15 params) + tell with a random value, and prints the median take time (wall
 and CPU) of the first and the last ten trials. With --running N it then leaves N more trials
 running with 30 reports each, as a fleet's are, and times ten more takes. Optuna's constant liar re-reads the study's
 trials, running ones with all their reports, for every parameter group; kilotune's reads them
-once a take, and the running ones without their reports.
+once a take, and the running ones without their reports. Here Optuna stores each param as it
+is suggested; the worker's take (``TrialSource.take``) stores them in one transaction, ~20 ms of
+CPU less (``bench/trial_writes.py``), and adds the budget lock and a heartbeat.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VARIANTS = ("kilotune", "optuna", "optuna-no-liar", "optuna-no-group", "optuna-no-group-no-liar")
+# Optuna's TPE variants: (group, constant_liar); "kilotune" is StudySettings.sampler_for's TPE.
+OPTUNA_VARIANTS = {"optuna": (True, True), "optuna-no-liar": (True, False),
+                   "optuna-no-group": (False, True), "optuna-no-group-no-liar": (False, False)}
+VARIANTS = ("kilotune", *OPTUNA_VARIANTS)
 
 
 def main() -> None:
@@ -58,7 +63,7 @@ def main() -> None:
     started = time.time()
 
     def take(study: optuna.Study, storage: optuna.storages.BaseStorage, timings: list[tuple[float, float]]) -> optuna.Trial:
-        """The worker's take (its budget lock aside): claim a trial, sample its config."""
+        """Claim a trial and sample its config, as the worker's take does without its lock and batched writes."""
         wall, cpu = time.perf_counter(), time.process_time()
         trial = study_module.claim_trial(study, settings, storage, started)
         space.suggest(trial, settings.epochs)
@@ -79,9 +84,12 @@ def main() -> None:
             storage = study_module.open_storage(url)
             study_module.create_study("sampler", settings, storage)
             study, _ = study_module.load_study("sampler", storage)
-            study.sampler = settings.sampler_for() if variant == "kilotune" else optuna.samplers.TPESampler(
-                multivariate=True, group="no-group" not in variant, constant_liar="no-liar" not in variant,
-                n_startup_trials=kilotunes._n_startup_trials, seed=settings.seed)
+            if variant == "kilotune":
+                study.sampler = settings.sampler_for()
+            else:
+                group, liar = OPTUNA_VARIANTS[variant]
+                study.sampler = optuna.samplers.TPESampler(multivariate=True, group=group, constant_liar=liar,
+                                                           n_startup_trials=kilotunes._n_startup_trials, seed=settings.seed)
             finished: list[tuple[float, float]] = []
             for _ in range(args.trials):
                 study.tell(take(study, storage, finished), random.random())
