@@ -47,8 +47,8 @@ def main() -> None:
     import optuna
     import sqlalchemy
 
-    from search.space import SearchSpace
-    from search.study import StudySettings, _with_driver, budget_left, claim_trial, create_study, load_study, open_storage
+    from kilotune.search.space import SearchSpace
+    from kilotune.search.study import StudySettings, _with_driver, budget_left, claim_trial, create_study, load_study, open_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     server = sqlalchemy.engine.make_url(_with_driver(args.storage))

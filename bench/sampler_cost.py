@@ -46,10 +46,10 @@ def main() -> None:
     import optuna
     import sqlalchemy
 
-    import search.study as study_module
-    from search.samplers import SnapshotTPESampler
-    from search.space import SearchSpace
-    from search.trial_writes import PendingWrites, store
+    import kilotune.search.study as study_module
+    from kilotune.search.samplers import SnapshotTPESampler
+    from kilotune.search.space import SearchSpace
+    from kilotune.search.trial_writes import PendingWrites, store
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.from_spec(None)

@@ -41,16 +41,16 @@ import keras_tuner  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
-from search.kerastuner import KilotuneHyperModel  # noqa: E402
-from search.space import PRESETS, SearchSpace  # noqa: E402
-from search.study import StudySettings, create_study, load_study, open_storage  # noqa: E402
-from subset.datasets import ImageDataset, load_dataset  # noqa: E402
-from subset.features import ensure_default_subset  # noqa: E402
-from subset.subsetfile import load_subset  # noqa: E402
-from workers.data import holdout_data  # noqa: E402
-from workers.retrain import retrain  # noqa: E402
-from workers.train import TrainData  # noqa: E402
-from workers.worker import Worker  # noqa: E402
+from kilotune.search.kerastuner import KilotuneHyperModel  # noqa: E402
+from kilotune.search.space import PRESETS, SearchSpace  # noqa: E402
+from kilotune.search.study import StudySettings, create_study, load_study, open_storage  # noqa: E402
+from kilotune.subset.datasets import ImageDataset, load_dataset  # noqa: E402
+from kilotune.subset.features import ensure_default_subset  # noqa: E402
+from kilotune.subset.subsetfile import load_subset  # noqa: E402
+from kilotune.workers.data import holdout_data  # noqa: E402
+from kilotune.workers.retrain import retrain  # noqa: E402
+from kilotune.workers.train import TrainData  # noqa: E402
+from kilotune.workers.worker import Worker  # noqa: E402
 
 METHODS = ("kilotune", "random", "kerastuner")
 # Small models that fit a shared 2-core CPU: 1-3 s an epoch on 800 images, plus 5-15 s of tracing

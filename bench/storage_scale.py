@@ -83,7 +83,7 @@ def worker_main(index: int, inbox: Any, outbox: Any) -> None:
     started = time.perf_counter()
     import optuna
 
-    from search.study import load_study, open_storage, with_retry
+    from kilotune.search.study import load_study, open_storage, with_retry
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # JournalFileStorage's deprecation, once per process
@@ -142,7 +142,7 @@ class _RetryCounter(logging.Handler):
 
 def new_record(task: dict[str, Any]) -> tuple[dict[str, list[float]], Any]:
     """Per-op wall times of one trial, and ``timed(op, call)``: a call in with_retry, timed."""
-    from search.study import with_retry
+    from kilotune.search.study import with_retry
 
     wall: dict[str, list[float]] = {op: [] for op in OPS}
 
@@ -176,7 +176,7 @@ def trials_like_a_worker(study: Any, settings: Any, storage: Any, task: dict[str
     flushed before each prune check and before tell. Yields one record per trial."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from workers.protocol import TrialSource
+    from kilotune.workers.protocol import TrialSource
 
     source = TrialSource(task["url"], storage, study, settings)
 
@@ -210,7 +210,7 @@ def worker_trial(study: Any, settings: Any, taken: Any, task: dict[str, Any], st
 
     from optuna.trial import TrialState
 
-    from workers.protocol import TrialRecorder
+    from kilotune.workers.protocol import TrialRecorder
 
     wall, timed = new_record(task)
     wall["take_wait"].append(waited)
@@ -416,7 +416,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retry_deadline: float, dbname: str | None,
             run_pruner: str = "median", run_sampler: str = "tpe") -> dict[str, Any]:
-    from search.study import StudySettings, create_study, open_storage
+    from kilotune.search.study import StudySettings, create_study, open_storage
 
     name = f"scale-{run.backend}-{run.procs}-{'stress' if not run.step_sleep else 'paced'}"
     settings = StudySettings(
@@ -595,7 +595,7 @@ def main() -> None:
     import optuna
     import sqlalchemy
 
-    import search.study
+    import kilotune.search.study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -626,7 +626,7 @@ def main() -> None:
 
     def save(done: bool) -> None:
         payload = {"args": vars(args), "cpu": cpu, "nproc": os.cpu_count(), "optuna": optuna.__version__,
-                   "sqlalchemy": sqlalchemy.__version__, "postgresql": pg, "heartbeat_seconds": search.study.HEARTBEAT_SECONDS,
+                   "sqlalchemy": sqlalchemy.__version__, "postgresql": pg, "heartbeat_seconds": kilotune.search.study.HEARTBEAT_SECONDS,
                    "load_before": load_before, "parent_heavy_modules": heavy_here,
                    "pool": {"spawn_seconds": pool.spawn_seconds, "workers": pool.info} if pool else None, "results": rows, "done": done}
         if done:

@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from subset.datasets import load_dataset  # noqa: E402
+from kilotune.subset.datasets import load_dataset  # noqa: E402
 
 # (arch, depth, widen_factor): depth/k only matter for resnet20 and wrn.
 ARCHS: dict[str, tuple[int, int]] = {
@@ -61,7 +61,7 @@ def balanced_indices(labels: np.ndarray, per_class: int, seed: int, exclude: np.
 
 
 def make_data(images: int, val_images: int, channels: int, seed: int):  # -> workers.train.TrainData
-    from workers.train import TrainData
+    from kilotune.workers.train import TrainData
 
     ds = load_dataset("fashion-mnist")
     train_idx = balanced_indices(ds.y_train, images // ds.num_classes, seed)
@@ -78,8 +78,8 @@ def make_data(images: int, val_images: int, channels: int, seed: int):  # -> wor
 def bench_arch(arch: str, width: float, data, epochs: int, batch_size: int) -> dict[str, Any]:
     import keras
 
-    from workers.config import TrainConfig
-    from workers.train import train
+    from kilotune.workers.config import TrainConfig
+    from kilotune.workers.train import train
 
     depth, k = ARCHS[arch]
     config = TrainConfig(arch=arch, width=width, depth=depth, widen_factor=k, batch_size=batch_size, epochs=epochs)
@@ -119,8 +119,8 @@ def bench_arch(arch: str, width: float, data, epochs: int, batch_size: int) -> d
 
 def warm_up(data) -> float:
     """One tiny trial first, so the TF runtime's one-off start-up lands on no architecture."""
-    from workers.config import TrainConfig
-    from workers.train import TrainData, train
+    from kilotune.workers.config import TrainConfig
+    from kilotune.workers.train import TrainData, train
 
     import keras
 

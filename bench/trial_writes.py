@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from search.study import open_storage  # noqa: E402
-from search.trial_writes import BufferedWrites, store  # noqa: E402
+from kilotune.search.study import open_storage  # noqa: E402
+from kilotune.search.trial_writes import BufferedWrites, store  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 N_PARAMS, N_REPORTS, N_ATTRS = 15, 30, 10

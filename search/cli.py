@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from search import commands as search_commands
-    from search import study_commands
-    from subset import commands as subset_commands
-    from workers import commands as worker_commands
+    from kilotune.search import commands as search_commands
+    from kilotune.search import study_commands
+    from kilotune.subset import commands as subset_commands
+    from kilotune.workers import commands as worker_commands
 
     parser = argparse.ArgumentParser(
         prog="kilotune",

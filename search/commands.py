@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from search.study_commands import add_storage_argument
+from kilotune.search.study_commands import add_storage_argument
 
 
 def register_report(sub: argparse._SubParsersAction) -> None:
@@ -17,8 +17,8 @@ def register_report(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from search.report import write_report
-    from search.study import load_study, open_storage
+    from kilotune.search.report import write_report
+    from kilotune.search.study import load_study, open_storage
 
     study, _ = load_study(args.study, open_storage(args.storage))
     path = write_report(study, args.out, top=args.top)
@@ -36,8 +36,8 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from search.export import export_trial, write_json
-    from search.study import load_study, open_storage
+    from kilotune.search.export import export_trial, write_json
+    from kilotune.search.study import load_study, open_storage
 
     study, _ = load_study(args.study, open_storage(args.storage))
     export = export_trial(study, args.rank)

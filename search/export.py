@@ -21,8 +21,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from search.study import StudySettings, now_iso
-from workers.config import TrainConfig
+from kilotune.search.study import StudySettings, now_iso
+from kilotune.workers.config import TrainConfig
 
 LIBRARIES = ("keras", "tensorflow", "jax", "optuna", "numpy")
 

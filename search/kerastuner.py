@@ -23,11 +23,11 @@ import keras
 import keras_tuner
 import numpy as np
 
-from search.space import SearchSpace
-from subset.datasets import channel_stats, normalize
-from workers.augment import BatchMixer, MixedBatches
-from workers.config import TrainConfig
-from workers.train import build_compiled_model
+from kilotune.search.space import SearchSpace
+from kilotune.subset.datasets import channel_stats, normalize
+from kilotune.workers.augment import BatchMixer, MixedBatches
+from kilotune.workers.config import TrainConfig
+from kilotune.workers.train import build_compiled_model
 
 
 class HyperParametersTrial:

@@ -19,8 +19,8 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from search.export import ranked_trials
-from workers.config import ARCHITECTURES
+from kilotune.search.export import ranked_trials
+from kilotune.workers.config import ARCHITECTURES
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # How a trial's learning curve looks, by state: finished runs solid, pruned ones dashed.

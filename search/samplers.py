@@ -32,7 +32,7 @@ from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from search.trial_writes import rdb_of
+from kilotune.search.trial_writes import rdb_of
 
 TPE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # the states TPE reads
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import yaml
 
-from workers.config import ACTIVATIONS, ARCHITECTURES, OPTIMIZERS, SCHEDULES, TrainConfig
+from kilotune.workers.config import ACTIVATIONS, ARCHITECTURES, OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 class Param(ABC):

@@ -26,8 +26,8 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from search import pruners
-from search.samplers import SnapshotTPESampler
+from kilotune.search import pruners
+from kilotune.search.samplers import SnapshotTPESampler
 
 log = logging.getLogger("kilotune.study")
 # Heartbeats, group and constant liar are deliberate: the worker drives ask/tell itself.

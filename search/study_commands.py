@@ -57,13 +57,13 @@ def register_study(sub: argparse._SubParsersAction) -> None:
 
 def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``."""
-    from search.space import SearchSpace
-    from search.study import StudySettings, create_study, now_iso, open_storage
-    from subset.datasets import load_dataset
-    from subset.features import default_subset_path, ensure_default_subset
-    from subset.subsetfile import load_subset
+    from kilotune.search.space import SearchSpace
+    from kilotune.search.study import StudySettings, create_study, now_iso, open_storage
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.features import default_subset_path, ensure_default_subset
+    from kilotune.subset.subsetfile import load_subset
 
-    from search.cli import version
+    from kilotune.search.cli import version
 
     space_spec: dict = {}
     if args.space:
@@ -112,7 +112,7 @@ def run_create(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     import optuna
 
-    from search.study import open_storage
+    from kilotune.search.study import open_storage
 
     summaries = optuna.get_all_study_summaries(open_storage(args.storage), include_best_trial=True)
     if not summaries:
@@ -126,7 +126,7 @@ def run_list(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     import optuna
 
-    from search.study import load_study, open_storage
+    from kilotune.search.study import load_study, open_storage
 
     storage = open_storage(args.storage)
     load_study(args.study, storage)  # unknown names get the listing error
@@ -136,9 +136,9 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_enqueue(args: argparse.Namespace) -> int:
-    from search.space import PRESETS, params_for
-    from search.study import load_study, open_storage
-    from workers.config import TrainConfig
+    from kilotune.search.space import PRESETS, params_for
+    from kilotune.search.study import load_study, open_storage
+    from kilotune.workers.config import TrainConfig
 
     study, settings = load_study(args.study, open_storage(args.storage))
     configs: list[tuple[str, TrainConfig]] = []

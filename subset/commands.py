@@ -42,10 +42,10 @@ def register_subset(sub: argparse._SubParsersAction) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from subset.datasets import load_dataset
-    from subset.features import build_subset, default_extractor_path, default_subset_path
-    from subset.selection import METHODS
-    from subset.subsetfile import load_subset
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.features import build_subset, default_extractor_path, default_subset_path
+    from kilotune.subset.selection import METHODS
+    from kilotune.subset.subsetfile import load_subset
 
     if args.method not in METHODS:
         raise ValueError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)}")
@@ -75,12 +75,12 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from subset.subsetfile import load_subset
+    from kilotune.subset.subsetfile import load_subset
 
     subset = load_subset(args.file)
     class_names = None
     if args.grid:
-        from subset.datasets import load_dataset
+        from kilotune.subset.datasets import load_dataset
 
         dataset = load_dataset(subset.dataset, args.data_dir)
         subset = load_subset(args.file, dataset)
@@ -102,10 +102,10 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from subset.datasets import load_dataset
-    from subset.subsetfile import load_subset
-    from workers.compare import COMPARE_CONFIG, compare_subsets
-    from workers.config import TrainConfig
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.subsetfile import load_subset
+    from kilotune.workers.compare import COMPARE_CONFIG, compare_subsets
+    from kilotune.workers.config import TrainConfig
 
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from subset.datasets import channel_stats, ImageDataset, normalize
+from kilotune.subset.datasets import channel_stats, ImageDataset, normalize
 
 EXTRACTOR_ARCH = "resnet9"
 EXTRACTOR_WIDTH = 0.25  # 16..128 channels, 128-d features: ~90% on Fashion-MNIST in 3 CPU epochs.
@@ -98,7 +98,7 @@ def train_extractor(
     """
     import keras
 
-    from models import build_model
+    from kilotune.models import build_model
 
     path = Path(path)
     if path.suffix != ".keras":
@@ -214,7 +214,7 @@ def build_subset(
     Returns:
         ``out``.
     """
-    from subset import selection, subsetfile
+    from kilotune.subset import selection, subsetfile
 
     if method not in selection.METHODS:
         raise ValueError(f"unknown selection method {method!r}; choose one of {sorted(selection.METHODS)}")
@@ -249,7 +249,7 @@ def ensure_default_subset(
     Used by ``kilotune run`` when no ``--subset`` is given. Several workers may call this at
     once; a file lock makes one of them build (and train the extractor) while the others wait.
     """
-    from subset.subsetfile import load_subset
+    from kilotune.subset.subsetfile import load_subset
 
     path = default_subset_path(dataset.name, method, per_class, seed)
     with _locked(path.with_name(path.name + ".lock")):

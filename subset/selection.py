@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from subset.splits import class_balanced_sample
+from kilotune.subset.splits import class_balanced_sample
 
 ClassPicker = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
 """Class-level routine: (D of one class, k, rng) -> k positions into that class."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from subset.datasets import ImageDataset
+from kilotune.subset.datasets import ImageDataset
 
 FORMAT = "kilotune-subset/1"
 _REQUIRED = ("format", "dataset", "dataset_checksum", "method", "params", "seed", "per_class", "indices", "labels")

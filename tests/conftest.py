@@ -65,8 +65,8 @@ def fashion_subset(tmp_path_factory):
     """A random 10-per-class subset of the real Fashion-MNIST training set."""
     if not FASHION.exists():
         pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-    from subset.datasets import load_dataset
-    from subset.features import build_subset
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.features import build_subset
 
     path = tmp_path_factory.mktemp("subset") / "random-10.json"
     return build_subset(load_dataset("fashion-mnist"), "random", path, per_class=10, seed=0)
@@ -75,7 +75,7 @@ def fashion_subset(tmp_path_factory):
 def kilotune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     """Starts the real ``kilotune`` command as a process."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=REPO, env=full_env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "kilotune", *args], cwd=REPO, env=full_env, **kwargs)
 
 
 def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5):

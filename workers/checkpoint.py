@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import keras
 
 if TYPE_CHECKING:
-    from workers.train import EpochReport
+    from kilotune.workers.train import EpochReport
 
 
 class Checkpoint:

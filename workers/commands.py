@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from workers.retrain_command import REGISTER as RETRAIN
+from kilotune.workers.retrain_command import REGISTER as RETRAIN
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,11 +25,11 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from subset.datasets import load_dataset
-    from subset.splits import class_balanced_sample
-    from workers.config import TrainConfig
-    from workers.data import holdout_data
-    from workers.train import evaluate, train
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.splits import class_balanced_sample
+    from kilotune.workers.config import TrainConfig
+    from kilotune.workers.data import holdout_data
+    from kilotune.workers.train import evaluate, train
 
     config = TrainConfig.from_json(args.config) if args.config else TrainConfig()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
@@ -66,10 +66,10 @@ def run_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from workers.gpu import configure_gpu
+    from kilotune.workers.gpu import configure_gpu
 
     device = configure_gpu()  # before Keras loads a backend
-    from workers.worker import Worker
+    from kilotune.workers.worker import Worker
 
     stop = threading.Event()
 
@@ -87,7 +87,7 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def register_run(sub: argparse._SubParsersAction) -> None:
-    from search.study_commands import add_storage_argument, add_study_arguments
+    from kilotune.search.study_commands import add_storage_argument, add_study_arguments
 
     p = sub.add_parser("run", help="the main job: a local search, then the best config")
     p.add_argument("--study", default="kilotune", help="study name (default: %(default)s)")
@@ -99,7 +99,7 @@ def register_run(sub: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from workers.local import run_local
+    from kilotune.workers.local import run_local
 
     return run_local(args)
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from subset.datasets import ImageDataset
-from subset.splits import class_balanced_sample
-from subset.subsetfile import check_dataset, SubsetFile
-from workers.config import TrainConfig
-from workers.train import TrainData, train
+from kilotune.subset.datasets import ImageDataset
+from kilotune.subset.splits import class_balanced_sample
+from kilotune.subset.subsetfile import check_dataset, SubsetFile
+from kilotune.workers.config import TrainConfig
+from kilotune.workers.train import TrainData, train
 
 # Small enough for CPU: VGG-8 at half width (~1.2M parameters), 15 epochs of 1000 images.
 COMPARE_CONFIG = TrainConfig(arch="vgg8", width=0.5, epochs=15, batch_size=64, learning_rate=0.05)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from subset.datasets import ImageDataset
-from subset.splits import stratified_split
-from workers.train import TrainData
+from kilotune.subset.datasets import ImageDataset
+from kilotune.subset.splits import stratified_split
+from kilotune.workers.train import TrainData
 
 
 def holdout_data(dataset: ImageDataset, chosen: np.ndarray, val_fraction: float, seed: int) -> TrainData:

@@ -12,9 +12,9 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from search.space import PRESETS, params_for
-from search.study import load_study, open_storage, storage_url
-from search.study_commands import create_from_args
+from kilotune.search.space import PRESETS, params_for
+from kilotune.search.study import load_study, open_storage, storage_url
+from kilotune.search.study_commands import create_from_args
 
 DEFAULT_TRIALS = 30
 POLL_SECONDS = 5.0
@@ -37,7 +37,7 @@ def run_local(args: argparse.Namespace) -> int:
     print(f"study {study.study_name!r} on {study.user_attrs['dataset']}: {args.workers} workers, "
           f"budget {args.n_trials or '-'} trials / {args.timeout or '-'} s; dashboard: optuna-dashboard {url}")
 
-    command = [sys.executable, "-m", "search.cli", "worker", "--study", study.study_name, "--storage", url]
+    command = [sys.executable, "-m", "kilotune", "worker", "--study", study.study_name, "--storage", url]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     workers = [subprocess.Popen(command + ["--worker-id", f"local-{i}"]) for i in range(args.workers)]

@@ -24,10 +24,10 @@ import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 
-from search.space import SearchSpace
-from search.study import HEARTBEAT_SECONDS, StudySettings, budget_lock, claim_trial, with_retry
-from search.trial_writes import BufferedWrites, store
-from workers.config import TrainConfig
+from kilotune.search.space import SearchSpace
+from kilotune.search.study import HEARTBEAT_SECONDS, StudySettings, budget_lock, claim_trial, with_retry
+from kilotune.search.trial_writes import BufferedWrites, store
+from kilotune.workers.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
 RECORDER_LINGER_SECONDS = 5.0  # reports are read at prune checks (which flush) and by the dashboard

@@ -17,12 +17,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from search.export import write_json
-from search.study import now_iso
-from subset.datasets import ImageDataset, load_dataset, normalize
-from subset.subsetfile import SubsetFile, load_subset
-from workers.config import TrainConfig
-from workers.train import TrainData, TrainResult, evaluate, train
+from kilotune.search.export import write_json
+from kilotune.search.study import now_iso
+from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
+from kilotune.subset.subsetfile import SubsetFile, load_subset
+from kilotune.workers.config import TrainConfig
+from kilotune.workers.train import TrainData, TrainResult, evaluate, train
 
 
 def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:

@@ -19,8 +19,8 @@ def register_retrain(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from search.export import read_export
-    from workers.retrain import load_training_set, retrain
+    from kilotune.search.export import read_export
+    from kilotune.workers.retrain import load_training_set, retrain
 
     export = read_export(args.export)
     p = export["provenance"]

@@ -16,11 +16,11 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from models import build_model
-from subset.datasets import channel_stats, normalize
-from workers.augment import BatchMixer, MixedBatches, image_augmentation
-from workers.checkpoint import Checkpoint
-from workers.config import TrainConfig
+from kilotune.models import build_model
+from kilotune.subset.datasets import channel_stats, normalize
+from kilotune.workers.augment import BatchMixer, MixedBatches, image_augmentation
+from kilotune.workers.checkpoint import Checkpoint
+from kilotune.workers.config import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from search.study import check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
-from subset.datasets import load_dataset
-from subset.subsetfile import load_subset
-from workers.checkpoint import Checkpoint
-from workers.data import holdout_data
-from workers.gpu import is_out_of_memory
-from workers.protocol import TakenTrial, TrialRecorder, TrialSource
-from workers.train import EpochReport, TrainingInterrupted, train
+from kilotune.search.study import check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
+from kilotune.subset.datasets import load_dataset
+from kilotune.subset.subsetfile import load_subset
+from kilotune.workers.checkpoint import Checkpoint
+from kilotune.workers.data import holdout_data
+from kilotune.workers.gpu import is_out_of_memory
+from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
+from kilotune.workers.train import EpochReport, TrainingInterrupted, train
 
 log = logging.getLogger("kilotune.worker")
 

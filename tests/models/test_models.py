@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from models import ARCHITECTURES, BUILDERS, build_model
+from kilotune.models import ARCHITECTURES, BUILDERS, build_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -205,7 +205,7 @@ def test_trains_under_jax_backend():
     code = textwrap.dedent(
         """
         import keras, numpy as np
-        from models import build_model
+        from kilotune.models import build_model
         model = build_model("resnet20", (32, 32, 3), 10, width=0.5, depth=8, squeeze_excite=True)
         model.compile(optimizer="sgd",
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))

@@ -7,14 +7,14 @@ import sys
 import optuna
 import pytest
 
-from search.cli import main
+from kilotune.search.cli import main
 from tests.conftest import REPO
 
 SUBCOMMANDS = {"train", "worker", "run", "subset", "study", "report", "export", "retrain"}
 
 
 def test_help_lists_every_subcommand_with_one_line():
-    out = subprocess.run([sys.executable, "-m", "search.cli", "--help"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "kilotune", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
     lines = out.stdout.split("positional arguments:")[1].split("options:")[0].strip().splitlines()[1:]
     listed = {line.split()[0] for line in lines}
@@ -49,7 +49,7 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, config, message):
 def test_train_command_on_real_fashion_mnist(tmp_path, fashion_subset):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"arch": "vgg8", "width": 0.125, "epochs": 1, "batch_size": 32}))
-    out = subprocess.run([sys.executable, "-m", "search.cli", "train", "--config", str(cfg), "--dataset", "fashion-mnist",
+    out = subprocess.run([sys.executable, "-m", "kilotune", "train", "--config", str(cfg), "--dataset", "fashion-mnist",
                           "--train-size", "100", "--save", str(tmp_path / "m.keras")],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -63,7 +63,7 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none"}))
     out = subprocess.run(
-        [sys.executable, "-m", "search.cli", "run", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
+        [sys.executable, "-m", "kilotune", "run", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
          "--space", str(space), "--epochs", "2", "--n-trials", "3", "--workers", "2", "--preset", "vgg8-reference"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )

@@ -6,9 +6,9 @@ import math
 import optuna
 import pytest
 
-from search.cli import main
-from search.export import export_trial, ranked_trials, read_export
-from workers.config import TrainConfig
+from kilotune.search.cli import main
+from kilotune.search.export import export_trial, ranked_trials, read_export
+from kilotune.workers.config import TrainConfig
 
 ATTRS = {
     "kilotune_version": "0.1.0", "dataset": "fashion-mnist", "dataset_checksum": "sha256:" + "d" * 64,

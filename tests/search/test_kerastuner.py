@@ -3,9 +3,9 @@ import numpy as np
 import optuna
 import pytest
 
-from search.kerastuner import HyperParametersTrial, KilotuneHyperModel
-from search.space import SearchSpace
-from workers.config import TrainConfig
+from kilotune.search.kerastuner import HyperParametersTrial, KilotuneHyperModel
+from kilotune.search.space import SearchSpace
+from kilotune.workers.config import TrainConfig
 
 
 def hypermodel(space: SearchSpace, epochs: int = 10, n_train: int = 800) -> KilotuneHyperModel:

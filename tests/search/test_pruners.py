@@ -11,8 +11,8 @@ import pytest
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from search.pruners import IndexedHyperbandPruner, IndexedMedianPruner, IndexedSuccessiveHalvingPruner
-from search.study import StudySettings
+from kilotune.search.pruners import IndexedHyperbandPruner, IndexedMedianPruner, IndexedSuccessiveHalvingPruner
+from kilotune.search.study import StudySettings
 
 EPOCHS = 27  # Hyperband: rungs 3, 9, 27 in 3 brackets
 

@@ -11,9 +11,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from search.cli import main
-from search.report import render_report, write_report
-from workers.config import TrainConfig
+from kilotune.search.cli import main
+from kilotune.search.report import render_report, write_report
+from kilotune.workers.config import TrainConfig
 
 EPOCHS = 10
 ARCHS = ("vgg8", "resnet9", "resnet18", "resnet20")

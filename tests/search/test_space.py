@@ -3,8 +3,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from search.space import DEFAULT_SPACE, PRESETS, SearchSpace, params_for, space_table
-from workers.config import TrainConfig
+from kilotune.search.space import DEFAULT_SPACE, PRESETS, SearchSpace, params_for, space_table
+from kilotune.workers.config import TrainConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

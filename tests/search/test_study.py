@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.cli import main
-from search.study import (
+from kilotune.search.cli import main
+from kilotune.search.study import (
     StudySettings,
     _budget_rows,
     budget_left,
@@ -76,7 +76,7 @@ def test_create_is_idempotent_and_refuses_other_data(pg_url):
 
 def test_many_processes_creating_one_study_at_once(pg_url):
     code = (
-        "import sys; from search.study import *; from tests.search.test_study import settings\n"
+        "import sys; from kilotune.search.study import *; from tests.search.test_study import settings\n"
         f"s, c = create_study('race', settings(), open_storage({pg_url!r})); print(int(c))"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(6)]
@@ -137,7 +137,7 @@ def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path
 
 
 def test_create_without_a_subset_says_it_builds_the_default_one_first(pg_url, fashion_subset, tmp_path, capsys, monkeypatch):
-    import subset.features
+    import kilotune.subset.features
 
     cache = tmp_path / "cache" / "fashion-mnist-max-sum.json"
     built: list[str] = []
@@ -146,8 +146,8 @@ def test_create_without_a_subset_says_it_builds_the_default_one_first(pg_url, fa
         built.append(dataset.name)
         return fashion_subset
 
-    monkeypatch.setattr(subset.features, "default_subset_path", lambda name, *a, **k: cache)
-    monkeypatch.setattr(subset.features, "ensure_default_subset", build)
+    monkeypatch.setattr(kilotune.subset.features, "default_subset_path", lambda name, *a, **k: cache)
+    monkeypatch.setattr(kilotune.subset.features, "ensure_default_subset", build)
     assert main(["study", "create", "--study", "nosubset", "--storage", pg_url, "--dataset", "fashion-mnist", "--epochs", "2"]) == 0
     assert built == ["fashion-mnist"]
     assert "building the default subset of fashion-mnist once" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 
-from search.trial_writes import BufferedWrites, PendingWrites, store
+from kilotune.search.trial_writes import BufferedWrites, PendingWrites, store
 
 PARAMS = {"x": 0.3, "arch": "wrn", "width": 4}
 REPORTS = [0.1, math.nan, math.inf, -math.inf, 0.5]

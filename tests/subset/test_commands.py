@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from search.cli import main
-from subset.datasets import DatasetError, ImageDataset, load_dataset
-from subset.subsetfile import load_subset, write_subset
-from workers.compare import compare_subsets, holdout_indices
-from workers.config import TrainConfig
+from kilotune.search.cli import main
+from kilotune.subset.datasets import DatasetError, ImageDataset, load_dataset
+from kilotune.subset.subsetfile import load_subset, write_subset
+from kilotune.workers.compare import compare_subsets, holdout_indices
+from kilotune.workers.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,10 @@ import tarfile
 import numpy as np
 import pytest
 
-from subset.datasets import channel_stats
-from subset.datasets import DatasetError
-from subset.datasets import load_dataset
-from subset.datasets import normalize
+from kilotune.subset.datasets import channel_stats
+from kilotune.subset.datasets import DatasetError
+from kilotune.subset.datasets import load_dataset
+from kilotune.subset.datasets import normalize
 
 
 N_PER_BATCH = 20

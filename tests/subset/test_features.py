@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from subset.datasets import ImageDataset
-from subset.features import (
+from kilotune.subset.datasets import ImageDataset
+from kilotune.subset.features import (
     default_extractor_path,
     default_subset_path,
     ensure_default_subset,
@@ -15,7 +15,7 @@ from subset.features import (
     metadata_path,
     train_extractor,
 )
-from subset.subsetfile import load_subset
+from kilotune.subset.subsetfile import load_subset
 
 
 def tiny_images(n: int = 200, seed: int = 0) -> ImageDataset:

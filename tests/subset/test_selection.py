@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 
-from subset.selection import METHODS, class_objectives, cosine_distances, objectives, row_bound, select, sum_upper_bound
+from kilotune.subset.selection import METHODS, class_objectives, cosine_distances, objectives, row_bound, select, sum_upper_bound
 
 CLASSES, PER_CLASS_POINTS, DIM, K = 5, 60, 16, 10
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from subset.splits import class_balanced_sample, stratified_split
+from kilotune.subset.splits import class_balanced_sample, stratified_split
 
 LABELS = np.repeat(np.arange(4), 25)
 

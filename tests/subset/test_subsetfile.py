@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from subset.datasets import ImageDataset
-from subset.subsetfile import FORMAT, load_subset, write_subset
+from kilotune.subset.datasets import ImageDataset
+from kilotune.subset.subsetfile import FORMAT, load_subset, write_subset
 
 
 def tiny_dataset(seed: int = 0, name: str = "fashion-mnist", n: int = 40) -> ImageDataset:

@@ -1,6 +1,6 @@
 import pytest
 
-from workers import gpu
+from kilotune.workers import gpu
 
 
 @pytest.fixture

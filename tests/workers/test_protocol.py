@@ -12,11 +12,11 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from search.study import StudySettings, create_study, open_storage
-from search.trial_writes import BufferedWrites, store
+from kilotune.search.study import StudySettings, create_study, open_storage
+from kilotune.search.trial_writes import BufferedWrites, store
 from tests.conftest import wait_for
-from workers.config import TrainConfig
-from workers.protocol import TrialRecorder, TrialSource
+from kilotune.workers.config import TrainConfig
+from kilotune.workers.protocol import TrialRecorder, TrialSource
 
 
 def new_trial(storage: optuna.storages.BaseStorage) -> optuna.Trial:
@@ -103,7 +103,7 @@ def test_writes_are_stored_in_order_after_flush(sqlite_trial):
 
 def test_writes_are_stored_together_on_the_recorders_thread(trial, monkeypatch):
     stores: list[tuple[str, int]] = []
-    monkeypatch.setattr("workers.protocol.store", lambda storage, trial_id, writes: stores.append((threading.current_thread().name, len(writes))))
+    monkeypatch.setattr("kilotune.workers.protocol.store", lambda storage, trial_id, writes: stores.append((threading.current_thread().name, len(writes))))
     with TrialRecorder(trial, linger_s=60) as recorder:
         for step in range(30):
             recorder.report(step / 100, step)
@@ -133,7 +133,7 @@ def test_a_value_optuna_refuses_is_refused_at_the_call(trial):
 
 def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(sqlite_trial, monkeypatch):
     trial = sqlite_trial
-    monkeypatch.setattr("workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
+    monkeypatch.setattr("kilotune.workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
     recorder = TrialRecorder(trial, linger_s=0.1)
     recorder.report(0.5, 1)
     wait_for(lambda: recorder._error is not None, 5.0, "the store to fail", poll_s=0.05)
@@ -147,7 +147,7 @@ def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(sqlit
 
 def test_a_transient_database_error_is_retried_not_lost(sqlite_trial, monkeypatch):
     trial = sqlite_trial
-    monkeypatch.setattr("search.study.time.sleep", lambda s: None)
+    monkeypatch.setattr("kilotune.search.study.time.sleep", lambda s: None)
     failures = [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
 
     def flaky_store(storage, trial_id, writes) -> None:
@@ -155,7 +155,7 @@ def test_a_transient_database_error_is_retried_not_lost(sqlite_trial, monkeypatc
             raise failures.pop()
         store(storage, trial_id, writes)
 
-    monkeypatch.setattr("workers.protocol.store", flaky_store)
+    monkeypatch.setattr("kilotune.workers.protocol.store", flaky_store)
     with TrialRecorder(trial) as recorder:
         recorder.report(0.25, 3)
     assert trial.study._storage.get_trial(trial._trial_id).intermediate_values == {3: 0.25}
@@ -170,7 +170,7 @@ def test_a_closed_recorder_refuses_writes(trial):
 
 
 def test_leaving_on_an_exception_keeps_that_exception(trial, monkeypatch):
-    monkeypatch.setattr("workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
+    monkeypatch.setattr("kilotune.workers.protocol.store", lambda *args: (_ for _ in ()).throw(ValueError("disk full")))
     with pytest.raises(KeyError, match="training broke"):
         with TrialRecorder(trial) as recorder:
             recorder.report(0.5, 0)  # its store fails at close: the training error must win
@@ -184,7 +184,7 @@ def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
         calls.append(len(writes.params))
         store(storage, trial_id, writes)
 
-    monkeypatch.setattr("workers.protocol.store", counted_store)
+    monkeypatch.setattr("kilotune.workers.protocol.store", counted_store)
     taken = source.take(time.time())
     stored = source.storage.get_trial(taken.trial._trial_id)
     assert stored.params == taken.trial.params and stored.distributions == taken.trial.distributions
@@ -194,7 +194,7 @@ def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
 
 
 def test_progress_tells_training_from_taken_ahead_and_failed_from_retried(source):
-    from workers.local import progress
+    from kilotune.workers.local import progress
 
     started = time.time()
     training, ahead = source.take(started), source.take(started)

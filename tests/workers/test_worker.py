@@ -14,7 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.cli import main
+from kilotune.search.cli import main
 from tests.conftest import kilotune, wait_for
 
 pytestmark = pytest.mark.slow
@@ -126,8 +126,8 @@ def test_workers_carry_on_through_a_postgresql_restart(make_study, pg_url, worke
 
 
 def test_worker_refuses_a_study_on_other_data(make_study, pg_url, worker_env, tmp_path):
-    from subset.datasets import load_dataset
-    from subset.features import build_subset
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.features import build_subset
 
     study = make_study("otherdata", epochs=2, n_trials=1)
     other = build_subset(load_dataset("fashion-mnist"), "random", tmp_path / "other.json", per_class=10, seed=99)
