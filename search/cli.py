@@ -42,7 +42,10 @@ def version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; user errors become one line on stderr and exit status 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+    if not os.environ.get("KILOTUNE_DEBUG"):
+        # TensorFlow's start-up chatter stays off the terminal, "failed call to cuInit" on a host
+        # without a GPU included (an ERROR to TensorFlow); errors still reach Python as exceptions.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:

@@ -32,6 +32,18 @@ CURVE_STYLE = {
 }
 
 
+HANDED_BACK = "handed back"
+
+
+def outcome(trial: FrozenTrial) -> str:
+    """How a trial stands, as the report and ``kilotune run`` show it: its state in lower case, but
+    "handed back" for a trial a worker took ahead and gave back untrained (FAIL with status
+    "returned", outside the budget; its copy is queued or the study's time was up): not a failure."""
+    if trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "returned":
+        return HANDED_BACK
+    return trial.state.name.lower()
+
+
 @dataclass(frozen=True)
 class Section:
     """A titled part of the report: HTML (a table, a note) and/or a plot below it."""
@@ -170,12 +182,31 @@ def pruning_savings(trials: list[FrozenTrial], study_epochs: int | None) -> Sect
 def worker_timeline(study: optuna.Study) -> go.Figure:
     """Optuna's timeline with one row per worker (user attribute ``worker``) instead of per trial."""
     fig = optuna.visualization.plot_timeline(study)
-    worker = {t.number: t.user_attrs.get("worker", "(no worker)") for t in study.get_trials(deepcopy=False)}
+    trials = study.get_trials(deepcopy=False)
+    worker = {t.number: t.user_attrs.get("worker", "(no worker)") for t in trials}
+    handed_back = {t.number for t in trials if outcome(t) == HANDED_BACK}
+    mixed = [trace for trace in fig.data if trace.name == "FAIL" and handed_back & set(trace.y)]
+    if mixed:
+        # Handed-back trials are not failures: grey bars of their own, not red FAIL ones.
+        fig.data = [trace for trace in fig.data if trace not in mixed]
+        failed = _subtrace(mixed[0], lambda n: n not in handed_back, "FAIL", mixed[0].marker.color)
+        for part in (failed, _subtrace(mixed[0], lambda n: n in handed_back, HANDED_BACK, "#9e9e9e")):
+            if part.y:
+                fig.add_trace(part)
     for trace in fig.data:
         trace.update(y=[worker[n] for n in trace.y])
     rows = sorted(set(worker.values()))
     fig.update_layout(title="Trials over time per worker", yaxis=dict(title="worker", type="category", categoryorder="array", categoryarray=rows), barmode="overlay", height=max(320, 120 + 40 * len(rows)))
     return fig
+
+
+def _subtrace(trace: go.Bar, keep: Callable[[int], bool], name: str, color: str) -> go.Bar:
+    """The bars of a timeline trace whose trial numbers ``keep`` accepts, under another legend name."""
+    rows = [i for i, number in enumerate(trace.y) if keep(number)]
+    pick = lambda values: [values[i] for i in rows]  # noqa: E731
+    return go.Bar(name=name, x=pick(trace.x), y=pick(trace.y), base=pick(trace.base), text=pick(trace.text),
+                  hovertemplate="%{text}<extra>" + name + "</extra>", orientation="h", marker=dict(color=color),
+                  textposition="none")
 
 
 # --- page -----------------------------------------------------------------------------------
@@ -210,7 +241,9 @@ def _page(study: optuna.Study, trials: list[FrozenTrial], sections: list[Section
 
 def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     attrs = study.user_attrs
-    counts = ", ".join(f"{sum(t.state == s for t in trials)} {s.name.lower()}" for s in TrialState if any(t.state == s for t in trials))
+    outcomes = [outcome(t) for t in trials]
+    order = [s.name.lower() for s in TrialState] + [HANDED_BACK]
+    counts = ", ".join(f"{outcomes.count(o)} {o}" for o in order if o in outcomes)
     ranked = ranked_trials(study)
     best = f"{ranked[0].value:.4f} (trial {ranked[0].number})" if ranked else "-"
     rows: list[tuple[str, Any]] = [

@@ -15,7 +15,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -173,6 +173,7 @@ class StudySettings:
         return cls(**{k: v for k, v in attrs.items() if k in names})
 
     def sampler_for(self) -> optuna.samplers.BaseSampler:
+        """The study's sampler, seeded with ``seed``; a worker takes ``worker_sampler`` instead."""
         if self.sampler == "random":
             return optuna.samplers.RandomSampler(seed=self.seed)
         # group=True keeps multivariate TPE exact over the conditional (define-by-run) space;
@@ -186,6 +187,19 @@ class StudySettings:
         return SnapshotTPESampler(
             multivariate=True, group=True, constant_liar=True, n_startup_trials=startup, seed=self.seed
         )
+
+    def worker_sampler(self, stream: str = "") -> optuna.samplers.BaseSampler:
+        """The sampler of one worker: ``sampler_for`` with the seed of the worker's own ``stream``.
+
+        Workers with one seed would sample the same start-up trials, and with the same liars the
+        same TPE trials too. Each worker's seed is derived from the study's seed and its stream
+        (its ``--worker-id``), so a seeded study stays reproducible per worker id and its workers
+        differ; the empty stream keeps the study's seed.
+        """
+        if self.seed is None or not stream:
+            return self.sampler_for()
+        derived = int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:4], "big")
+        return replace(self, seed=derived).sampler_for()
 
     @property
     def _min_resource(self) -> int:
@@ -271,8 +285,14 @@ def _wait_for_settings(study: optuna.Study, timeout_s: float = 30.0) -> bool:
     return True
 
 
-def load_study(name: str, storage: BaseStorage) -> tuple[optuna.Study, StudySettings]:
-    """Loads a kilotune study with its sampler and pruner; unknown names list the known ones."""
+def load_study(name: str, storage: BaseStorage, *, sampler_stream: str = "") -> tuple[optuna.Study, StudySettings]:
+    """Loads a kilotune study with its sampler and pruner; unknown names list the known ones.
+
+    Args:
+        name: The study name.
+        storage: The storage holding it.
+        sampler_stream: The worker's own stream of the study's seed (``StudySettings.worker_sampler``).
+    """
     try:
         bare = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -280,7 +300,7 @@ def load_study(name: str, storage: BaseStorage) -> tuple[optuna.Study, StudySett
         raise ValueError(f"unknown study {name!r}; studies in this storage: {known or 'none'}") from None
     settings = StudySettings.from_study(bare)
     study = optuna.load_study(
-        study_name=name, storage=storage, sampler=settings.sampler_for(), pruner=settings.pruner_for(storage)
+        study_name=name, storage=storage, sampler=settings.worker_sampler(sampler_stream), pruner=settings.pruner_for(storage)
     )
     return study, settings
 

@@ -121,7 +121,8 @@ def test_current_specification_and_safe_defaults(raw, compose):
     assert init["depends_on"]["postgres"]["condition"] == "service_healthy"
 
     dashboard = services["dashboard"]
-    assert dashboard["entrypoint"] == ["optuna-dashboard"]
+    assert "entrypoint" not in dashboard and dashboard["command"][0] == "dashboard", "kilotune dashboard, as the image's entrypoint"
+    assert "KILOTUNE_STORAGE" in dashboard["environment"]
     assert dashboard["ports"] and all(p.startswith("127.0.0.1:") for p in dashboard["ports"])
     assert "/api/studies" in " ".join(dashboard["healthcheck"]["test"])
     assert not any("container_name" in s for s in services.values())
@@ -141,6 +142,11 @@ def test_no_secret_in_the_file(raw):
     assert urls, "the storage URL should be found"
     for url in urls:
         assert make_url(url).password == sentinel, url
+    # ...and only in an environment: on a command line `ps` and `docker inspect` would show it.
+    services = interpolate(raw, example_env() | {"POSTGRES_PASSWORD": sentinel})["services"]
+    for name, service in services.items():
+        argv = [*service.get("entrypoint", []), *service.get("command", []), *service.get("healthcheck", {}).get("test", [])]
+        assert not any(sentinel in str(a) for a in argv), (name, argv)
     env = example_env()
     del env["POSTGRES_PASSWORD"]
     with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD"):
@@ -228,7 +234,7 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_
     space.write_text("arch: vgg8\nwidth: 0.5\nbatch_size: 32\nmixing: none\noptimizer: sgd\n")
     env = example_env() | {
         "POSTGRES_USER": database.username,  # trust auth ignores a password that is not needed
-        "POSTGRES_PASSWORD": database.password or "unused-with-trust-auth",
+        "POSTGRES_PASSWORD": database.password or "unused-with-trust-auth",  # looked for on the command lines below
         "POSTGRES_DB": database.database,
         "KILOTUNE_STUDY": "parity",
         "KILOTUNE_DATASET": "fashion-mnist",
@@ -249,6 +255,10 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_
     dashboard_service = Service("dashboard", services["dashboard"], **local)
     dashboard = dashboard_service.start(logs)
     try:
+        password = env["POSTGRES_PASSWORD"]
+        for process in (*workers, dashboard):
+            cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().decode(errors="replace")
+            assert password not in cmdline and "postgresql" not in cmdline, cmdline
         _wait(workers, timeout=150)
         assert [w.returncode for w in workers] == [0, 0], _logs(logs)
 

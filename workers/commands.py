@@ -14,10 +14,15 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one configuration and print its test accuracy")
-    p.add_argument("--config", help="TrainConfig JSON (or an export); default: the built-in defaults")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--config", help="TrainConfig JSON (or an export); default: the built-in defaults")
+    what.add_argument("--preset", help="a known good configuration by name (see README)")
     add_data_arguments(p)
-    p.add_argument("--train-size", type=int, default=1000, help="class-balanced random images to train on (default: %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out for validation (default: %(default)s)")
+    images = p.add_mutually_exclusive_group()
+    images.add_argument("--subset", help="train on this subset file (e.g. a study's); default: --train-size random images")
+    images.add_argument("--train-size", type=int, help="class-balanced random images to train on (default: 1000)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="stratified hold-out for validation; 0 trains on every image (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="override the config's epochs")
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--save", help="write the trained model here (.keras)")
@@ -25,27 +30,37 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from kilotune.search.space import PRESETS
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.splits import class_balanced_sample
+    from kilotune.subset.subsetfile import load_subset
     from kilotune.workers.config import TrainConfig
     from kilotune.workers.data import holdout_data
     from kilotune.workers.train import evaluate, train
 
-    config = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    if args.preset is not None and args.preset not in PRESETS:
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+    config = TrainConfig.from_json(args.config) if args.config else PRESETS[args.preset] if args.preset else TrainConfig()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     config = config.replace(**overrides)
     dataset = load_dataset(args.dataset, args.data_dir)
-    if args.train_size % dataset.num_classes or args.train_size <= 0:
-        raise ValueError(f"--train-size={args.train_size} must be a positive multiple of {dataset.num_classes} classes")
-    chosen = class_balanced_sample(dataset.y_train, args.train_size // dataset.num_classes, config.seed)
+    if args.subset:
+        chosen = load_subset(args.subset, dataset).indices
+    else:
+        size = 1000 if args.train_size is None else args.train_size
+        if size % dataset.num_classes or size <= 0:
+            raise ValueError(f"--train-size={size} must be a positive multiple of {dataset.num_classes} classes")
+        chosen = class_balanced_sample(dataset.y_train, size // dataset.num_classes, config.seed)
     data = holdout_data(dataset, chosen, args.val_fraction, config.seed)
-    print(f"training {config.arch} on {len(data.x_train)} {dataset.name} images, validating on {len(data.x_val)}")
+    validating = f", validating on {len(data.x_val)}" if len(data.x_val) else ", no validation hold-out"
+    print(f"training {config.arch} on {len(data.x_train)} {dataset.name} images{validating}")
     result = train(config, data, verbose=1)
     if result.status == "diverged":
         print(f"diverged after {len(result.history)} epochs (loss became NaN or infinite)")
         return 1
     accuracy = evaluate(result, dataset.x_test, dataset.y_test)
-    print(f"validation accuracy {result.val_accuracy:.4f}  test accuracy {accuracy:.4f}  ({result.params:,} parameters)")
+    validation = f"validation accuracy {result.val_accuracy:.4f}  " if len(data.x_val) else ""
+    print(f"{validation}test accuracy {accuracy:.4f}  ({result.params:,} parameters)")
     if args.save:
         result.model.save(args.save)
     return 0
@@ -104,4 +119,28 @@ def run_run(args: argparse.Namespace) -> int:
     return run_local(args)
 
 
-REGISTER = [register_train, register_worker, register_run, *RETRAIN]
+def register_dashboard(sub: argparse._SubParsersAction) -> None:
+    from kilotune.search.study_commands import add_storage_argument
+
+    p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
+    add_storage_argument(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.set_defaults(func=run_dashboard)
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    """optuna-dashboard, given the storage through the environment: on ``optuna-dashboard URL``'s
+    command line, `ps` and `docker inspect` would show the database password."""
+    from optuna_dashboard import run_server
+
+    from kilotune.search.study import open_storage, redact, storage_url
+
+    url = storage_url(args.storage)
+    storage = open_storage(url)
+    print(f"dashboard of {redact(url)} on http://{args.host}:{args.port}", flush=True)
+    run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+REGISTER = [register_train, register_worker, register_run, register_dashboard, *RETRAIN]

@@ -56,9 +56,10 @@ class Worker:
     ) -> None:
         self.url = storage_url(storage)
         self.storage = open_storage(self.url)
-        self.study, self.settings = load_study(study_name, self.storage)
-        self.stop = stop or threading.Event()
         self.name = f"{socket.gethostname()}:{os.getpid()}"
+        # Each worker samples its own stream of a seeded study (reproducible per --worker-id).
+        self.study, self.settings = load_study(study_name, self.storage, sampler_stream=worker_id or self.name)
+        self.stop = stop or threading.Event()
         self.worker_id, self.device = worker_id, device
         self.source = TrialSource(self.url, self.storage, self.study, self.settings)
 

@@ -1,6 +1,7 @@
 """The ``kilotune`` command as users run it: help, errors as one line, the main job."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -8,18 +9,20 @@ import optuna
 import pytest
 
 from kilotune.search.cli import main
+from kilotune.search.export import export_trial
 from tests.conftest import REPO
 
-SUBCOMMANDS = {"train", "worker", "run", "subset", "study", "report", "export", "retrain"}
+SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
 
 
 def test_help_lists_every_subcommand_with_one_line():
     out = subprocess.run([sys.executable, "-m", "kilotune", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
-    lines = out.stdout.split("positional arguments:")[1].split("options:")[0].strip().splitlines()[1:]
-    listed = {line.split()[0] for line in lines}
-    assert listed == SUBCOMMANDS, out.stdout
-    assert len(lines) == len(SUBCOMMANDS), "each subcommand on exactly one line"
+    block = out.stdout.split("positional arguments:")[1].split("options:")[0]
+    listed = re.findall(r"^    (\S+)", block, re.M)
+    assert set(listed) == SUBCOMMANDS and len(listed) == len(SUBCOMMANDS), out.stdout
+    # One line each, but for argparse's wrap of a name longer than its column (dashboard).
+    assert len(block.strip().splitlines()[1:]) == len(SUBCOMMANDS) + sum(len(n) > 8 for n in listed), "each subcommand on one line"
     code = "import sys; from search.cli import build_parser; build_parser(); print('keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "False"
 
@@ -58,6 +61,24 @@ def test_train_command_on_real_fashion_mnist(tmp_path, fashion_subset):
     assert 0.0 <= accuracy <= 1.0 and (tmp_path / "m.keras").exists()
 
 
+def test_train_names_the_presets_for_an_unknown_one(capsys):
+    assert main(["train", "--preset", "vgg9", "--dataset", "fashion-mnist"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "unknown preset 'vgg9'" in err and "vgg8-reference" in err
+
+
+@pytest.mark.slow
+def test_train_a_preset_on_a_subset_with_every_image(tmp_path, fashion_subset):
+    """Issue 19.5: no --preset, no --subset, and "validation accuracy nan" with --val-fraction 0."""
+    out = subprocess.run([sys.executable, "-m", "kilotune", "train", "--preset", "vgg8-reference", "--subset", str(fashion_subset),
+                          "--dataset", "fashion-mnist", "--val-fraction", "0", "--epochs", "1"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "training vgg8 on 100 fashion-mnist images, no validation hold-out" in out.stdout
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("test accuracy ") and "nan" not in out.stdout.lower(), last
+
+
 @pytest.mark.slow
 def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     space = tmp_path / "space.json"
@@ -69,6 +90,9 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best configuration (trial" in out.stdout and '"arch": "vgg8"' in out.stdout
-    trials = optuna.load_study(study_name="kilotune", storage=f"sqlite:///{tmp_path}/kilotune.db").trials
+    study = optuna.load_study(study_name="kilotune", storage=f"sqlite:///{tmp_path}/kilotune.db")
+    printed = json.loads(out.stdout[out.stdout.index("best configuration") :].split(":", 1)[1].rsplit("export it", 1)[0])
+    assert printed == export_trial(study)["config"], "the closing best configuration is the one export writes"
+    trials = study.trials
     assert len(trials) == 3 and trials[0].user_attrs["preset"] == "vgg8-reference"
     assert trials[0].user_attrs["config"]["batch_norm"] is False

@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search.cli import main
-from kilotune.search.report import render_report, write_report
+from kilotune.search.report import render_report, worker_timeline, write_report
 from kilotune.workers.config import TrainConfig
 
 EPOCHS = 10
@@ -182,3 +182,22 @@ def test_chromium_renders_every_plot(report, tmp_path):
     for key, chunk in zip(PLOTS, re.split(r'<div id="plot-', dom)[1:]):
         assert 'class="main-svg"' in chunk, f"plot {key} has no SVG"
     assert dom.count('class="main-svg"') >= 2 * len(PLOTS)
+
+
+def test_handed_back_trials_show_as_handed_back_not_failed(tmp_path):
+    # A trial a worker took ahead and gave back at the timeout: FAIL with status "returned".
+    trials = make_trials(8)  # trial 7 failed for good
+    returned = trials[5]
+    trials[5] = FrozenTrial(
+        number=5, trial_id=5, state=TrialState.FAIL, value=None, datetime_start=returned.datetime_start,
+        datetime_complete=returned.datetime_start + dt.timedelta(seconds=1), params=returned.params,
+        distributions=DISTRIBUTIONS, user_attrs={"worker": "hostB:2", "status": "returned"}, system_attrs={},
+        intermediate_values={},
+    )  # fmt: skip
+    study = make_study(f"sqlite:///{tmp_path / 'back.db'}", trials=trials)
+    text = render_report(study)
+    summary = text[text.index('id="summary"') : text.index("</section>", text.index('id="summary"'))]
+    assert "1 fail, 1 handed back" in summary, summary
+    timeline = {trace.name: list(trace.text) for trace in worker_timeline(study).data}
+    assert "handed back" in timeline and len(timeline["handed back"]) == 1
+    assert len(timeline["FAIL"]) == 1, "only trial 7 failed"

@@ -193,17 +193,20 @@ def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
     taken.heartbeat.stop()
 
 
-def test_progress_tells_training_from_taken_ahead_and_failed_from_retried(source):
-    from kilotune.workers.local import progress
+def test_progress_tells_training_from_taken_ahead_and_failed_from_handed_back(source):
+    from kilotune.search.report import outcome
+    from kilotune.workers.local import Snapshot
 
     started = time.time()
     training, ahead = source.take(started), source.take(started)
     training.trial.set_user_attr("status", "running")  # what the worker writes when training starts
-    line = progress(source.study)
-    assert "0 complete, 0 pruned, 1 training (+1 taken ahead), 0 failed; best -" in line
-    source.hand_back(ahead)  # FAIL "returned": retried, not failed
+    snapshot = Snapshot.read(source.study, source.settings, 1.0)
+    assert [r.trial for r in snapshot.running] == [training.trial.number], "a trial taken ahead is not training"
+    source.hand_back(ahead)  # FAIL "returned": handed back, outside the budget, not failed
     training.trial.set_user_attr("status", "failed")
     source.study.tell(training.trial, state=TrialState.FAIL)
-    assert "0 training (+0 taken ahead), 1 failed" in progress(source.study)
+    snapshot = Snapshot.read(source.study, source.settings, 2.0)
+    assert snapshot.running == [] and snapshot.finished == 1, "the failed trial counts, the handed-back one does not"
+    assert [outcome(t) for t in snapshot.trials] == ["fail", "handed back", "waiting"]
     for taken in (training, ahead):
         taken.heartbeat.stop()
