@@ -28,6 +28,8 @@ from optuna.trial import TrialState
 
 from kilotune.search import pruners
 from kilotune.search.samplers import SnapshotTPESampler
+from kilotune.search.winner import DEFAULT_CV_TOP_K, DEFAULT_OBJECTIVE_EPOCHS, enqueue_fold_trials, is_fold_trial
+from kilotune.subset.splits import fold_count
 
 log = logging.getLogger("kilotune.study")
 # Heartbeats, group and constant liar are deliberate: the worker drives ask/tell itself.
@@ -146,6 +148,10 @@ class StudySettings:
     n_trials: int | None = None
     timeout_s: float | None = None
     seed: int | None = None
+    # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py).
+    objective_epochs: int = DEFAULT_OBJECTIVE_EPOCHS
+    # How many top trials are re-trained on the other folds before the winner is picked; 0: none.
+    cv_top_k: int = DEFAULT_CV_TOP_K
     kilotune_version: str = ""
     created_at: str = ""
 
@@ -162,6 +168,10 @@ class StudySettings:
             raise ValueError(f"n_trials={self.n_trials} must be at least 1")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s={self.timeout_s} must be positive")
+        if self.objective_epochs < 1:
+            raise ValueError(f"objective_epochs={self.objective_epochs} must be at least 1")
+        if self.cv_top_k < 0:
+            raise ValueError(f"cv_top_k={self.cv_top_k} must be 0 (no cross-validation) or more")
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> StudySettings:
@@ -170,7 +180,13 @@ class StudySettings:
         missing = {"dataset", "subset_path"} - set(attrs)
         if missing:
             raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
-        return cls(**{k: v for k, v in attrs.items() if k in names})
+        # Studies from before the noise-aware objective valued a trial by its last epoch alone.
+        return cls(**{"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}})
+
+    @property
+    def folds(self) -> int:
+        """The subset's cross-validation folds: disjoint hold-outs of ``val_fraction`` (5 for 0.2)."""
+        return fold_count(self.val_fraction)
 
     def sampler_for(self) -> optuna.samplers.BaseSampler:
         if self.sampler == "random":
@@ -300,8 +316,10 @@ def check_same_data(settings: StudySettings, dataset_checksum: str, subset_check
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished, running and queued trials count; a trial failed by a dead worker does not,
-    because Optuna queues its retry, which does."""
+    """Finished, running and queued search trials count; a trial failed by a dead worker does not,
+    because Optuna queues its retry, which does. Fold trials (cross-validation) never count."""
+    if is_fold_trial(trial):
+        return False
     if trial.state != TrialState.FAIL:
         return True
     return trial.user_attrs.get("status") == "failed"
@@ -341,19 +359,31 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
         started: When this worker started (the timeout's origin if the study has no record of it).
     """
     if not isinstance(storage, RDBStorage):
-        return study.ask() if budget_left(study, settings, started) else None
+        if budget_left(study, settings, started):
+            return study.ask()
+        return _cross_validation_trial(study, settings, started)
     if study_timed_out(study, settings, started):
         return None
     counted, waiting = _budget_rows(storage, study._study_id)
     if waiting:
-        # A queued trial (a retry, an enqueued preset) is already inside the budget; Study.ask
-        # takes it (and reads the study, which is rare enough here).
+        # A queued trial (a retry, an enqueued preset, a fold trial) is already inside the budget;
+        # Study.ask takes it (and reads the study, which is rare enough here).
         return study.ask()
     if settings.n_trials is not None and counted >= settings.n_trials:
-        return None
+        return _cross_validation_trial(study, settings, started)
     trial_id = study._storage.create_new_trial(study._study_id)
     study._thread_local.cached_all_trials = None  # as Study.ask: the sampler re-reads the study once per trial
     return optuna.Trial(study, trial_id)
+
+
+def _cross_validation_trial(study: optuna.Study, settings: StudySettings, started: float) -> optuna.Trial | None:
+    """Once the trial budget is spent: a fold trial of a top candidate, queued now if it is
+    missing; None when every fold is queued (or the study is not cross-validated)."""
+    if settings.n_trials is None or settings.cv_top_k == 0 or settings.folds < 2 or study_timed_out(study, settings, started):
+        return None
+    if enqueue_fold_trials(study, settings.cv_top_k, settings.folds) == 0:
+        return None
+    return study.ask()
 
 
 def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
@@ -363,11 +393,14 @@ def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
     failed_for_good = sqlalchemy.select(TrialUserAttributeModel.trial_id).where(
         TrialUserAttributeModel.key == "status", TrialUserAttributeModel.value_json == '"failed"'
     )
+    fold_trials = sqlalchemy.select(TrialUserAttributeModel.trial_id).where(TrialUserAttributeModel.key == "cv_of")
     in_study = TrialModel.study_id == study_id
     with storage.engine.connect() as conn:
         counted = conn.execute(
             sqlalchemy.select(sqlalchemy.func.count()).where(
-                in_study, sqlalchemy.or_(TrialModel.state != TrialState.FAIL, TrialModel.trial_id.in_(failed_for_good))
+                in_study,
+                TrialModel.trial_id.not_in(fold_trials),
+                sqlalchemy.or_(TrialModel.state != TrialState.FAIL, TrialModel.trial_id.in_(failed_for_good)),
             )
         ).scalar_one()
         waiting = conn.execute(

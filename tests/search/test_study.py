@@ -129,7 +129,8 @@ def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path
     assert main(["study", "enqueue", "--study", "cli", "--storage", pg_url, "--preset", "resnet9-davidnet"]) == 0
     assert main(["study", "list", "--storage", pg_url]) == 0
     out = capsys.readouterr().out
-    assert "created: study 'cli'" in out and "exists: study 'cli'" in out and "cli\ttrials=1" in out
+    # The warm start queued vgg8-reference (the one preset this space allows), enqueue resnet9-davidnet.
+    assert "created: study 'cli'" in out and "exists: study 'cli'" in out and "cli\ttrials=2" in out
     study, recorded = load_study("cli", open_storage(pg_url))
     assert recorded.space == {"arch": ["vgg8"], "width": 0.125} and recorded.n_trials == 4
     assert main(["study", "enqueue", "--study", "cli", "--storage", pg_url, "--preset", "nope"]) == 2
