@@ -21,6 +21,8 @@ from kilotune.search.study import (
     open_storage,
     storage_url,
 )
+from kilotune.search.space import PRESETS
+from kilotune.workers.config import TrainConfig
 from tests.conftest import REPO
 
 
@@ -234,3 +236,47 @@ def test_claim_counts_the_budget_as_the_trials_say_and_takes_queued_trials_first
     assert 1e-3 <= fresh.suggest_float("lr", 1e-3, 1.0) <= 1.0, "a claimed trial samples and stores its params"
     assert claim_trial(study, study_settings, storage, time.time()) is None, "6 counted: the budget is spent"
     assert budget_left(study, study_settings, time.time()) is False, "the generic check agrees"
+
+
+def test_new_studies_start_with_the_presets_projected_into_their_space(pg_url, fashion_subset, capsys):
+    storage = open_storage(pg_url)
+    base = ["--storage", pg_url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset), "--epochs", "4", "--space", "small"]
+    assert main(["study", "create", "--study", "warm", *base]) == 0
+    assert "warm start: skipped preset wrn-cutmix: arch='wrn' is outside the space" in capsys.readouterr().err
+    queued = load_study("warm", storage)[0].get_trials()
+    assert [(t.user_attrs["preset"], t.state) for t in queued] == [("vgg8-reference", TrialState.WAITING), ("resnet9-davidnet", TrialState.WAITING)]
+    configs = [TrainConfig.from_dict(t.user_attrs["preset_config"]) for t in queued]
+    assert configs == [PRESETS["vgg8-reference"].replace(width=0.5, epochs=4), PRESETS["resnet9-davidnet"].replace(width=0.5, epochs=4)]
+
+    assert main(["study", "create", "--study", "warm", *base]) == 0
+    assert len(load_study("warm", storage)[0].get_trials()) == 2, "joining a study queues nothing"
+    assert main(["study", "create", "--study", "cold", *base, "--no-warm-start"]) == 0
+    assert load_study("cold", storage)[0].get_trials() == []
+    assert main(["study", "create", "--study", "tight", *base, "--n-trials", "1"]) == 0
+    assert [t.user_attrs["preset"] for t in load_study("tight", storage)[0].get_trials()] == ["vgg8-reference"]
+    assert "skipped preset resnet9-davidnet: the budget of 1 trials is queued" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "journal"])
+def test_a_spent_budget_hands_out_fold_trials_which_do_not_count_toward_it(backend, pg_url, tmp_path):
+    storage = open_storage(pg_url if backend == "postgresql" else str(tmp_path / "cv.journal"))
+    study, _ = create_study(f"cv-{backend}", settings(n_trials=3, cv_top_k=2), storage)
+    recorded = load_study(study.study_name, storage)[1]
+    while (trial := claim_trial(study, recorded, storage, time.time())) is not None:
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.set_user_attr("config", TrainConfig(epochs=3).to_dict())
+        study.tell(trial, 0.5 + trial.number / 100)
+        assert trial.number < 20, "claims never end"
+    trials = study.get_trials()
+    search = [t.number for t in trials if "cv_of" not in t.user_attrs]
+    folds = sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in trials if "cv_of" in t.user_attrs)
+    assert search == [0, 1, 2] and folds == [(n, f) for n in (1, 2) for f in (1, 2, 3, 4)], "the top 2, on folds 1-4"
+    assert sum(counts_toward_budget(t) for t in trials) == 3
+    if backend == "postgresql":
+        assert _budget_rows(storage, study._study_id) == (3, [])
+    assert not budget_left(study, recorded, time.time())
+
+    plain, _ = create_study(f"no-cv-{backend}", settings(n_trials=1, cv_top_k=0), storage)
+    plain_settings = load_study(plain.study_name, storage)[1]
+    plain.tell(claim_trial(plain, plain_settings, storage, time.time()), 0.5)
+    assert claim_trial(plain, plain_settings, storage, time.time()) is None, "cv_top_k=0: no fold trials"
