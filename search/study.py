@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import math
 import os
 import time
 import warnings
@@ -43,6 +42,9 @@ GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive-halving", "median", "none")
 T = TypeVar("T")
+# Small budgets (tens of trials), chosen in docs/search-efficiency.md ("Small budgets"):
+TPE_STARTUP_TRIALS = 5  # reasoned; Optuna's default is 10
+REDUCTION_FACTOR = 3  # replayed against 2 and 4 by bench/rung_choice.py: best or within 1 point
 
 
 def storage_url(url: str | None = None) -> str:
@@ -193,28 +195,29 @@ class StudySettings:
             return optuna.samplers.RandomSampler(seed=self.seed)
         # group=True keeps multivariate TPE exact over the conditional (define-by-run) space;
         # constant_liar stops parallel workers from sampling the same point (read once a take:
-        # search/samplers.py). Under Hyperband
-        # the 10 random start-up trials are shared out among the brackets, chosen when TPE was
-        # thought to see only its bracket's trials. With optuna 5.1 it sees every trial (it
-        # reads Study._get_trials, which Hyperband's bracket study does not filter), so TPE
-        # starts after 3-5 finished trials; whether 10 searches better is unmeasured.
-        startup = max(3, math.ceil(10 / self._brackets)) if self.pruner == "hyperband" else 10
+        # search/samplers.py). TPE models from the 6th finished (complete or pruned) trial, the
+        # warm-start presets among the first 5: with Optuna's 10, runs of 8-13 trials had 0-2
+        # trials sampled by TPE (docs/search-efficiency.md). TPE sees every trial, Hyperband's
+        # brackets included (optuna 5.1 reads Study._get_trials, which brackets do not filter).
         return SnapshotTPESampler(
-            multivariate=True, group=True, constant_liar=True, n_startup_trials=startup, seed=self.seed
+            multivariate=True, group=True, constant_liar=True, n_startup_trials=TPE_STARTUP_TRIALS, seed=self.seed
         )
 
     @property
     def _min_resource(self) -> int:
-        # Not before epoch 3: on 1000 images the ranking after one epoch is noise (rank
-        # correlation with the final accuracy 0.52 at epoch 1, 0.74 at epoch 3; docs/benchmarks.md).
-        return min(self.epochs, max(3, self.epochs // 9))
+        # The first rung at 1/9 of a trial (epoch 1 of 9). Replayed on recorded 9-epoch curves
+        # at 18-63 epochs a search (bench/rung_choice.py), halving from there kept the best or
+        # nearly the best final value: a weak rung (Spearman 0.50-0.65 with the final value) that
+        # screens twice the configurations of one at epoch 3 (0.75-0.84). Every halving beat no
+        # pruning by 2-4 points. A fraction, as the learning-rate schedules scale with the epochs.
+        return max(1, round(self.epochs / 9))
 
     @property
     def _brackets(self) -> int:
-        """Hyperband's bracket count for reduction factor 3: floor(log3(max / min)) + 1."""
-        brackets, rung = 1, self._min_resource * 3
+        """Hyperband's bracket count: floor(log_eta(max / min)) + 1."""
+        brackets, rung = 1, self._min_resource * REDUCTION_FACTOR
         while rung <= self.epochs:
-            brackets, rung = brackets + 1, rung * 3
+            brackets, rung = brackets + 1, rung * REDUCTION_FACTOR
         return brackets
 
     @property
@@ -228,9 +231,9 @@ class StudySettings:
             return optuna.pruners.NopPruner()
         optuna_pruner, indexed_pruner, kwargs = {
             "hyperband": (optuna.pruners.HyperbandPruner, pruners.IndexedHyperbandPruner,
-                          dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)),
+                          dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=REDUCTION_FACTOR)),
             "successive-halving": (optuna.pruners.SuccessiveHalvingPruner, pruners.IndexedSuccessiveHalvingPruner,
-                                   dict(min_resource=self._min_resource, reduction_factor=3)),
+                                   dict(min_resource=self._min_resource, reduction_factor=REDUCTION_FACTOR)),
             "median": (optuna.pruners.MedianPruner, pruners.IndexedMedianPruner,
                        dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)),
         }[self.pruner]
@@ -240,12 +243,12 @@ class StudySettings:
         """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
 
         Hyperband's brackets and successive halving decide only at their rungs,
-        ``min_resource * 3**k``; the median pruner decides after its warm-up; "none" never does.
+        ``min_resource * REDUCTION_FACTOR**k``; the median pruner decides after its warm-up; "none" never does.
         """
         if self.pruner in ("hyperband", "successive-halving"):
             rung = self._min_resource
             while rung < epoch:
-                rung *= 3
+                rung *= REDUCTION_FACTOR
             return rung == epoch
         if self.pruner == "median":
             return epoch > self._warmup_steps

@@ -197,12 +197,14 @@ def test_rung_pruners_decide_only_at_their_rungs(pruner):
     assert pruned_at and set(pruned_at) <= {3, 9, 27}
 
 
-def test_tpe_starts_within_each_hyperband_bracket():
-    """Under Hyperband the start-up is shared out among the brackets (see sampler_for)."""
-    assert settings(epochs=30)._brackets == 3 and settings(epochs=9)._brackets == 2
-    assert settings(epochs=30).sampler_for()._n_startup_trials == 4
-    assert settings(epochs=9).sampler_for()._n_startup_trials == 5
-    assert settings(epochs=30, pruner="median").sampler_for()._n_startup_trials == 10
+def test_small_budgets_get_an_early_first_rung_and_a_short_tpe_start_up():
+    """The rungs are at 1/9 of a trial times powers of 3, and TPE models from the 6th trial (see sampler_for)."""
+    assert [e for e in range(1, 10) if settings(epochs=9).may_prune_at(e)] == [1, 3, 9]
+    assert [e for e in range(1, 16) if settings(epochs=15).may_prune_at(e)] == [2, 6]
+    assert settings(epochs=9)._brackets == 3 and settings(epochs=15)._brackets == 2 and settings(epochs=2)._brackets == 1
+    assert settings(epochs=9).pruner_for()._min_resource == 1
+    for pruner in ("hyperband", "median", "none"):
+        assert settings(epochs=30, pruner=pruner).sampler_for()._n_startup_trials == 5
 
 
 def test_a_bare_postgresql_url_opens_with_the_installed_driver(pg_url):
