@@ -30,7 +30,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the best config with its provenance as JSON")
     p.add_argument("--study", required=True, help="study name")
     add_storage_argument(p)
-    p.add_argument("--rank", type=int, default=1, help="1 = the best complete trial, 2 = the runner-up, ... (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=1, help="1 = the cross-validated winner, 2 = the runner-up, ... (default: %(default)s)")
     p.add_argument("--out", required=True, help="JSON file to write, e.g. best.json")
     p.set_defaults(func=run_export)
 
@@ -43,7 +43,9 @@ def run_export(args: argparse.Namespace) -> int:
     export = export_trial(study, args.rank)
     path = write_json(export, args.out)
     p = export["provenance"]
-    print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {p['value']:.4f} ({export['config']['arch']})")
+    spread = f" ± {p['cv_stderr']:.4f} over {len(p['cv_folds'])} folds" if p["cv_stderr"] is not None else " (fold 0 only)"
+    print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {p['cv_mean']:.4f}{spread} "
+          f"({export['config']['arch']})")
     print(f"retrain it on all chosen images: kilotune retrain {path}")
     return 0
 

@@ -1,17 +1,17 @@
 """Export one trial's configuration with the provenance needed to reproduce it.
 
     {"config": {...TrainConfig...},
-     "provenance": {"study", "trial", "value", "dataset", "dataset_checksum", "subset_path",
-                    "subset_checksum", "val_fraction", "split_seed", "kilotune_version",
-                    "library_versions", "seed", "exported_at"}}
+     "provenance": {"study", "trial", "value", "cv_mean", "cv_stderr", "cv_folds", "dataset",
+                    "dataset_checksum", "subset_path", "subset_checksum", "val_fraction",
+                    "split_seed", "kilotune_version", "library_versions", "seed", "exported_at"}}
 
-The file is what ``kilotune retrain`` reads, and ``TrainConfig.from_json`` reads its ``config``.
+Rank 1 is the study's cross-validated winner (search/winner.py). The file is what
+``kilotune retrain`` reads, and ``TrainConfig.from_json`` reads its ``config``.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -19,32 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search.study import StudySettings, now_iso
+from kilotune.search.winner import CrossValidated, ranked_trials, ranking
 from kilotune.workers.config import TrainConfig
+
+__all__ = ["export_trial", "provenance", "ranked_trials", "read_export", "write_json"]
 
 LIBRARIES = ("keras", "tensorflow", "jax", "optuna", "numpy")
 
 
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE trials that finished training, best first.
-
-    A diverged run is told COMPLETE with its last finite accuracy so the sampler learns from
-    it, but it is not a configuration anyone should retrain, so it is left out here.
-    """
-    complete = [
-        t
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.user_attrs.get("status") != "diverged" and t.value is not None and math.isfinite(t.value)
-    ]
-    best_first = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    # Ties go to the earlier trial, so the ranking does not change as the study grows.
-    return sorted(complete, key=lambda t: (-t.value if best_first else t.value, t.number))
-
-
 def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
-    """The ``rank``-th best complete trial's config and provenance (rank 1 is the best).
+    """The ``rank``-th best complete trial's config and provenance (rank 1 is the winner: the
+    best mean over folds among the cross-validated trials; ``winner.ranking``).
 
     Raises:
         ValueError: if the study has no complete trials, fewer than ``rank``, or the trial
@@ -52,26 +39,32 @@ def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
     """
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank=}")
-    ranked = ranked_trials(study)
+    ranked = ranking(study, StudySettings.from_study(study).cv_top_k)
     if not ranked:
         raise ValueError(f"study {study.study_name!r} has no complete trials to export")
     if rank > len(ranked):
         raise ValueError(f"study {study.study_name!r} has {len(ranked)} complete trial(s); cannot export {rank=}")
-    trial = ranked[rank - 1]
+    evaluated = ranked[rank - 1]
+    trial = evaluated.trial
     if "config" not in trial.user_attrs:
         raise ValueError(f"trial {trial.number} of study {study.study_name!r} has no 'config' user attribute")
     # Validate now: an export that retrain cannot read should fail here, not later.
     config = TrainConfig.from_dict(trial.user_attrs["config"])
-    return {"config": config.to_dict(), "provenance": provenance(study, trial)}
+    return {"config": config.to_dict(), "provenance": provenance(study, evaluated)}
 
 
-def provenance(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-    """Where ``trial``'s value came from: the study, its data and subset, and the versions."""
+def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]:
+    """Where the trial's value came from: the study, its data and subset, its folds, and the versions."""
     settings = StudySettings.from_study(study)
+    trial = evaluated.trial
     return {
         "study": study.study_name,
         "trial": trial.number,
-        "value": trial.value,
+        "value": trial.value,  # on the search's fold 0
+        # Mean and standard error over the folds it was validated on (stderr null for one fold).
+        "cv_mean": evaluated.mean,
+        "cv_stderr": evaluated.stderr,
+        "cv_folds": sorted(evaluated.values),
         "dataset": settings.dataset,
         "dataset_checksum": settings.dataset_checksum,
         "subset_path": settings.subset_path,

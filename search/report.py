@@ -19,7 +19,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
-from kilotune.search.export import ranked_trials
+from kilotune.search.winner import cross_validated_best, is_fold_trial, ranking
 from kilotune.workers.config import ARCHITECTURES
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -90,16 +90,21 @@ def render_report(study: optuna.Study, *, top: int = 10) -> str:
 
 
 def top_table(study: optuna.Study, top: int) -> str:
-    """The ``top`` best complete trials as an HTML table."""
-    ranked = ranked_trials(study)[:top]
+    """The ``top`` best complete trials as an HTML table, ranked as export ranks them: the
+    cross-validated ones by their mean over folds (with its standard error), then the rest."""
+    ranked = ranking(study)[:top]
     if not ranked:
         return "<p class=note>No trial has completed yet.</p>"
-    head = "".join(f"<th>{h}</th>" for h in ("rank", "trial", "val accuracy", "arch", "key params", "epochs", "status"))
+    headers = ("rank", "trial", "CV mean", "CV std. error", "folds", "val accuracy (fold 0)", "arch", "key params", "epochs", "status")
+    head = "".join(f"<th>{h}</th>" for h in headers)
     rows = []
-    for rank, t in enumerate(ranked, 1):
+    for rank, evaluated in enumerate(ranked, 1):
+        t = evaluated.trial
         config = t.user_attrs.get("config", {})
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items()) if k != "arch")
-        cells = (rank, t.number, f"{t.value:.4f}", config.get("arch", t.params.get("arch", "?")), params, _epochs(t), _status(t))
+        stderr = "-" if evaluated.stderr is None else f"{evaluated.stderr:.4f}"
+        cells = (rank, t.number, f"{evaluated.mean:.4f}", stderr, len(evaluated.values), f"{t.value:.4f}",
+                 config.get("arch", t.params.get("arch", "?")), params, _epochs(t), _status(t))  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<table class=top><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
@@ -139,7 +144,7 @@ def accuracy_by_architecture(trials: list[FrozenTrial]) -> go.Figure:
     """A box with every trial's point per architecture, over complete trials."""
     by_arch: dict[str, list[FrozenTrial]] = {}
     for t in trials:
-        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+        if t.state == TrialState.COMPLETE and not is_fold_trial(t) and t.value is not None and math.isfinite(t.value):
             by_arch.setdefault(t.user_attrs.get("config", {}).get("arch", t.params.get("arch", "?")), []).append(t)
     order = sorted(by_arch, key=lambda a: (ARCHITECTURES.index(a) if a in ARCHITECTURES else len(ARCHITECTURES), a))
     fig = go.Figure(
@@ -244,8 +249,8 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     outcomes = [outcome(t) for t in trials]
     order = [s.name.lower() for s in TrialState] + [HANDED_BACK]
     counts = ", ".join(f"{outcomes.count(o)} {o}" for o in order if o in outcomes)
-    ranked = ranked_trials(study)
-    best = f"{ranked[0].value:.4f} (trial {ranked[0].number})" if ranked else "-"
+    winner = cross_validated_best(study)
+    best = f"{winner.describe()} (trial {winner.trial.number})" if winner else "-"
     rows: list[tuple[str, Any]] = [
         ("dataset", attrs.get("dataset", "?")),
         ("subset", f"{attrs.get('subset_path', '?')} ({str(attrs.get('subset_checksum', ''))[:19]})"),
@@ -255,7 +260,8 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
         ("budget", f"{attrs.get('n_trials') or '-'} trials, {attrs.get('timeout_s') or '-'} s"),
         ("trials", f"{len(trials)}: {counts}"),
         ("workers", len({t.user_attrs['worker'] for t in trials if 'worker' in t.user_attrs})),
-        ("best validation accuracy", best),
+        ("objective", f"mean validation accuracy of the last {attrs.get('objective_epochs', 1)} epoch(s)"),
+        ("best (cross-validated mean ± std. error)", best),
         ("created", attrs.get("created_at", "?")),
         ("report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
     ]
@@ -283,7 +289,7 @@ body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1300px;
 h1 { font-size: 1.6rem; } h2 { font-size: 1.25rem; margin-top: 2.2rem; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; font-size: .9rem; }
 th, td { padding: .3rem .6rem; border-bottom: 1px solid #eee; text-align: left; vertical-align: top; }
-table.top td:nth-child(5) { font-size: .8rem; color: #444; max-width: 640px; }
+table.top td:nth-child(8) { font-size: .8rem; color: #444; max-width: 640px; }
 table.summary th { color: #555; font-weight: 600; }
 .note { color: #666; font-style: italic; }
 """

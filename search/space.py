@@ -8,6 +8,7 @@ A ``--space`` file narrows any parameter or fixes any TrainConfig field, without
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -33,6 +34,10 @@ class Param(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    @abstractmethod
+    def nearest(self, value: Any) -> Any | None:
+        """The allowed value closest to ``value``; None if there is none to speak of."""
+
 
 @dataclass(frozen=True)
 class Choice(Param):
@@ -55,6 +60,16 @@ class Choice(Param):
 
     def describe(self) -> str:
         return "one of " + ", ".join(f"`{c}`" for c in self.choices)
+
+    def nearest(self, value: Any) -> Any | None:
+        """``value`` if allowed; else the closest number (by ratio: widths, batch sizes), or the one
+        value a space fixes; None if neither (another architecture, an unlisted choice)."""
+        if value in self.choices:
+            return value
+        numbers = [c for c in self.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+        if numbers and isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return min(numbers, key=lambda c: abs(math.log(c / value)) if c > 0 else math.inf)
+        return self.choices[0] if len(self.choices) == 1 else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,10 @@ class Number(Param):
         if self.integer and (int(low) != low or int(high) != high):
             raise ValueError(f"space: {name} takes whole numbers, got {low=}, {high=}")
         return Number(low, high, log, self.integer, self.when)
+
+    def nearest(self, value: Any) -> Any:
+        """``value`` clipped into the range."""
+        return type(value)(min(max(value, self.low), self.high))
 
     def describe(self) -> str:
         kind = "int" if self.integer else "float"
@@ -213,6 +232,42 @@ class SearchSpace:
         c.update(trial.user_attrs.get("preset_config", {}), epochs=epochs)
         c.update(self.fixed)
         return TrainConfig.from_dict(c)
+
+
+    def project(self, config: TrainConfig, epochs: int) -> tuple[TrainConfig | None, str]:
+        """``config`` at ``epochs``, moved to the nearest values this space allows.
+
+        Numbers are clipped into their ranges, numeric choices go to the closest allowed one, and
+        a choice the space fixes to one value takes it; fixed TrainConfig fields apply.
+
+        Returns:
+            The projected config and a note of what moved; or None and why it cannot be
+            projected (an architecture or a choice the space leaves out).
+        """
+        params = params_for(config.replace(epochs=epochs, warmup_epochs=min(config.warmup_epochs, epochs - 1)))
+        projected, moved = {}, []
+        for name, value in params.items():
+            new = self.params[name].nearest(value) if name != "arch" else (value if value in self.params[name].choices else None)
+            if new is None:
+                return None, f"{name}={value!r} is outside the space ({self.params[name].describe()})"
+            if new != value:
+                moved.append(f"{name} {value!r} -> {new!r}")
+            projected[name] = new
+        try:
+            suggested = self.suggest(optuna.trial.FixedTrial(projected), epochs)
+        except ValueError as e:  # e.g. another mixing needs an alpha the config has none of
+            return None, f"does not fit the space: {e}"
+        # The space's fields come from the projected params; the others (batch_norm...) stay.
+        changes = {f: getattr(suggested, f) for name in projected for f in PARAM_FIELDS.get(name, (name,))}
+        return config.replace(**changes, **self.fixed, epochs=epochs), "; ".join(moved) or "as is"
+
+
+# The TrainConfig fields each parameter sets, where they are not the parameter's own name.
+PARAM_FIELDS = {
+    "resnet20_depth": ("depth",), "wrn_depth": ("depth",), "wrn_widen_factor": ("widen_factor",),
+    "sgd_learning_rate": ("learning_rate",), "adamw_learning_rate": ("learning_rate",), "sgd_momentum": ("momentum",),
+    "mixing": ("mixup_alpha", "cutmix_alpha"),
+}  # fmt: skip
 
 
 def params_for(config: TrainConfig) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import hashlib
 import logging
-import math
 import os
 import time
 import warnings
@@ -28,6 +27,8 @@ from optuna.trial import TrialState
 
 from kilotune.search import pruners
 from kilotune.search.samplers import SnapshotTPESampler
+from kilotune.search.winner import DEFAULT_CV_TOP_K, DEFAULT_OBJECTIVE_EPOCHS, enqueue_fold_trials, is_fold_trial
+from kilotune.subset.splits import fold_count
 
 log = logging.getLogger("kilotune.study")
 # Heartbeats, group and constant liar are deliberate: the worker drives ask/tell itself.
@@ -41,6 +42,9 @@ GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive-halving", "median", "none")
 T = TypeVar("T")
+# Small budgets (tens of trials), chosen in docs/search-efficiency.md ("Small budgets"):
+TPE_STARTUP_TRIALS = 5  # reasoned; Optuna's default is 10
+REDUCTION_FACTOR = 3  # replayed against 2 and 4 by bench/rung_choice.py: best or within 1 point
 
 
 def storage_url(url: str | None = None) -> str:
@@ -146,6 +150,10 @@ class StudySettings:
     n_trials: int | None = None
     timeout_s: float | None = None
     seed: int | None = None
+    # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py).
+    objective_epochs: int = DEFAULT_OBJECTIVE_EPOCHS
+    # How many top trials are re-trained on the other folds before the winner is picked; 0: none.
+    cv_top_k: int = DEFAULT_CV_TOP_K
     kilotune_version: str = ""
     created_at: str = ""
 
@@ -162,6 +170,10 @@ class StudySettings:
             raise ValueError(f"n_trials={self.n_trials} must be at least 1")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s={self.timeout_s} must be positive")
+        if self.objective_epochs < 1:
+            raise ValueError(f"objective_epochs={self.objective_epochs} must be at least 1")
+        if self.cv_top_k < 0:
+            raise ValueError(f"cv_top_k={self.cv_top_k} must be 0 (no cross-validation) or more")
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> StudySettings:
@@ -170,7 +182,13 @@ class StudySettings:
         missing = {"dataset", "subset_path"} - set(attrs)
         if missing:
             raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
-        return cls(**{k: v for k, v in attrs.items() if k in names})
+        # Studies from before the noise-aware objective valued a trial by its last epoch alone.
+        return cls(**{"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}})
+
+    @property
+    def folds(self) -> int:
+        """The subset's cross-validation folds: disjoint hold-outs of ``val_fraction`` (5 for 0.2)."""
+        return fold_count(self.val_fraction)
 
     def sampler_for(self) -> optuna.samplers.BaseSampler:
         """The study's sampler, seeded with ``seed``; a worker takes ``worker_sampler`` instead."""
@@ -178,14 +196,12 @@ class StudySettings:
             return optuna.samplers.RandomSampler(seed=self.seed)
         # group=True keeps multivariate TPE exact over the conditional (define-by-run) space;
         # constant_liar stops parallel workers from sampling the same point (read once a take:
-        # search/samplers.py). Under Hyperband
-        # the 10 random start-up trials are shared out among the brackets, chosen when TPE was
-        # thought to see only its bracket's trials. With optuna 5.1 it sees every trial (it
-        # reads Study._get_trials, which Hyperband's bracket study does not filter), so TPE
-        # starts after 3-5 finished trials; whether 10 searches better is unmeasured.
-        startup = max(3, math.ceil(10 / self._brackets)) if self.pruner == "hyperband" else 10
+        # search/samplers.py). TPE models from the 6th finished (complete or pruned) trial, the
+        # warm-start presets among the first 5: with Optuna's 10, runs of 8-13 trials had 0-2
+        # trials sampled by TPE (docs/search-efficiency.md). TPE sees every trial, Hyperband's
+        # brackets included (optuna 5.1 reads Study._get_trials, which brackets do not filter).
         return SnapshotTPESampler(
-            multivariate=True, group=True, constant_liar=True, n_startup_trials=startup, seed=self.seed
+            multivariate=True, group=True, constant_liar=True, n_startup_trials=TPE_STARTUP_TRIALS, seed=self.seed
         )
 
     def worker_sampler(self, stream: str = "") -> optuna.samplers.BaseSampler:
@@ -203,16 +219,19 @@ class StudySettings:
 
     @property
     def _min_resource(self) -> int:
-        # Not before epoch 3: on 1000 images the ranking after one epoch is noise (rank
-        # correlation with the final accuracy 0.52 at epoch 1, 0.74 at epoch 3; docs/benchmarks.md).
-        return min(self.epochs, max(3, self.epochs // 9))
+        # The first rung at 1/9 of a trial (epoch 1 of 9). Replayed on recorded 9-epoch curves
+        # at 18-63 epochs a search (bench/rung_choice.py), halving from there kept the best or
+        # nearly the best final value: a weak rung (Spearman 0.50-0.65 with the final value) that
+        # screens twice the configurations of one at epoch 3 (0.75-0.84). Every halving beat no
+        # pruning by 2-4 points. A fraction, as the learning-rate schedules scale with the epochs.
+        return max(1, round(self.epochs / 9))
 
     @property
     def _brackets(self) -> int:
-        """Hyperband's bracket count for reduction factor 3: floor(log3(max / min)) + 1."""
-        brackets, rung = 1, self._min_resource * 3
+        """Hyperband's bracket count: floor(log_eta(max / min)) + 1."""
+        brackets, rung = 1, self._min_resource * REDUCTION_FACTOR
         while rung <= self.epochs:
-            brackets, rung = brackets + 1, rung * 3
+            brackets, rung = brackets + 1, rung * REDUCTION_FACTOR
         return brackets
 
     @property
@@ -226,9 +245,9 @@ class StudySettings:
             return optuna.pruners.NopPruner()
         optuna_pruner, indexed_pruner, kwargs = {
             "hyperband": (optuna.pruners.HyperbandPruner, pruners.IndexedHyperbandPruner,
-                          dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=3)),
+                          dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=REDUCTION_FACTOR)),
             "successive-halving": (optuna.pruners.SuccessiveHalvingPruner, pruners.IndexedSuccessiveHalvingPruner,
-                                   dict(min_resource=self._min_resource, reduction_factor=3)),
+                                   dict(min_resource=self._min_resource, reduction_factor=REDUCTION_FACTOR)),
             "median": (optuna.pruners.MedianPruner, pruners.IndexedMedianPruner,
                        dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)),
         }[self.pruner]
@@ -238,12 +257,12 @@ class StudySettings:
         """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
 
         Hyperband's brackets and successive halving decide only at their rungs,
-        ``min_resource * 3**k``; the median pruner decides after its warm-up; "none" never does.
+        ``min_resource * REDUCTION_FACTOR**k``; the median pruner decides after its warm-up; "none" never does.
         """
         if self.pruner in ("hyperband", "successive-halving"):
             rung = self._min_resource
             while rung < epoch:
-                rung *= 3
+                rung *= REDUCTION_FACTOR
             return rung == epoch
         if self.pruner == "median":
             return epoch > self._warmup_steps
@@ -320,8 +339,10 @@ def check_same_data(settings: StudySettings, dataset_checksum: str, subset_check
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
-    """Finished, running and queued trials count; a trial failed by a dead worker does not,
-    because Optuna queues its retry, which does."""
+    """Finished, running and queued search trials count; a trial failed by a dead worker does not,
+    because Optuna queues its retry, which does. Fold trials (cross-validation) never count."""
+    if is_fold_trial(trial):
+        return False
     if trial.state != TrialState.FAIL:
         return True
     return trial.user_attrs.get("status") == "failed"
@@ -361,19 +382,31 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
         started: When this worker started (the timeout's origin if the study has no record of it).
     """
     if not isinstance(storage, RDBStorage):
-        return study.ask() if budget_left(study, settings, started) else None
+        if budget_left(study, settings, started):
+            return study.ask()
+        return _cross_validation_trial(study, settings, started)
     if study_timed_out(study, settings, started):
         return None
     counted, waiting = _budget_rows(storage, study._study_id)
     if waiting:
-        # A queued trial (a retry, an enqueued preset) is already inside the budget; Study.ask
-        # takes it (and reads the study, which is rare enough here).
+        # A queued trial (a retry, an enqueued preset, a fold trial) is already inside the budget;
+        # Study.ask takes it (and reads the study, which is rare enough here).
         return study.ask()
     if settings.n_trials is not None and counted >= settings.n_trials:
-        return None
+        return _cross_validation_trial(study, settings, started)
     trial_id = study._storage.create_new_trial(study._study_id)
     study._thread_local.cached_all_trials = None  # as Study.ask: the sampler re-reads the study once per trial
     return optuna.Trial(study, trial_id)
+
+
+def _cross_validation_trial(study: optuna.Study, settings: StudySettings, started: float) -> optuna.Trial | None:
+    """Once the trial budget is spent: a fold trial of a top candidate, queued now if it is
+    missing; None when every fold is queued (or the study is not cross-validated)."""
+    if settings.n_trials is None or settings.cv_top_k == 0 or settings.folds < 2 or study_timed_out(study, settings, started):
+        return None
+    if enqueue_fold_trials(study, settings.cv_top_k, settings.folds) == 0:
+        return None
+    return study.ask()
 
 
 def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
@@ -383,11 +416,14 @@ def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
     failed_for_good = sqlalchemy.select(TrialUserAttributeModel.trial_id).where(
         TrialUserAttributeModel.key == "status", TrialUserAttributeModel.value_json == '"failed"'
     )
+    fold_trials = sqlalchemy.select(TrialUserAttributeModel.trial_id).where(TrialUserAttributeModel.key == "cv_of")
     in_study = TrialModel.study_id == study_id
     with storage.engine.connect() as conn:
         counted = conn.execute(
             sqlalchemy.select(sqlalchemy.func.count()).where(
-                in_study, sqlalchemy.or_(TrialModel.state != TrialState.FAIL, TrialModel.trial_id.in_(failed_for_good))
+                in_study,
+                TrialModel.trial_id.not_in(fold_trials),
+                sqlalchemy.or_(TrialModel.state != TrialState.FAIL, TrialModel.trial_id.in_(failed_for_good)),
             )
         ).scalar_one()
         waiting = conn.execute(

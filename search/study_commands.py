@@ -26,6 +26,12 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, help="global trial budget for the whole study")
     parser.add_argument("--timeout", type=float, help="global time budget in seconds, from the study's creation")
     parser.add_argument("--seed", type=int, help="sampler seed (default: random)")
+    parser.add_argument("--objective-epochs", type=int, default=3,
+                        help="a trial's value is the mean validation accuracy of its last this many epochs (default: %(default)s)")
+    parser.add_argument("--cv-top-k", type=int, default=3,
+                        help="re-train the top this many trials on the other folds and pick the winner by the mean; 0: off (default: %(default)s)")
+    parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                        help="do not queue the presets (projected into the space) as a new study's first trials")
 
 
 def register_study(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +63,7 @@ def register_study(sub: argparse._SubParsersAction) -> None:
 
 def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``."""
-    from kilotune.search.space import SearchSpace
+    from kilotune.search.space import PRESETS, SearchSpace
     from kilotune.search.study import StudySettings, create_study, now_iso, open_storage
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.features import default_subset_path, ensure_default_subset
@@ -82,6 +88,8 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         n_trials=args.n_trials,
         timeout_s=args.timeout,
         seed=args.seed,
+        objective_epochs=args.objective_epochs,
+        cv_top_k=args.cv_top_k,
         kilotune_version=version(),
     )
     storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
@@ -100,7 +108,42 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         subset_checksum=subset.checksum,
         created_at=now_iso(),
     )
-    return create_study(args.study, settings, storage)
+    study, created = create_study(args.study, settings, storage)
+    if created:
+        first = getattr(args, "preset", [])  # ``run --preset``: those first
+        for line in warm_start(study, settings, [*first, *(p for p in PRESETS if p not in first)] if args.warm_start else first):
+            print(line, file=sys.stderr, flush=True)
+    return study, created
+
+
+def warm_start(study: Any, settings: Any, names: list[str]) -> list[str]:
+    """Queues the presets ``names``, projected into the study's space at its epochs, as its next
+    trials (user attribute ``preset``), so a search is never worse than the recipes it could run.
+
+    At most ``n_trials`` are queued: queued trials always run. Returns one line per preset.
+    """
+    from kilotune.search.space import PRESETS, SearchSpace
+
+    space, lines = SearchSpace.from_spec(settings.space), []
+    for name in names:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        config, note = space.project(PRESETS[name], settings.epochs)
+        if config is None:
+            lines.append(f"warm start: skipped preset {name}: {note}")
+        elif settings.n_trials is not None and len(study.get_trials(deepcopy=False)) >= settings.n_trials:
+            lines.append(f"warm start: skipped preset {name}: the budget of {settings.n_trials} trials is queued")
+        else:
+            enqueue_config(study, name, config)
+            lines.append(f"warm start: queued preset {name} ({note})")
+    return lines
+
+
+def enqueue_config(study: Any, label: str, config: Any) -> None:
+    """Queues ``config`` as the study's next trial; ``SearchSpace.suggest`` trains it exactly."""
+    from kilotune.search.space import params_for
+
+    study.enqueue_trial(params_for(config), user_attrs={"preset_config": config.to_dict(), "preset": label})
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -151,7 +194,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
         raise ValueError(f"nothing to enqueue: give --preset ({', '.join(sorted(PRESETS))}) or --config FILE")
     for label, config in configs:
         config = config.replace(epochs=settings.epochs)
-        study.enqueue_trial(params_for(config), user_attrs={"preset_config": config.to_dict(), "preset": label})
+        enqueue_config(study, label, config)
         print(f"enqueued {label}: {json.dumps(params_for(config))}")
     return 0
 

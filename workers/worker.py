@@ -25,13 +25,14 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from kilotune.search.study import check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
+from kilotune.search.winner import objective_value
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
 from kilotune.workers.checkpoint import Checkpoint
 from kilotune.workers.data import holdout_data
 from kilotune.workers.gpu import is_out_of_memory
 from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
-from kilotune.workers.train import EpochReport, TrainingInterrupted, train
+from kilotune.workers.train import EpochReport, TrainData, TrainingInterrupted, train
 
 log = logging.getLogger("kilotune.worker")
 
@@ -67,6 +68,14 @@ class Worker:
         subset = load_subset(subset_path or self.settings.subset_path, dataset)
         check_same_data(self.settings, dataset.checksum, subset.checksum, study_name)
         self.data = holdout_data(dataset, subset.indices, self.settings.val_fraction, self.settings.split_seed)
+        self._dataset, self._chosen, self._folds = dataset, subset.indices, {0: self.data}
+
+    def data_for(self, trial: optuna.Trial) -> TrainData:
+        """The trial's split: fold 0 for the search, its ``fold`` for a fold trial (search/winner.py)."""
+        fold = trial.user_attrs.get("fold", 0)
+        if fold not in self._folds:
+            self._folds[fold] = holdout_data(self._dataset, self._chosen, self.settings.val_fraction, self.settings.split_seed, fold)
+        return self._folds[fold]
 
     def run(self, max_trials: int | None = None) -> int:
         """Returns the number of trials this worker finished (complete, pruned or failed)."""
@@ -104,6 +113,7 @@ class Worker:
 
     def _train_trial(self, taken: TakenTrial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
         trial, epoch_seconds = taken.trial, []
+        prunable = "cv_of" not in trial.user_attrs  # fold trials re-evaluate a finished candidate
         try:
             config = taken.sampled_config()
             attrs = {"config": config.to_dict(), "worker": self.name, "device": self.device, "status": "running"}
@@ -125,12 +135,12 @@ class Worker:
             def report(r: EpochReport) -> None:
                 epoch_seconds.append(r.seconds)
                 recorder.report(r.val_accuracy, r.epoch)
-                if self.settings.may_prune_at(r.epoch):
+                if prunable and self.settings.may_prune_at(r.epoch):
                     recorder.flush()  # the pruner reads the reports
                     if with_retry(trial.should_prune, what="should_prune"):
                         raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
-            result = train(config, self.data, [report], checkpoint_dir=checkpoint.directory, stop=self.stop)
+            result = train(config, self.data_for(trial), [report], checkpoint_dir=checkpoint.directory, stop=self.stop)
         except optuna.TrialPruned:
             self._finish(trial, recorder, TrialState.PRUNED, "pruned", epoch_seconds)
             checkpoint.clear()
@@ -147,8 +157,8 @@ class Worker:
             self._finish(trial, recorder, TrialState.FAIL, "failed", epoch_seconds)
             checkpoint.clear()
             return "failed"
-        # A diverged run is a result (a bad one: its last finite epoch), so the sampler learns to avoid it.
-        value = result.val_accuracy if result.history else 0.0
+        # A diverged run is a result (a bad one: its last finite epochs), so the sampler learns to avoid it.
+        value = objective_value([r.val_accuracy for r in result.history], self.settings.objective_epochs)
         recorder.set_user_attr("params_count", result.params)
         self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, value)
         checkpoint.clear()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import statistics
 
 import optuna
 import pytest
@@ -104,3 +105,34 @@ def test_read_export_refuses_other_json(tmp_path):
     path.write_text(TrainConfig().to_json())
     with pytest.raises(ValueError, match="not a kilotune export"):
         read_export(path)
+
+
+def add_fold(study: optuna.Study, cv_of: int, fold: int, value: float) -> None:
+    """A fold trial as a worker leaves it: the candidate's config trained and validated on ``fold``."""
+    trial = study.ask()
+    trial.suggest_float("learning_rate", 1e-4, 1.0, log=True)
+    for key, attr in (("cv_of", cv_of), ("fold", fold), ("config", study.trials[cv_of].user_attrs["config"]), ("status", "complete")):
+        trial.set_user_attr(key, attr)
+    study.tell(trial, value)
+
+
+def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_error(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    study = new_study(url, "cv")
+    study.set_user_attr("cv_top_k", 2)
+    lucky = add(study, TrainConfig(arch="vgg8", epochs=3, seed=1), [0.5, 0.7, 0.80])
+    steady = add(study, TrainConfig(arch="resnet9", epochs=3, seed=2), [0.5, 0.7, 0.76])
+    for fold, (a, b) in enumerate([(0.66, 0.75), (0.70, 0.77), (0.64, 0.74), (0.68, 0.78)], 1):
+        add_fold(study, lucky, fold, a)
+        add_fold(study, steady, fold, b)
+    out = tmp_path / "best.json"
+    assert main(["export", "--study", "cv", "--storage", url, "--out", str(out)]) == 0
+    p = read_export(out)["provenance"]
+    steady_folds = [0.76, 0.75, 0.77, 0.74, 0.78]
+    assert p["trial"] == steady and math.isclose(p["value"], 0.76), "not the best fold-0 value: the best mean"
+    assert math.isclose(p["cv_mean"], statistics.fmean(steady_folds))
+    assert math.isclose(p["cv_stderr"], statistics.stdev(steady_folds) / math.sqrt(5)) and p["cv_folds"] == [0, 1, 2, 3, 4]
+    assert f"validation accuracy {p['cv_mean']:.4f} ± {p['cv_stderr']:.4f} over 5 folds" in capsys.readouterr().out
+    runner_up = export_trial(study, rank=2)["provenance"]
+    assert runner_up["trial"] == lucky and math.isclose(runner_up["cv_mean"], 0.696)
+    assert [t.number for t in ranked_trials(study)] == [lucky, steady], "fold trials are not search results"

@@ -201,3 +201,22 @@ def test_handed_back_trials_show_as_handed_back_not_failed(tmp_path):
     timeline = {trace.name: list(trace.text) for trace in worker_timeline(study).data}
     assert "handed back" in timeline and len(timeline["handed back"]) == 1
     assert len(timeline["FAIL"]) == 1, "only trial 7 failed"
+
+
+def test_report_shows_the_cross_validated_winner_with_its_mean_and_standard_error(tmp_path):
+    study = make_study(f"sqlite:///{tmp_path / 'cv.db'}", trials=make_trials(6))
+    study.set_user_attr("cv_top_k", 2)
+    first, second = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)[:2]
+    for candidate, level in ((first, first.value - 0.2), (second, second.value)):
+        for fold in range(1, 5):
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE, value=level + 0.01 * fold, params=candidate.params, distributions=candidate.distributions,
+                user_attrs={**candidate.user_attrs, "cv_of": candidate.number, "fold": fold}))  # fmt: skip
+    text = render_report(study, top=3)
+    values = [second.value + 0.01 * f for f in range(5)]
+    mean, stderr = np.mean(values), np.std(values, ddof=1) / np.sqrt(5)
+    assert f"{mean:.4f} ± {stderr:.4f} over 5 folds (trial {second.number})" in text, "the summary names the winner"
+    table = text[text.index("<table class=top>") : text.index("</table>", text.index("<table class=top>"))]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.-]+)</td><td>(\d+)</td>", table)
+    assert rows[0] == ("1", str(second.number), f"{mean:.4f}", f"{stderr:.4f}", "5")
+    assert rows[1][1] == str(first.number) and rows[1][4] == "5" and rows[2][3:] == ("-", "1")

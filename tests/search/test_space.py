@@ -102,3 +102,26 @@ def test_named_space_small_is_usable_as_a_space_argument():
     space, spec = SearchSpace.from_file("small")
     assert spec["arch"] == ["vgg8", "resnet9", "resnet20"]
     assert {c.arch for c in sample(space, 30)} <= {"vgg8", "resnet9", "resnet20"}
+
+
+def test_presets_project_to_the_nearest_values_a_space_allows():
+    small, _ = SearchSpace.from_file("small")
+    vgg8, note = small.project(PRESETS["vgg8-reference"], epochs=15)
+    assert vgg8 == PRESETS["vgg8-reference"].replace(width=0.5, epochs=15), "width 1.0 -> 0.5, the rest (batch_norm too) kept"
+    assert note == "width 1.0 -> 0.5"
+    wrn, note = small.project(PRESETS["wrn-cutmix"], epochs=15)
+    assert wrn is None and note.startswith("arch='wrn' is outside the space")
+    narrow = SearchSpace.from_spec({"sgd_learning_rate": {"low": 0.01, "high": 0.2}, "batch_size": [32, 256],
+                                    "mixing": "none", "batch_norm": True, "width": [0.25, 2.0]})  # fmt: skip
+    davidnet, note = narrow.project(PRESETS["resnet9-davidnet"], epochs=4)
+    assert (davidnet.learning_rate, davidnet.batch_size, davidnet.width) == (0.2, 256, 2.0) and davidnet.epochs == 4
+    cutmix, note = narrow.project(PRESETS["wrn-cutmix"], epochs=4)
+    assert (cutmix.cutmix_alpha, cutmix.mixup_alpha, cutmix.learning_rate) == (0.0, 0.0, 0.1), "mixing fixed to none"
+    for name, preset in PRESETS.items():
+        assert SearchSpace.from_spec().project(preset, epochs=7) == (preset.replace(epochs=7), "as is"), name
+    # What a projection gives is what a trial enqueued with it trains.
+    study = optuna.create_study()
+    study.enqueue_trial(params_for(davidnet), user_attrs={"preset_config": davidnet.to_dict()})
+    assert narrow.suggest(study.ask(), epochs=4) == davidnet
+    mixed = SearchSpace.from_spec({"mixing": ["mixup", "both"]})
+    assert mixed.project(PRESETS["wrn-cutmix"], epochs=4)[0] is None, "cutmix is not near mixup or both"

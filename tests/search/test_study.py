@@ -21,6 +21,8 @@ from kilotune.search.study import (
     open_storage,
     storage_url,
 )
+from kilotune.search.space import PRESETS
+from kilotune.workers.config import TrainConfig
 from tests.conftest import REPO
 
 
@@ -129,7 +131,8 @@ def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path
     assert main(["study", "enqueue", "--study", "cli", "--storage", pg_url, "--preset", "resnet9-davidnet"]) == 0
     assert main(["study", "list", "--storage", pg_url]) == 0
     out = capsys.readouterr().out
-    assert "created: study 'cli'" in out and "exists: study 'cli'" in out and "cli\ttrials=1" in out
+    # The warm start queued vgg8-reference (the one preset this space allows), enqueue resnet9-davidnet.
+    assert "created: study 'cli'" in out and "exists: study 'cli'" in out and "cli\ttrials=2" in out
     study, recorded = load_study("cli", open_storage(pg_url))
     assert recorded.space == {"arch": ["vgg8"], "width": 0.125} and recorded.n_trials == 4
     assert main(["study", "enqueue", "--study", "cli", "--storage", pg_url, "--preset", "nope"]) == 2
@@ -194,12 +197,14 @@ def test_rung_pruners_decide_only_at_their_rungs(pruner):
     assert pruned_at and set(pruned_at) <= {3, 9, 27}
 
 
-def test_tpe_starts_within_each_hyperband_bracket():
-    """Under Hyperband the start-up is shared out among the brackets (see sampler_for)."""
-    assert settings(epochs=30)._brackets == 3 and settings(epochs=9)._brackets == 2
-    assert settings(epochs=30).sampler_for()._n_startup_trials == 4
-    assert settings(epochs=9).sampler_for()._n_startup_trials == 5
-    assert settings(epochs=30, pruner="median").sampler_for()._n_startup_trials == 10
+def test_small_budgets_get_an_early_first_rung_and_a_short_tpe_start_up():
+    """The rungs are at 1/9 of a trial times powers of 3, and TPE models from the 6th trial (see sampler_for)."""
+    assert [e for e in range(1, 10) if settings(epochs=9).may_prune_at(e)] == [1, 3, 9]
+    assert [e for e in range(1, 16) if settings(epochs=15).may_prune_at(e)] == [2, 6]
+    assert settings(epochs=9)._brackets == 3 and settings(epochs=15)._brackets == 2 and settings(epochs=2)._brackets == 1
+    assert settings(epochs=9).pruner_for()._min_resource == 1
+    for pruner in ("hyperband", "median", "none"):
+        assert settings(epochs=30, pruner=pruner).sampler_for()._n_startup_trials == 5
 
 
 def test_a_bare_postgresql_url_opens_with_the_installed_driver(pg_url):
@@ -233,3 +238,47 @@ def test_claim_counts_the_budget_as_the_trials_say_and_takes_queued_trials_first
     assert 1e-3 <= fresh.suggest_float("lr", 1e-3, 1.0) <= 1.0, "a claimed trial samples and stores its params"
     assert claim_trial(study, study_settings, storage, time.time()) is None, "6 counted: the budget is spent"
     assert budget_left(study, study_settings, time.time()) is False, "the generic check agrees"
+
+
+def test_new_studies_start_with_the_presets_projected_into_their_space(pg_url, fashion_subset, capsys):
+    storage = open_storage(pg_url)
+    base = ["--storage", pg_url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset), "--epochs", "4", "--space", "small"]
+    assert main(["study", "create", "--study", "warm", *base]) == 0
+    assert "warm start: skipped preset wrn-cutmix: arch='wrn' is outside the space" in capsys.readouterr().err
+    queued = load_study("warm", storage)[0].get_trials()
+    assert [(t.user_attrs["preset"], t.state) for t in queued] == [("vgg8-reference", TrialState.WAITING), ("resnet9-davidnet", TrialState.WAITING)]
+    configs = [TrainConfig.from_dict(t.user_attrs["preset_config"]) for t in queued]
+    assert configs == [PRESETS["vgg8-reference"].replace(width=0.5, epochs=4), PRESETS["resnet9-davidnet"].replace(width=0.5, epochs=4)]
+
+    assert main(["study", "create", "--study", "warm", *base]) == 0
+    assert len(load_study("warm", storage)[0].get_trials()) == 2, "joining a study queues nothing"
+    assert main(["study", "create", "--study", "cold", *base, "--no-warm-start"]) == 0
+    assert load_study("cold", storage)[0].get_trials() == []
+    assert main(["study", "create", "--study", "tight", *base, "--n-trials", "1"]) == 0
+    assert [t.user_attrs["preset"] for t in load_study("tight", storage)[0].get_trials()] == ["vgg8-reference"]
+    assert "skipped preset resnet9-davidnet: the budget of 1 trials is queued" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "journal"])
+def test_a_spent_budget_hands_out_fold_trials_which_do_not_count_toward_it(backend, pg_url, tmp_path):
+    storage = open_storage(pg_url if backend == "postgresql" else str(tmp_path / "cv.journal"))
+    study, _ = create_study(f"cv-{backend}", settings(n_trials=3, cv_top_k=2), storage)
+    recorded = load_study(study.study_name, storage)[1]
+    while (trial := claim_trial(study, recorded, storage, time.time())) is not None:
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.set_user_attr("config", TrainConfig(epochs=3).to_dict())
+        study.tell(trial, 0.5 + trial.number / 100)
+        assert trial.number < 20, "claims never end"
+    trials = study.get_trials()
+    search = [t.number for t in trials if "cv_of" not in t.user_attrs]
+    folds = sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in trials if "cv_of" in t.user_attrs)
+    assert search == [0, 1, 2] and folds == [(n, f) for n in (1, 2) for f in (1, 2, 3, 4)], "the top 2, on folds 1-4"
+    assert sum(counts_toward_budget(t) for t in trials) == 3
+    if backend == "postgresql":
+        assert _budget_rows(storage, study._study_id) == (3, [])
+    assert not budget_left(study, recorded, time.time())
+
+    plain, _ = create_study(f"no-cv-{backend}", settings(n_trials=1, cv_top_k=0), storage)
+    plain_settings = load_study(plain.study_name, storage)[1]
+    plain.tell(claim_trial(plain, plain_settings, storage, time.time()), 0.5)
+    assert claim_trial(plain, plain_settings, storage, time.time()) is None, "cv_top_k=0: no fold trials"
