@@ -156,12 +156,16 @@ def run_list(args: argparse.Namespace) -> int:
     import optuna
 
     from kilotune.search.study import open_storage
+    from kilotune.search.winner import cross_validated_best
 
-    summaries = optuna.get_all_study_summaries(open_storage(args.storage), include_best_trial=True)
+    storage = open_storage(args.storage)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
     if not summaries:
         print("no studies")
     for s in summaries:
-        best = f"{s.best_trial.value:.4f}" if s.best_trial is not None else "-"
+        # The winner export writes (a fold trial's value on another fold is not a study's best).
+        winner = cross_validated_best(optuna.load_study(study_name=s.study_name, storage=storage))
+        best = f"{winner.mean:.4f}" if winner is not None else "-"
         print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tdataset={s.user_attrs.get('dataset', '?')}")
     return 0
 
