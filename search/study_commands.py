@@ -1,4 +1,4 @@
-"""``kilotune study create|list|delete|enqueue``."""
+"""``kilotune study create|list|delete|enqueue|extend``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def add_storage_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``study create`` and ``run`` share: the data, the protocol, the search and its budget."""
-    parser.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
+    parser.add_argument("--dataset", default="cifar10", help="cifar10, fashion-mnist or FILE.npz of your own arrays (default: %(default)s)")
     parser.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")
-    parser.add_argument("--subset", help="subset file to train on (default: build/reuse the cached max-sum subset)")
+    parser.add_argument("--subset", help="subset file to train on, or all: every training image (default: build/reuse the cached max-sum subset)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out inside the subset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial, the pruner's max resource (default: %(default)s)")
     parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")
@@ -26,6 +26,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-trials", type=int, help="global trial budget for the whole study")
     parser.add_argument("--timeout", type=float, help="global time budget in seconds, from the study's creation")
     parser.add_argument("--seed", type=int, help="sampler seed (default: random)")
+    parser.add_argument("--keep-settings", action="store_true",
+                        help="join an existing study of this name as recorded, though these settings differ (default: refuse)")
 
 
 def register_study(sub: argparse._SubParsersAction) -> None:
@@ -54,14 +56,21 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     enqueue.add_argument("--config", action="append", default=[], help="TrainConfig JSON file (repeatable)")
     enqueue.set_defaults(func=run_enqueue)
 
+    extend = study_sub.add_parser("extend", help="change a study's budget (running workers follow); recorded in the study")
+    extend.add_argument("--study", required=True)
+    add_storage_argument(extend)
+    extend.add_argument("--n-trials", type=int, help="the new total trial budget (more or fewer than now)")
+    extend.add_argument("--timeout", type=float, help="the new total time budget in seconds, from the study's creation")
+    extend.set_defaults(func=run_extend)
+
 
 def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``."""
     from kilotune.search.space import SearchSpace
     from kilotune.search.study import StudySettings, create_study, now_iso, open_storage
     from kilotune.subset.datasets import load_dataset
-    from kilotune.subset.features import default_subset_path, ensure_default_subset
-    from kilotune.subset.subsetfile import load_subset
+    from kilotune.subset.features import cache_dir, default_subset_path, ensure_default_subset
+    from kilotune.subset.subsetfile import load_subset, whole_training_set
 
     from kilotune.search.cli import version
 
@@ -88,10 +97,13 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     dataset = load_dataset(args.dataset, args.data_dir)
     if not args.subset and not default_subset_path(dataset.name).is_file():
         # The first run on a machine is silent for minutes otherwise.
-        print(f"building the default subset of {dataset.name} once (trains a feature extractor: a few "
-              f"minutes on a CPU); cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
-    subset_path = args.subset or str(ensure_default_subset(dataset))
-    subset = load_subset(subset_path, dataset)
+        print(f"building the default subset of {dataset.name} once: trains a feature extractor on the whole "
+              f"training set (minutes on a GPU, up to an hour on a busy CPU; a line per epoch follows); "
+              f"cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
+    if args.subset == "all":
+        subset = whole_training_set(dataset, cache_dir() / "subsets")
+    else:
+        subset = load_subset(args.subset or ensure_default_subset(dataset), dataset)
     settings = dataclasses.replace(
         settings,
         dataset=dataset.name,
@@ -100,7 +112,7 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         subset_checksum=subset.checksum,
         created_at=now_iso(),
     )
-    return create_study(args.study, settings, storage)
+    return create_study(args.study, settings, storage, keep_settings=args.keep_settings)
 
 
 def run_create(args: argparse.Namespace) -> int:
@@ -153,6 +165,17 @@ def run_enqueue(args: argparse.Namespace) -> int:
         config = config.replace(epochs=settings.epochs)
         study.enqueue_trial(params_for(config), user_attrs={"preset_config": config.to_dict(), "preset": label})
         print(f"enqueued {label}: {json.dumps(params_for(config))}")
+    return 0
+
+
+def run_extend(args: argparse.Namespace) -> int:
+    from kilotune.search.study import extend_budget, load_study, open_storage
+
+    study, _ = load_study(args.study, open_storage(args.storage))
+    change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)
+    before, after = change["from"], change["to"]
+    print(f"study {args.study!r}: budget {before['n_trials'] or '-'} -> {after['n_trials'] or '-'} trials, "
+          f"{before['timeout_s'] or '-'} -> {after['timeout_s'] or '-'} s; running workers follow at their next trial")
     return 0
 
 
