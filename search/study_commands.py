@@ -112,7 +112,10 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         subset_checksum=subset.checksum,
         created_at=now_iso(),
     )
-    return create_study(args.study, settings, storage, keep_settings=args.keep_settings)
+    study, created = create_study(args.study, settings, storage, keep_settings=args.keep_settings)
+    if not created:  # with --keep-settings, what the study records is what runs (and `run` prints)
+        args.n_trials, args.timeout = study.user_attrs.get("n_trials"), study.user_attrs.get("timeout_s")
+    return study, created
 
 
 def run_create(args: argparse.Namespace) -> int:

@@ -288,3 +288,15 @@ def test_study_extend_command(tmp_path, capsys):
     assert main(["study", "extend", "--study", "e", "--storage", url, "--timeout", "-5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "kilotune study: error: timeout_s=-5.0 must be positive"
+
+
+def test_study_create_again_with_another_budget_is_one_line_naming_it(tmp_path, fashion_subset, capsys):
+    url = f"sqlite:///{tmp_path}/again.db"
+    base = ["study", "create", "--study", "s", "--storage", url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset), "--epochs", "4"]
+    assert main([*base, "--n-trials", "12"]) == 0 and main([*base, "--n-trials", "12"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["created: study 's'", "exists: study 's'"]
+    assert main([*base, "--n-trials", "24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("kilotune study: error: study 's' exists with other settings: n_trials=12 (given 24);")
+    assert main([*base, "--n-trials", "24", "--keep-settings"]) == 0
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["n_trials"] == 12
