@@ -7,6 +7,7 @@ their checksum) and the study records that file as its dataset.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 from collections.abc import Sequence
@@ -163,7 +164,7 @@ def dataset_name(dataset: DatasetLike, data_dir: str | None = None) -> str:
     return str(path.absolute())
 
 
-def command_args(command: str, options: dict[str, Any]):
+def command_args(command: str, options: dict[str, Any]) -> argparse.Namespace:
     """``options`` as the parsed arguments of ``kilotune <command>``: its defaults, then these.
 
     Raises:
