@@ -36,11 +36,9 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from kilotune.search.export import export_trial, write_json
-    from kilotune.search.study import load_study, open_storage
+    from kilotune.search.export import export_study, write_json
 
-    study, _ = load_study(args.study, open_storage(args.storage))
-    export = export_trial(study, args.rank)
+    export = export_study(args.study, args.storage, args.rank)  # kilotune.best() in Python
     path = write_json(export, args.out)
     p = export["provenance"]
     spread = f" ± {p['cv_stderr']:.4f} over {len(p['cv_folds'])} folds" if p["cv_stderr"] is not None else " (fold 0 only)"

@@ -20,7 +20,7 @@ from typing import Any
 
 import optuna
 
-from kilotune.search.study import StudySettings, now_iso
+from kilotune.search.study import StudySettings, load_study, now_iso, open_storage
 from kilotune.search.winner import CrossValidated, ranked_trials, ranking
 from kilotune.workers.config import TrainConfig
 
@@ -51,6 +51,18 @@ def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
     # Validate now: an export that retrain cannot read should fail here, not later.
     config = TrainConfig.from_dict(trial.user_attrs["config"])
     return {"config": config.to_dict(), "provenance": provenance(study, evaluated)}
+
+
+def export_study(study: str, storage: str | None = None, rank: int = 1) -> dict[str, Any]:
+    """What ``kilotune export`` writes for study ``study``: :func:`export_trial` of its ``rank``-th best trial.
+
+    Args:
+        study: The study name.
+        storage: Its storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
+        rank: 1 for the best complete trial, 2 for the runner-up, ...
+    """
+    loaded, _ = load_study(study, open_storage(storage))
+    return export_trial(loaded, rank)
 
 
 def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]:

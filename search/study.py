@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import time
@@ -175,6 +176,16 @@ class StudySettings:
         if self.cv_top_k < 0:
             raise ValueError(f"cv_top_k={self.cv_top_k} must be 0 (no cross-validation) or more")
 
+    def differences(self, given: StudySettings) -> list[str]:
+        """The settings that ``given`` changes, as ``name=recorded (given new)``.
+
+        Only what decides the search is compared: not where the subset file is on this host
+        (its checksum is compared), the version or the creation time.
+        """
+        ignored = {"subset_path", "kilotune_version", "created_at", "dataset"}
+        mine, theirs = (_as_json({**asdict(s), "space": s.space or {}}) for s in (self, given))
+        return [f"{k}={mine[k]!r} (given {theirs[k]!r})" for k in mine if k not in ignored and mine[k] != theirs[k]]
+
     @classmethod
     def from_study(cls, study: optuna.Study) -> StudySettings:
         attrs = study.user_attrs
@@ -269,14 +280,24 @@ class StudySettings:
         return False
 
 
-def create_study(name: str, settings: StudySettings, storage: BaseStorage) -> tuple[optuna.Study, bool]:
+def create_study(
+    name: str, settings: StudySettings, storage: BaseStorage, *, keep_settings: bool = False
+) -> tuple[optuna.Study, bool]:
     """Creates the study, or returns the existing one; safe when many processes race.
+
+    Args:
+        name: The study name.
+        settings: What to record if the study is new.
+        storage: The storage.
+        keep_settings: Join an existing study whose recorded settings differ from ``settings``
+            and keep the recorded ones (the data must still be the same).
 
     Returns:
         The study and whether this call created it.
 
     Raises:
-        ValueError: if a study of that name exists with another dataset or subset.
+        ValueError: if a study of that name exists with another dataset or subset, or (unless
+            ``keep_settings``) with other settings, which the message names.
     """
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
@@ -290,7 +311,50 @@ def create_study(name: str, settings: StudySettings, storage: BaseStorage) -> tu
         return study, created
     recorded = StudySettings.from_study(study)
     check_same_data(recorded, settings.dataset_checksum, settings.subset_checksum, name)
+    differ = recorded.differences(settings)
+    if differ and not keep_settings:
+        hint = " or `kilotune study extend` to change its budget" if {d.split("=")[0] for d in differ} <= {"n_trials", "timeout_s"} else ""
+        raise ValueError(
+            f"study {name!r} exists with other settings: {', '.join(differ)}; pass the recorded values, "
+            f"--keep-settings to continue it as recorded{hint}, or another --study name"
+        )
     return study, False
+
+
+def extend_budget(study: optuna.Study, *, n_trials: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Sets the study's global budget to ``n_trials`` and/or ``timeout_s`` (totals, not increments).
+
+    Running workers read the budget at every claim, so the change applies to them at once. The
+    change is appended to the study's ``budget_history`` user attribute.
+
+    Returns:
+        The history entry: the time, the budget before and after.
+
+    Raises:
+        ValueError: if neither is given or one is out of range.
+    """
+    if n_trials is None and timeout_s is None:
+        raise ValueError("nothing to change: give n_trials (--n-trials) and/or timeout_s (--timeout)")
+    before = StudySettings.from_study(study)
+    after = replace(
+        before,
+        n_trials=before.n_trials if n_trials is None else n_trials,
+        timeout_s=before.timeout_s if timeout_s is None else timeout_s,
+    )  # validates the new values
+    entry = {
+        "at": now_iso(),
+        "from": {"n_trials": before.n_trials, "timeout_s": before.timeout_s},
+        "to": {"n_trials": after.n_trials, "timeout_s": after.timeout_s},
+    }
+    study.set_user_attr("budget_history", [*study.user_attrs.get("budget_history", []), entry])
+    study.set_user_attr("n_trials", after.n_trials)
+    study.set_user_attr("timeout_s", after.timeout_s)
+    return entry
+
+
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """As the study stores them (JSON): tuples become lists, so equal settings compare equal."""
+    return json.loads(json.dumps(values))
 
 
 def _wait_for_settings(study: optuna.Study, timeout_s: float = 30.0) -> bool:
@@ -349,11 +413,25 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
 
 
 def study_timed_out(study: optuna.Study, settings: StudySettings, started: float) -> bool:
-    """Whether the study's ``--timeout`` (for the study as a whole) has passed."""
-    return settings.timeout_s is not None and _study_age(study, started) >= settings.timeout_s
+    """Whether the study's ``--timeout`` (for the study as a whole) has passed.
+
+    The timeout is read from the study (the read that gives its age), so a ``study extend``
+    applies to running workers, whose ``settings`` were loaded when they started.
+    """
+    attrs = study.user_attrs
+    timeout_s = attrs.get("timeout_s", settings.timeout_s)
+    return timeout_s is not None and _study_age(attrs, started) >= timeout_s
+
+
+def current_budget(study: optuna.Study, settings: StudySettings) -> StudySettings:
+    """``settings`` with the budget the study records now (``kilotune study extend`` changes it):
+    one read of the study's attributes, a single indexed query on an RDB storage."""
+    attrs = study.user_attrs
+    return replace(settings, n_trials=attrs.get("n_trials", settings.n_trials), timeout_s=attrs.get("timeout_s", settings.timeout_s))
 
 
 def budget_left(study: optuna.Study, settings: StudySettings, started: float) -> bool:
+    settings = current_budget(study, settings)
     if study_timed_out(study, settings, started):
         return False
     if settings.n_trials is None:
@@ -381,6 +459,7 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
         storage: The storage the study was loaded from.
         started: When this worker started (the timeout's origin if the study has no record of it).
     """
+    settings = current_budget(study, settings)  # running workers see a `study extend` at their next claim
     if not isinstance(storage, RDBStorage):
         if budget_left(study, settings, started):
             return study.ask()
@@ -432,9 +511,9 @@ def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
     return counted, list(waiting)
 
 
-def _study_age(study: optuna.Study, fallback: float) -> float:
+def _study_age(attrs: dict[str, Any], fallback: float) -> float:
     """Seconds since the study was created (the timeout is for the study as a whole)."""
-    created = study.user_attrs.get("created_at")
+    created = attrs.get("created_at")
     if not created:
         return time.time() - fallback
     return (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds()

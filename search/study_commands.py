@@ -1,4 +1,4 @@
-"""``kilotune study create|list|delete|enqueue``."""
+"""``kilotune study create|list|delete|enqueue|extend``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def add_storage_argument(parser: argparse.ArgumentParser) -> None:
 
 def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``study create`` and ``run`` share: the data, the protocol, the search and its budget."""
-    parser.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
+    parser.add_argument("--dataset", default="cifar10", help="cifar10, fashion-mnist or FILE.npz of your own arrays (default: %(default)s)")
     parser.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")
-    parser.add_argument("--subset", help="subset file to train on (default: build/reuse the cached max-sum subset)")
+    parser.add_argument("--subset", help="subset file to train on, or all: every training image (default: build/reuse the cached max-sum subset)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out inside the subset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial, the pruner's max resource (default: %(default)s)")
     parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")
@@ -32,6 +32,8 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
                         help="re-train the top this many trials on the other folds and pick the winner by the mean; 0: off (default: %(default)s)")
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                         help="do not queue the presets (projected into the space) as a new study's first trials")
+    parser.add_argument("--keep-settings", action="store_true",
+                        help="join an existing study of this name as recorded, though these settings differ (default: refuse)")
 
 
 def register_study(sub: argparse._SubParsersAction) -> None:
@@ -60,14 +62,21 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     enqueue.add_argument("--config", action="append", default=[], help="TrainConfig JSON file (repeatable)")
     enqueue.set_defaults(func=run_enqueue)
 
+    extend = study_sub.add_parser("extend", help="change a study's budget (running workers follow); recorded in the study")
+    extend.add_argument("--study", required=True)
+    add_storage_argument(extend)
+    extend.add_argument("--n-trials", type=int, help="the new total trial budget (more or fewer than now)")
+    extend.add_argument("--timeout", type=float, help="the new total time budget in seconds, from the study's creation")
+    extend.set_defaults(func=run_extend)
+
 
 def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``."""
     from kilotune.search.space import PRESETS, SearchSpace
     from kilotune.search.study import StudySettings, create_study, now_iso, open_storage
     from kilotune.subset.datasets import load_dataset
-    from kilotune.subset.features import default_subset_path, ensure_default_subset
-    from kilotune.subset.subsetfile import load_subset
+    from kilotune.subset.features import cache_dir, default_subset_path, ensure_default_subset
+    from kilotune.subset.subsetfile import load_subset, whole_training_set
 
     from kilotune.search.cli import version
 
@@ -96,10 +105,13 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     dataset = load_dataset(args.dataset, args.data_dir)
     if not args.subset and not default_subset_path(dataset.name).is_file():
         # The first run on a machine is silent for minutes otherwise.
-        print(f"building the default subset of {dataset.name} once (trains a feature extractor: a few "
-              f"minutes on a CPU); cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
-    subset_path = args.subset or str(ensure_default_subset(dataset))
-    subset = load_subset(subset_path, dataset)
+        print(f"building the default subset of {dataset.name} once: trains a feature extractor on the whole "
+              f"training set (minutes on a GPU, up to an hour on a busy CPU; a line per epoch follows); "
+              f"cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
+    if args.subset == "all":
+        subset = whole_training_set(dataset, cache_dir() / "subsets")
+    else:
+        subset = load_subset(args.subset or ensure_default_subset(dataset), dataset)
     settings = dataclasses.replace(
         settings,
         dataset=dataset.name,
@@ -108,11 +120,13 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         subset_checksum=subset.checksum,
         created_at=now_iso(),
     )
-    study, created = create_study(args.study, settings, storage)
+    study, created = create_study(args.study, settings, storage, keep_settings=args.keep_settings)
     if created:
         first = getattr(args, "preset", [])  # ``run --preset``: those first
         for line in warm_start(study, settings, [*first, *(p for p in PRESETS if p not in first)] if args.warm_start else first):
             print(line, file=sys.stderr, flush=True)
+    else:  # with --keep-settings, what the study records is what runs (and `run` prints)
+        args.n_trials, args.timeout = study.user_attrs.get("n_trials"), study.user_attrs.get("timeout_s")
     return study, created
 
 
@@ -200,6 +214,17 @@ def run_enqueue(args: argparse.Namespace) -> int:
         config = config.replace(epochs=settings.epochs)
         enqueue_config(study, label, config)
         print(f"enqueued {label}: {json.dumps(params_for(config))}")
+    return 0
+
+
+def run_extend(args: argparse.Namespace) -> int:
+    from kilotune.search.study import extend_budget, load_study, open_storage
+
+    study, _ = load_study(args.study, open_storage(args.storage))
+    change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)
+    before, after = change["from"], change["to"]
+    print(f"study {args.study!r}: budget {before['n_trials'] or '-'} -> {after['n_trials'] or '-'} trials, "
+          f"{before['timeout_s'] or '-'} -> {after['timeout_s'] or '-'} s; running workers follow at their next trial")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Real image datasets (CIFAR-10, Fashion-MNIST) read from their official files with numpy only.
+"""Image datasets read with numpy only: CIFAR-10 and Fashion-MNIST from their official files,
+and a user's own images from an ``.npz`` file (:func:`dataset_from_arrays`, :func:`save_dataset`).
 
 TensorFlow is deliberately not imported: workers that only select subsets or compute
 statistics should not pay its start-up cost.
@@ -18,12 +19,15 @@ import pickle
 import struct
 import tarfile
 import urllib.request
+import zipfile
 import zlib
 
 import numpy as np
 
 
 DATASETS = ("cifar10", "fashion-mnist")
+ARRAYS_SUFFIX = ".npz"  # a dataset "name" ending in it is the path of a user's arrays
+_ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 _CIFAR_DIR = "cifar-10-batches-py"
 _CIFAR_TAR = "cifar-10-python.tar.gz"
@@ -80,8 +84,11 @@ class ImageDataset:
 
     @functools.cached_property  # Writes to __dict__ directly, so it works on frozen dataclasses.
     def checksum(self) -> str:
-        """``"sha256:<hex>"`` of the name and training set, which identify the data."""
-        h = hashlib.sha256(self.name.encode() + b"\0")
+        """``"sha256:<hex>"`` of the name and training set, which identify the data.
+
+        A user's arrays are identified by their content alone, wherever their file is.
+        """
+        h = hashlib.sha256((self.name if self.name in DATASETS else "arrays").encode() + b"\0")
         h.update(np.ascontiguousarray(self.x_train, dtype=np.uint8).data)
         h.update(np.ascontiguousarray(self.y_train, dtype=np.int64).data)
         return "sha256:" + h.hexdigest()
@@ -93,9 +100,11 @@ def load_dataset(
     """Load a dataset from its official files.
 
     Args:
-        name: One of :data:`DATASETS`.
+        name: One of :data:`DATASETS`, or the path of an ``.npz`` file written by
+            :func:`save_dataset` (the dataset's name is then that path, made absolute).
         data_dir: Directory to search first; defaults to ``$KILOTUNE_DATA_DIR`` or
-            ``~/.cache/kilotune``.
+            ``~/.cache/kilotune``. For an ``.npz``, a file of that name there is preferred
+            (a worker on another host, where the file is elsewhere).
         download: Whether CIFAR-10 may be downloaded into that directory when no local copy
             exists. Fashion-MNIST is never downloaded.
 
@@ -105,15 +114,99 @@ def load_dataset(
     Raises:
         DatasetError: The name is unknown or the files are missing or corrupt.
     """
+    if str(name).endswith(ARRAYS_SUFFIX):
+        return _load_arrays(Path(name), data_dir)
     if name == "cifar10":
         ds = _load_cifar10(_base_dir(data_dir), download)
     elif name == "fashion-mnist":
         ds = _load_fashion(_base_dir(data_dir), data_dir is not None)
     else:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; expected one of: {', '.join(DATASETS)}, or a file.npz of your own arrays")
     for arr in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
         arr.flags.writeable = False
     return ds
+
+
+def dataset_from_arrays(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    class_names: tuple[str, ...] | list[str] | None = None,
+    name: str = "arrays",
+) -> ImageDataset:
+    """Your own images as a dataset (copied, read-only), checked as kilotune needs them.
+
+    Args:
+        x_train: ``uint8`` images, ``(N, H, W, C)`` or ``(N, H, W)`` (one channel); H, W >= 8.
+        y_train: Integer labels ``0..K-1``, shape ``(N,)``.
+        x_test: Test images of the same shape; only ``retrain`` and ``train`` look at them.
+        y_test: Their labels.
+        class_names: A name per label (default: ``"0"``, ``"1"``, ...).
+        name: What to call it until it is saved (:func:`save_dataset`).
+
+    Raises:
+        DatasetError: naming the array that is wrong and what is expected.
+    """
+    xs, ys = [], []
+    for key, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype != np.uint8 and not (x.dtype.kind in "iu" and x.size and 0 <= x.min() and x.max() <= 255):
+            raise DatasetError(
+                f"x_{key} must be uint8 images in 0..255, got dtype {x.dtype}; "
+                "for floats in [0, 1] pass (x * 255).round().astype('uint8')"
+            )
+        if x.ndim == 3:
+            x = x[..., None]
+        if x.ndim != 4 or min(x.shape[1:3]) < 8:
+            raise DatasetError(f"x_{key} must be images (N, H, W, C) or (N, H, W) with H, W >= 8, got shape {x.shape}")
+        if y.ndim != 1 or y.dtype.kind not in "iu" or len(y) != len(x):
+            raise DatasetError(f"y_{key} must be {len(x)} integer labels, shape ({len(x)},), got {y.dtype} {y.shape} (one-hot? pass y.argmax(1))")
+        xs.append(np.array(x, dtype=np.uint8))
+        ys.append(np.array(y, dtype=np.int64))
+    if xs[0].shape[1:] != xs[1].shape[1:]:
+        raise DatasetError(f"x_train images are {xs[0].shape[1:]} but x_test images are {xs[1].shape[1:]}")
+    top = int(max(y.max(initial=0) for y in ys)) + 1
+    names = tuple(str(c) for c in class_names) if class_names is not None else tuple(str(i) for i in range(top))
+    if len(names) < 2 or min(y.min(initial=0) for y in ys) < 0 or top > len(names):
+        raise DatasetError(f"labels must be in 0..{len(names) - 1} ({len(names)} class names), at least 2 classes; got 0..{top - 1}")
+    for arr in (*xs, *ys):
+        arr.flags.writeable = False
+    return ImageDataset(name, xs[0], ys[0], xs[1], ys[1], names)
+
+
+def save_dataset(dataset: ImageDataset, path: str | Path) -> Path:
+    """Writes ``dataset`` as an ``.npz`` file (atomically) that ``load_dataset(path)`` reads.
+
+    Workers load a study's data by name, so a user's arrays reach them as this file.
+    """
+    path = Path(path)
+    if path.suffix != ARRAYS_SUFFIX:
+        raise DatasetError(f"a dataset file ends in {ARRAYS_SUFFIX}, got {str(path)!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:  # a file object: numpy appends no suffix
+        np.savez_compressed(f, x_train=dataset.x_train, y_train=dataset.y_train, x_test=dataset.x_test,
+                            y_test=dataset.y_test, class_names=np.array(dataset.class_names))  # fmt: skip
+    os.replace(tmp, path)
+    return path
+
+
+def _load_arrays(path: Path, data_dir: str | Path | None) -> ImageDataset:
+    path = path.expanduser().absolute()
+    found = next((p for p in ([Path(data_dir) / path.name] if data_dir else []) + [path] if p.is_file()), None)
+    if found is None:
+        raise DatasetError(f"dataset file not found: {path}" + (f" (nor {Path(data_dir) / path.name})" if data_dir else ""))
+    try:
+        with np.load(found, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in (*_ARRAY_KEYS, "class_names") if k in f}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DatasetError(f"{found}: not a readable .npz file ({_one_line(e)})") from e
+    if missing := [k for k in _ARRAY_KEYS if k not in arrays]:
+        raise DatasetError(f"{found}: missing arrays {missing}; expected {list(_ARRAY_KEYS)} (and class_names)")
+    names = arrays.get("class_names")
+    return dataset_from_arrays(*(arrays[k] for k in _ARRAY_KEYS), class_names=None if names is None else names.tolist(), name=str(path))
 
 
 def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

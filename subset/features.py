@@ -91,7 +91,7 @@ def train_extractor(
         arch: Any ``models.build_model`` architecture.
         width: Its channel multiplier.
         batch_size: Images per step.
-        verbose: Keras' progress output.
+        verbose: Keras' progress output; 0 prints a line per epoch with an estimate instead.
 
     Returns:
         Test accuracy of the extractor's classifier.
@@ -99,6 +99,7 @@ def train_extractor(
     import keras
 
     from kilotune.models import build_model
+    from kilotune.models.progress import EpochProgress
 
     path = Path(path)
     if path.suffix != ".keras":
@@ -119,7 +120,9 @@ def train_extractor(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    trainer.fit(x_train, dataset.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose)
+    # Without Keras' own output, a line per epoch (and every half minute) with an estimate.
+    progress = [] if verbose else [EpochProgress(f"feature extractor ({len(x_train)} {dataset.name} images)")]
+    trainer.fit(x_train, dataset.y_train, batch_size=batch_size, epochs=epochs, shuffle=True, verbose=verbose, callbacks=progress)
     del x_train  # The test images need the memory next.
     logits = backbone.predict(normalize(dataset.x_test, mean, std), batch_size=1000, verbose=0)
     accuracy = float(np.mean(np.argmax(logits, axis=1) == dataset.y_test))

@@ -13,6 +13,7 @@ data is an error rather than a silently different training set.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 import datetime
 import functools
@@ -136,6 +137,17 @@ def write_subset(
     tmp.write_text(json.dumps(subset.to_dict(), indent=1) + "\n")
     os.replace(tmp, path)
     return subset
+
+
+def whole_training_set(dataset: ImageDataset, directory: str | Path) -> SubsetFile:
+    """A subset file choosing every training image, for data that already is the chosen images
+    (your own 1000); written once into ``directory``, named by the data's checksum."""
+    path = Path(directory) / f"{Path(dataset.name).stem}-all-{dataset.checksum[7:19]}.json"
+    if path.is_file():
+        with contextlib.suppress(ValueError):  # corrupt: write it again
+            return load_subset(path, dataset)
+    counts = np.bincount(dataset.y_train)
+    return write_subset(path, dataset, np.arange(len(dataset.y_train)), method="all", seed=0, per_class=int(counts.max()))
 
 
 def load_subset(path: str | Path, dataset: ImageDataset | None = None) -> SubsetFile:

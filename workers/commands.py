@@ -114,9 +114,17 @@ def register_run(sub: argparse._SubParsersAction) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from kilotune.workers.local import run_local
+    import sys
 
-    return run_local(args)
+    from kilotune.workers.api import WorkersFailed, run
+
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "preset")}
+    try:
+        run(presets=args.preset, **options)  # kilotune.run() in Python
+    except WorkersFailed as e:
+        print(f"kilotune run: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def register_dashboard(sub: argparse._SubParsersAction) -> None:

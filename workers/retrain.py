@@ -11,12 +11,14 @@ K epochs near the end of training (at the end of each warm-restart cycle for
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from kilotune.models.progress import EpochProgress
 from kilotune.search.export import write_json
 from kilotune.search.study import now_iso
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
@@ -142,7 +144,7 @@ def retrain(
         snapshots: If positive, also report a snapshot ensemble of this many epochs.
         out_dir: Gets ``seed-<s>/model.keras`` per seed (plus snapshot weights) and ``results.json``.
         epochs: Overrides the config's epochs.
-        progress: Keras progress bars and a line per seed.
+        progress: A line per epoch (elapsed, an estimate of what is left) and per seed.
 
     Returns:
         What ``results.json`` holds: per-seed figures and mean and std over seeds.
@@ -196,7 +198,8 @@ def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *,
     if snapshots:
         steps = math.ceil(len(data.x_train) / min(config.batch_size, len(data.x_train)))
         saver = SnapshotSaver(snapshot_epochs(config, steps, snapshots), seed_dir / "snapshots")
-    result = train(config, data, keras_callbacks=[saver] if saver else [], verbose=1 if progress else 0)
+    callbacks = ([saver] if saver else []) + ([EpochProgress(f"seed {config.seed}", stream=sys.stdout)] if progress else [])
+    result = train(config, data, keras_callbacks=callbacks)
     model_path = seed_dir / "model.keras"
     result.model.save(model_path)
     last = result.history[-1] if result.history else None

@@ -20,16 +20,15 @@ def register_retrain(sub: argparse._SubParsersAction) -> None:
 
 def run_retrain(args: argparse.Namespace) -> int:
     from kilotune.search.export import read_export
-    from kilotune.workers.retrain import load_training_set, retrain
+    from kilotune.workers.api import retrain
 
     export = read_export(args.export)
     p = export["provenance"]
-    dataset, subset = load_training_set(export, args.data_dir, args.subset)
     out_dir = args.out_dir or f"retrain-{p['study']}-{p['trial']}"
     results = retrain(
-        export, dataset, subset.indices,
-        seeds=args.seeds, tta=args.tta, snapshots=args.snapshots, out_dir=out_dir, epochs=args.epochs,
-    )  # fmt: skip
+        export, seeds=args.seeds, tta=args.tta, snapshots=args.snapshots, out_dir=out_dir, epochs=args.epochs,
+        data_dir=args.data_dir, subset=args.subset,
+    )  # fmt: skip  (kilotune.retrain() in Python)
     for key, label in (("test_accuracy", "test accuracy"), ("tta_test_accuracy", "with flip TTA"), ("snapshot_test_accuracy", "snapshot ensemble")):
         if key in results and results[key]["mean"] is not None:
             s = results[key]

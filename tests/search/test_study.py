@@ -17,6 +17,7 @@ from kilotune.search.study import (
     claim_trial,
     counts_toward_budget,
     create_study,
+    extend_budget,
     load_study,
     open_storage,
     storage_url,
@@ -282,3 +283,69 @@ def test_a_spent_budget_hands_out_fold_trials_which_do_not_count_toward_it(backe
     plain_settings = load_study(plain.study_name, storage)[1]
     plain.tell(claim_trial(plain, plain_settings, storage, time.time()), 0.5)
     assert claim_trial(plain, plain_settings, storage, time.time()) is None, "cv_top_k=0: no fold trials"
+
+
+def test_create_with_other_settings_names_them_and_refuses_unless_told(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path}/d.db")
+    create_study("d", settings(n_trials=12, space={"arch": ["vgg8"]}), storage)
+    same, created = create_study("d", settings(n_trials=12, space={"arch": ("vgg8",)}, subset_path="/elsewhere.json"), storage)
+    assert not created, "the same settings (a tuple is the list JSON stores; the subset file at another path) join"
+    with pytest.raises(ValueError) as refused:
+        create_study("d", settings(n_trials=24, epochs=5, space={"arch": ["vgg8"]}), storage)
+    message = str(refused.value)
+    assert "study 'd' exists with other settings: epochs=3 (given 5), n_trials=12 (given 24);" in message
+    assert "--keep-settings" in message and "\n" not in message
+    with pytest.raises(ValueError, match="n_trials=12 \\(given 24\\).*or `kilotune study extend` to change its budget"):
+        create_study("d", settings(n_trials=24, space={"arch": ["vgg8"]}), storage)
+    assert "space={'arch': ['vgg8']} (given {})" in str(pytest.raises(ValueError, create_study, "d", settings(n_trials=12), storage).value)
+    kept, _ = create_study("d", settings(n_trials=24, epochs=5), storage, keep_settings=True)
+    assert StudySettings.from_study(kept).n_trials == 12 and kept.user_attrs["epochs"] == 3, "nothing stored changed"
+    with pytest.raises(ValueError, match="this subset has checksum"):
+        create_study("d", settings(subset_checksum="sha256:cc"), storage, keep_settings=True)
+
+
+def test_an_extension_is_recorded_and_running_workers_follow_it(pg_url):
+    storage = open_storage(pg_url)
+    study, _ = create_study("grow", settings(n_trials=1), storage)
+    stale = load_study("grow", storage)[1]  # what a running worker loaded when it started
+    first = claim_trial(study, stale, storage, time.time())
+    study.tell(first, 0.5)
+    assert claim_trial(study, stale, storage, time.time()) is None, "1 of 1 spent"
+    entry = extend_budget(study, n_trials=3)
+    assert entry["from"] == {"n_trials": 1, "timeout_s": None} and entry["to"] == {"n_trials": 3, "timeout_s": None}
+    assert [claim_trial(study, stale, storage, time.time()) is not None for _ in range(3)] == [True, True, False]
+    extend_budget(study, timeout_s=0.001)  # a timeout, from the study's creation, has passed: nothing more
+    extend_budget(study, n_trials=10)
+    assert claim_trial(study, stale, storage, time.time()) is None
+    assert budget_left(study, stale, time.time()) is False, "the generic check reads the budget too"
+    history = optuna.load_study(study_name="grow", storage=storage).user_attrs["budget_history"]
+    assert [h["to"] for h in history] == [{"n_trials": 3, "timeout_s": None}, {"n_trials": 3, "timeout_s": 0.001},
+                                          {"n_trials": 10, "timeout_s": 0.001}]  # fmt: skip
+    with pytest.raises(ValueError, match="n_trials=0 must be at least 1"):
+        extend_budget(study, n_trials=0)
+    with pytest.raises(ValueError, match="nothing to change"):
+        extend_budget(study)
+    assert len(optuna.load_study(study_name="grow", storage=storage).user_attrs["budget_history"]) == 3, "a refused change is not recorded"
+
+
+def test_study_extend_command(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/e.db"
+    create_study("e", settings(n_trials=4), open_storage(url))
+    assert main(["study", "extend", "--study", "e", "--storage", url, "--n-trials", "8"]) == 0
+    assert "budget 4 -> 8 trials" in capsys.readouterr().out
+    assert optuna.load_study(study_name="e", storage=url).user_attrs["n_trials"] == 8
+    assert main(["study", "extend", "--study", "e", "--storage", url, "--timeout", "-5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "kilotune study: error: timeout_s=-5.0 must be positive"
+
+
+def test_study_create_again_with_another_budget_is_one_line_naming_it(tmp_path, fashion_subset, capsys):
+    url = f"sqlite:///{tmp_path}/again.db"
+    base = ["study", "create", "--study", "s", "--storage", url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset), "--epochs", "4"]
+    assert main([*base, "--n-trials", "12"]) == 0 and main([*base, "--n-trials", "12"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["created: study 's'", "exists: study 's'"]
+    assert main([*base, "--n-trials", "24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("kilotune study: error: study 's' exists with other settings: n_trials=12 (given 24);")
+    assert main([*base, "--n-trials", "24", "--keep-settings"]) == 0
+    assert optuna.load_study(study_name="s", storage=url).user_attrs["n_trials"] == 12

@@ -70,3 +70,12 @@ def test_default_subset_is_built_once_then_reused(trained, monkeypatch, tmp_path
     assert subset.extractor["path"] == str(path) and subset.objectives["total"]["sum_upper_bound"] >= subset.objectives["total"]["sum_distance"]
     stamp = built.stat().st_mtime_ns
     assert ensure_default_subset(dataset, per_class=5, extractor_path=path) == built and built.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_training_prints_a_line_per_epoch_with_an_estimate(tmp_path, capsys):
+    import re
+
+    train_extractor(tiny_images(40), tmp_path / "p.keras", epochs=2, seed=0, batch_size=20)
+    err = capsys.readouterr().err
+    assert re.findall(r"feature extractor \(40 cifar10 images\): epoch (\d)/2, \d+ s elapsed, about \d+ s left \(", err) == ["1", "2"], err[-2000:]

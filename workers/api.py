@@ -1,0 +1,181 @@
+"""The Python API (``import kilotune``): what ``kilotune run``, ``export`` and ``retrain`` do, from a notebook.
+
+The commands call these same functions. A search runs in worker processes that load the
+study's data by name, so a user's own arrays are saved once as an ``.npz`` file (named by
+their checksum) and the study records that file as its dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from kilotune.search.export import export_study as _export_study
+from kilotune.search.export import read_export
+from kilotune.search.study import load_study, open_storage
+from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, dataset_from_arrays, load_dataset, save_dataset
+from kilotune.subset.features import cache_dir
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as the command does: TensorFlow's start-up chatter off
+__all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "report", "retrain", "run", "save_dataset"]
+
+DatasetLike = str | os.PathLike | ImageDataset
+
+
+class WorkersFailed(RuntimeError):
+    """Some worker processes of :func:`run` exited with an error (their output says why)."""
+
+
+def run(
+    dataset: DatasetLike = "cifar10",
+    *,
+    study: str = "kilotune",
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    epochs: int = 40,
+    workers: int = 2,
+    subset: str | os.PathLike | None = None,
+    space: str | os.PathLike | None = None,
+    presets: Sequence[str] = (),
+    keep_settings: bool = False,
+    **options: Any,
+) -> optuna.Study:
+    """Runs a local search (``kilotune run``): creates or joins the study, trains in worker processes.
+
+    Args:
+        dataset: ``"cifar10"``, ``"fashion-mnist"``, an ``.npz`` file, or your own arrays from
+            :func:`dataset_from_arrays` (saved as ``<data_dir or cache>/datasets/<name>-<checksum>.npz``).
+        study: The study name; an existing study of that name is continued.
+        storage: Storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
+        n_trials: Global trial budget (default: 30 when there is no ``timeout`` either).
+        timeout: Global time budget in seconds, from the study's creation.
+        epochs: Epochs per trial.
+        workers: Local worker processes.
+        subset: A subset file, or ``"all"`` to train on every training image (your own 1000);
+            default: the cached max-sum subset, built on first use.
+        space: A YAML/JSON file narrowing the search space, or ``"small"``.
+        presets: Known good configurations to try first.
+        keep_settings: Join an existing study whose recorded settings differ from these.
+        **options: Any other ``kilotune run`` option by its Python name (``data_dir``,
+            ``val_fraction``, ``sampler``, ``pruner``, ``seed``, ...).
+
+    Returns:
+        The study, loaded with its sampler and pruner.
+
+    Raises:
+        ValueError: for a bad option or value, naming it.
+        WorkersFailed: if a worker process exited with an error.
+    """
+    from kilotune.workers.local import run_local
+
+    options.update(study=study, storage=storage, n_trials=n_trials, timeout=timeout, epochs=epochs, workers=workers,
+                   subset=None if subset is None else str(subset), space=None if space is None else str(space),
+                   preset=list(presets), keep_settings=keep_settings)  # fmt: skip
+    options["dataset"] = dataset_name(dataset, options.get("data_dir"))
+    args = command_args("run", options)
+    # run_local forwards Ctrl-C to its workers; a notebook keeps its own handlers afterwards.
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = run_local(args)
+    finally:
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    if code:
+        raise WorkersFailed(f"a worker of study {args.study!r} exited with an error; its output above says why")
+    return load_study(args.study, open_storage(args.storage))[0]
+
+
+def best(study: str, *, storage: str | None = None, rank: int = 1) -> dict[str, Any]:
+    """The best configuration of ``study`` with its provenance (what ``kilotune export`` writes).
+
+    Returns:
+        ``{"config": {...TrainConfig...}, "provenance": {...}}``; ``retrain`` takes it as it is.
+    """
+    return _export_study(study, storage, rank)
+
+
+def retrain(
+    export: dict[str, Any] | str | os.PathLike,
+    *,
+    seeds: int = 1,
+    epochs: int | None = None,
+    tta: bool = False,
+    snapshots: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    data_dir: str | None = None,
+    subset: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains an exported configuration on all chosen images and tests it (``kilotune retrain``).
+
+    Args:
+        export: What :func:`best` returned, or the path of an export file.
+        seeds: Runs with seeds ``config.seed``, ``config.seed + 1``, ...
+        epochs: Overrides the config's epochs.
+        tta: Also report accuracy with horizontal-flip test-time augmentation.
+        snapshots: If positive, also report a snapshot ensemble of this many epochs.
+        out_dir: Models and ``results.json`` (default: ``retrain-<study>-<trial>/``).
+        data_dir: Where the dataset files are.
+        subset: The study's subset file where it is not at the exported path.
+        progress: A line per epoch and per seed.
+
+    Returns:
+        What ``results.json`` holds: test accuracy per seed, mean and std.
+    """
+    from kilotune.workers.retrain import load_training_set
+    from kilotune.workers.retrain import retrain as retrain_export
+
+    if not isinstance(export, dict):
+        export = read_export(export)
+    p = export["provenance"]
+    dataset, chosen = load_training_set(export, data_dir, subset)
+    out_dir = out_dir or f"retrain-{p['study']}-{p['trial']}"
+    return retrain_export(export, dataset, chosen.indices, seeds=seeds, tta=tta, snapshots=snapshots, out_dir=out_dir, epochs=epochs, progress=progress)
+
+
+def report(study: str, out: str | os.PathLike, *, storage: str | None = None, top: int = 10) -> Path:
+    """Writes the HTML report of ``study`` (``kilotune report``) and returns its path."""
+    from kilotune.search.report import write_report
+
+    loaded, _ = load_study(study, open_storage(storage))
+    return write_report(loaded, out, top=top)
+
+
+def dataset_name(dataset: DatasetLike, data_dir: str | None = None) -> str:
+    """What a study records as its dataset: a built-in name, or the ``.npz`` file workers load.
+
+    In-memory arrays are saved once, named by their checksum, so running again reuses the file.
+    """
+    if not isinstance(dataset, ImageDataset):
+        return os.fspath(dataset)
+    if dataset.name in DATASETS or (dataset.name.endswith(ARRAYS_SUFFIX) and Path(dataset.name).is_file()):
+        return dataset.name  # loaded by load_dataset: workers load it the same way
+    directory = Path(data_dir) if data_dir else cache_dir() / "datasets"
+    path = directory / f"{Path(dataset.name).stem}-{dataset.checksum[7:19]}{ARRAYS_SUFFIX}"
+    if not path.is_file():
+        save_dataset(dataset, path)
+    return str(path.absolute())
+
+
+def command_args(command: str, options: dict[str, Any]) -> argparse.Namespace:
+    """``options`` as the parsed arguments of ``kilotune <command>``: its defaults, then these.
+
+    Raises:
+        ValueError: for an option the command does not have, listing those it has.
+    """
+    from kilotune.search.cli import build_parser
+
+    args = build_parser().parse_args([command])
+    allowed = set(vars(args)) - {"func", "command"}
+    if unknown := sorted(set(options) - allowed):
+        raise ValueError(f"unknown option(s) {unknown} for {command}; allowed: {sorted(allowed)}")
+    for key, value in options.items():
+        setattr(args, key, value)
+    return args
