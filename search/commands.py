@@ -36,13 +36,12 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from kilotune.search.export import export_study, write_json
+    from kilotune.search.export import export_study, validation_text, write_json
 
     export = export_study(args.study, args.storage, args.rank)  # kilotune.best() in Python
     path = write_json(export, args.out)
     p = export["provenance"]
-    spread = f" ± {p['cv_stderr']:.4f} over {len(p['cv_folds'])} folds" if p["cv_stderr"] is not None else " (fold 0 only)"
-    print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {p['cv_mean']:.4f}{spread} "
+    print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {validation_text(p)} "
           f"({export['config']['arch']})")
     print(f"retrain it on all chosen images: kilotune retrain {path}")
     return 0

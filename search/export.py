@@ -65,6 +65,14 @@ def export_study(study: str, storage: str | None = None, rank: int = 1) -> dict[
     return export_trial(loaded, rank)
 
 
+def validation_text(provenance: dict[str, Any]) -> str:
+    """An export's validation accuracy as users read it: the cross-validated mean with its
+    standard error, e.g. ``0.8120 ± 0.0110 over 5 folds``, or ``0.8120 on fold 0 only`` (as ``search.winner.CrossValidated.describe``)."""
+    if provenance["cv_stderr"] is None:
+        return f"{provenance['cv_mean']:.4f} on fold 0 only"
+    return f"{provenance['cv_mean']:.4f} ± {provenance['cv_stderr']:.4f} over {len(provenance['cv_folds'])} folds"
+
+
 def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]:
     """Where the trial's value came from: the study, its data and subset, its folds, and the versions."""
     settings = StudySettings.from_study(study)

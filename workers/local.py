@@ -28,11 +28,12 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from kilotune.search.export import export_trial, ranked_trials
+from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
-from kilotune.search.space import PRESETS, params_for
+from kilotune.search.space import PRESETS
 from kilotune.search.study import StudySettings, counts_toward_budget, load_study, open_storage, redact, storage_url
 from kilotune.search.study_commands import create_from_args
+from kilotune.search.winner import winner_line
 
 DEFAULT_TRIALS = 30
 POLL_SECONDS = 2.0
@@ -61,10 +62,6 @@ def run_local(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
     study, created = create_from_args(args)
     url = storage_url(args.storage)
-    if created:
-        for name in args.preset:
-            config = PRESETS[name].replace(epochs=args.epochs)
-            study.enqueue_trial(params_for(config), user_attrs={"preset_config": config.to_dict(), "preset": name})
     dashboard = "kilotune dashboard" + (f" --storage {redact(url)}" if args.storage else "")
     print(f"study {study.study_name!r} on {study.user_attrs['dataset']} in {redact(url)}: {args.workers} workers, "
           f"budget {args.n_trials or '-'} trials / {args.timeout or '-'} s; dashboard: {dashboard}", flush=True)
@@ -130,18 +127,18 @@ class Snapshot:
         trials: Every trial of the study.
         settings: The study's settings (its budget and epochs per trial).
         elapsed: Seconds since this run started its workers.
-        best: The best complete trial, as ``kilotune export`` ranks them; None before one completes.
+        best: The winner as ``kilotune export`` picks it (the cross-validated mean once its
+            folds are in) and how far cross-validation is: ``search.winner.winner_line``.
     """
 
     trials: list[FrozenTrial]
     settings: StudySettings
     elapsed: float
-    best: FrozenTrial | None = None
+    best: str = "best -"
 
     @classmethod
     def read(cls, study: optuna.Study, settings: StudySettings, elapsed: float) -> Snapshot:
-        ranked = ranked_trials(study)
-        return cls(study.get_trials(deepcopy=False), settings, elapsed, ranked[0] if ranked else None)
+        return cls(study.get_trials(deepcopy=False), settings, elapsed, winner_line(study))
 
     @property
     def counted(self) -> list[FrozenTrial]:
@@ -191,9 +188,8 @@ class Snapshot:
         """One line: the budget, the best so far, the times."""
         trials = f"{self.finished}/{self.settings.n_trials or '-'} trials"
         epochs = f"{self.epochs_done}/{self.epochs_budget or '-'} epochs"
-        best = f"best {self.best.value:.4f} (trial {self.best.number}, {_arch(self.best)})" if self.best else "best -"
         left = self.seconds_left
-        return f"{trials}, {epochs}; {best}; {_clock(self.elapsed)} elapsed, " + (f"~{_clock(left)} left" if left is not None else "time left -")
+        return f"{trials}, {epochs}; {self.best}; {_clock(self.elapsed)} elapsed, " + (f"~{_clock(left)} left" if left is not None else "time left -")
 
 
 def events(before: dict[int, str], now: Snapshot) -> tuple[dict[int, str], list[str]]:
@@ -265,9 +261,8 @@ def panel(snapshot: Snapshot) -> Group:
         bar = ProgressBar(total=total, completed=done, width=40) if total else ProgressBar(total=None, width=40)
         bars.add_row(label, bar, f"{done}/{total or '-'}")
     left = snapshot.seconds_left
-    best = f"{snapshot.best.value:.4f} (trial {snapshot.best.number}, {_arch(snapshot.best)})" if snapshot.best else "-"
     facts = Table.grid(padding=(0, 2))
-    facts.add_row("best", best)
+    facts.add_row("best", snapshot.best.removeprefix("best "))
     facts.add_row("elapsed", _clock(snapshot.elapsed), "left", f"~{_clock(left)}" if left is not None else "-")
     workers = Table("worker", "trial", "epoch", box=None, header_style="bold", pad_edge=False)
     for r in sorted(snapshot.running, key=lambda r: r.worker):
@@ -286,7 +281,7 @@ def print_best(study: optuna.Study) -> None:
         print(f"no best configuration yet: {e}")
         return
     provenance = exported["provenance"]
-    print(f"best configuration (trial {provenance['trial']}, validation accuracy {provenance['value']:.4f}):")
+    print(f"best configuration (trial {provenance['trial']}, validation accuracy {validation_text(provenance)}):")
     print(json.dumps(exported["config"], indent=2, sort_keys=True))
     print(f"export it: kilotune export --study {study.study_name} --out best.json")
 

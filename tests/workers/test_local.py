@@ -70,7 +70,7 @@ def test_seeded_workers_sample_their_own_reproducible_streams(tmp_path, fashion_
     def first_configs(db: str, worker_ids: list[str]) -> list[dict]:
         url = f"sqlite:///{tmp_path / db}"
         assert main(["study", "create", "--study", "seeded", "--storage", url, "--dataset", "fashion-mnist", "--subset",
-                     str(fashion_subset), "--space", "small", "--epochs", "2", "--n-trials", "8", "--seed", "0"]) == 0
+                     str(fashion_subset), "--space", "small", "--epochs", "2", "--n-trials", "8", "--seed", "0", "--no-warm-start"]) == 0
         configs = []
         for worker_id in worker_ids:  # as `kilotune run` names its workers
             worker = Worker("seeded", url, worker_id=worker_id)
@@ -132,7 +132,7 @@ def test_live_display_shows_budget_workers_epochs_best_and_time(tmp_path):
     with Display(console) as display:
         display.update(snapshot)
     text = console.export_text()
-    for expected in ("trials", "1/6", "epochs", "21/60", "best", "0.8125 (trial 0, vgg8)", "elapsed", "0:10:00", "left",
+    for expected in ("trials", "1/6", "epochs", "21/60", "best", "0.8125 on fold 0 only (trial 0, vgg8)", "elapsed", "0:10:00", "left",
                      "1 handed back", "0 failed"):  # fmt: skip
         assert expected in text, (expected, text)
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("local-")}
@@ -150,7 +150,7 @@ def test_print_best_prints_what_export_writes(tmp_path, capsys):
         study.set_user_attr(key, value)
     print_best(study)
     out = capsys.readouterr().out
-    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000):")
+    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only):")
     printed = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert printed == export_trial(study)["config"] and printed["arch"] == "resnet9"
 
