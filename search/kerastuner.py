@@ -20,8 +20,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import keras_tuner
 import numpy as np
+
+try:
+    import keras_tuner
+except ImportError as e:  # an extra: only the benches and tests compare against KerasTuner
+    raise ImportError(f"the KerasTuner adapter needs keras-tuner: pip install 'kilotune[kerastuner]' ({e})") from e
 
 from kilotune.search.space import SearchSpace
 from kilotune.subset.datasets import channel_stats, normalize
