@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -343,6 +343,35 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
             state=state, params=trial.params, distributions=trial.distributions, user_attrs=user_attrs,
             system_attrs=system_attrs, intermediate_values=trial.intermediate_values,
         ))
+
+
+def fail_unbeaten_trials(study: optuna.Study, storage: BaseStorage, running: list[optuna.trial.FrozenTrial]) -> None:
+    """Fails, and retries, running trials that never beat although they started a grace period ago.
+
+    A worker killed between its ask and its trial's first heartbeat leaves a RUNNING trial that
+    Optuna's ``fail_stale_trials`` never fails (it judges only trials that beat once); at the
+    end of a study the last workers would wait for it for ever.
+    """
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+        return
+    from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna's versioned schema
+
+    cutoff = datetime.now() - timedelta(seconds=GRACE_SECONDS)  # Optuna records datetime_start in local time
+    old = {t._trial_id: t for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
+    if not old:
+        return
+    with storage.engine.connect() as conn:
+        beaten = set(conn.execute(sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))).scalars())
+    for trial_id in old.keys() - beaten:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        log.warning("trial %d never beat (its worker died as it took it): failed, and retried", old[trial_id].number)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:

@@ -33,6 +33,7 @@ from kilotune.search.study import (
     StudySettings,
     budget_lock,
     claim_trial,
+    fail_unbeaten_trials,
     study_timed_out,
     with_retry,
 )
@@ -128,6 +129,7 @@ class TrialSource:
             running = with_retry(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
             if not running:
                 return None
+            with_retry(lambda: fail_unbeaten_trials(self.study, self.storage, running), what="failing trials that never beat")
             if not told:
                 told = True
                 log.info("budget of study %r is spent but %d trials run: waiting for them to finish or go stale (%ds)",

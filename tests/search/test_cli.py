@@ -120,3 +120,14 @@ def test_an_output_path_under_a_regular_file_is_one_line_naming_it(command, expo
 def test_max_trials_zero_is_refused(pg_url, capsys):
     assert main(["worker", "--study", "any", "--storage", pg_url, "--max-trials", "0"]) == 2
     assert "--max-trials=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_an_unwritable_checkpoint_directory_stops_the_worker_before_it_takes_a_trial(tmp_path, monkeypatch, capsys):
+    regular = tmp_path / "FILE"
+    regular.write_text("")
+    monkeypatch.setenv("KILOTUNE_CHECKPOINT_DIR", str(regular / "ckpt"))
+    db = tmp_path / "x.db"
+    assert main(["worker", "--study", "any", "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kilotune worker: error: checkpoint directory") and str(regular / "ckpt") in err and "\n" not in err
+    assert not db.exists(), "checked before the storage is opened, so before any trial is taken"

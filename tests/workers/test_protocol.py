@@ -247,3 +247,21 @@ def test_a_stop_ends_the_wait_for_running_trials(beating_source):
     assert source.take(started) is None
     for t in taken:
         t.heartbeat.stop()
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(beating_source, monkeypatch):
+    monkeypatch.setattr("kilotune.search.study.GRACE_SECONDS", 1)
+    source, started = beating_source, time.time()
+    never_beat = source._claim(started)  # killed between its ask and its heartbeat: Optuna never judges it stale
+    alive = source.take(started)
+    source.study.tell(alive.trial, 0.5)
+    alive.heartbeat.stop()
+    guard = threading.Timer(120, source.stop.set)  # without the fix the take would wait for ever: stop it, and fail
+    guard.start()
+    try:
+        retry = source.take(started)
+    finally:
+        guard.cancel()
+    assert retry is not None and RetryKilledTrials.retry_history(retry.trial._cached_frozen_trial) == [never_beat.number]
+    assert source.storage.get_trial(never_beat._trial_id).state == TrialState.FAIL
+    retry.heartbeat.stop()
