@@ -52,12 +52,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except (ValueError, OSError) as e:  # OSError: a path that cannot be read or written, named in the line
         if os.environ.get("KILOTUNE_DEBUG"):
             raise
-        message = " ".join(str(e).split()) or type(e).__name__
+        message = " ".join(_describe(e).split()) or type(e).__name__
         print(f"kilotune {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _describe(error: Exception) -> str:
+    """The error as one line; an OSError as its reason and the path(s) it concerns."""
+    if isinstance(error, OSError) and error.filename is not None:
+        paths = " -> ".join(repr(str(p)) for p in (error.filename, error.filename2) if p is not None)
+        return f"{error.strerror or type(error).__name__}: {paths}"
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,7 +63,7 @@ def open_storage(url: str | None = None) -> BaseStorage:
     256, below the 300 that docker-compose.yml gives PostgreSQL.
     """
     url = _with_driver(storage_url(url))
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+    retry = RetryKilledTrials(max_retry=3)
     if url.endswith((".log", ".journal")) and "://" not in url:
         return JournalStorage(JournalFileStorage(url))
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -400,6 +400,81 @@ def check_same_data(settings: StudySettings, dataset_checksum: str, subset_check
             f"study {study!r} trains on subset {settings.subset_path} ({settings.subset_checksum[:19]}), "
             f"but this subset has checksum {subset_checksum[:19]}"
         )
+
+
+# User attributes of one attempt, which its retry must not show as its own (its worker writes them anew).
+ATTEMPT_ATTRS = ("worker", "worker_id", "device", "status", "fail_reason", "resumed_from_epoch", "retry_of",
+                 "epoch_seconds", "images_per_second", "params_count")
+
+
+class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a failed trial, where only attempts killed after training use up ``max_retry``.
+
+    An attempt that never trained an epoch (killed while starting, taken ahead, handed back, or
+    interrupted by a signal) is retried without limit: the configuration is not to blame. Each
+    retry is a WAITING copy with the trial's params, reports and configuration, without the dead
+    attempt's worker and status. Once a configuration was killed after training more than
+    ``max_retry`` times it is given up, recorded as a FAIL trial with status "failed" and a
+    ``fail_reason`` (a finished attempt takes no more attributes), which counts toward the budget.
+
+    Args:
+        max_retry: Kills after training that a configuration is retried for.
+    """
+
+    KILLS = "kills_after_training"  # system attribute: the count so far, carried from copy to copy
+    INHERITED = "inherited_epochs"  # system attribute: reports the copy started with
+
+    def __init__(self, max_retry: int = 3) -> None:
+        super().__init__(max_retry=None, inherit_intermediate_values=True)
+        self.max_kills = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = [*self.retry_history(trial), trial.number]
+        system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
+        trained = len(trial.intermediate_values) > trial.system_attrs.get(self.INHERITED, 0)
+        signalled = trial.user_attrs.get("status") in ("interrupted", "returned")
+        kills = trial.system_attrs.get(self.KILLS, 0) + (trained and not signalled)
+        system_attrs.update({self.KILLS: kills, self.INHERITED: len(trial.intermediate_values)})
+        user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
+        state = TrialState.WAITING
+        if kills > self.max_kills:
+            state = TrialState.FAIL
+            user_attrs.update(status="failed", fail_reason=f"given up: its worker was killed after training {kills} times "
+                                                           f"(trials {history}; max_retry={self.max_kills})")
+            log.error("trial %d: %s", trial.number, user_attrs["fail_reason"])
+        study.add_trial(optuna.create_trial(
+            state=state, params=trial.params, distributions=trial.distributions, user_attrs=user_attrs,
+            system_attrs=system_attrs, intermediate_values=trial.intermediate_values,
+        ))
+
+
+def fail_unbeaten_trials(study: optuna.Study, storage: BaseStorage, running: list[optuna.trial.FrozenTrial]) -> None:
+    """Fails, and retries, running trials that never beat although they started a grace period ago.
+
+    A worker killed between its ask and its trial's first heartbeat leaves a RUNNING trial that
+    Optuna's ``fail_stale_trials`` never fails (it judges only trials that beat once); at the
+    end of a study the last workers would wait for it for ever.
+    """
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
+        return
+    from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna's versioned schema
+
+    cutoff = datetime.now() - timedelta(seconds=GRACE_SECONDS)  # Optuna records datetime_start in local time
+    old = {t._trial_id: t for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
+    if not old:
+        return
+    with storage.engine.connect() as conn:
+        beaten = set(conn.execute(sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))).scalars())
+    for trial_id in old.keys() - beaten:
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
+            continue
+        log.warning("trial %d never beat (its worker died as it took it): failed, and retried", old[trial_id].number)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, storage.get_trial(trial_id))
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:

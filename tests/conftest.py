@@ -1,63 +1,186 @@
-"""Shared fixtures: a fresh PostgreSQL database per test run, a tiny real-data subset."""
+"""Shared fixtures: databases on the host's PostgreSQL, a private PostgreSQL server for fault
+tests, a tiny real-data subset, and waits bounded by progress rather than by the clock."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+TEST_PG = os.environ.get("KILOTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def pg_server():
-    """Makes databases for this test run on the real PostgreSQL server; drops them after it.
+def _postgresql_bin() -> Path | None:
+    """The newest installed PostgreSQL's binaries (initdb, pg_ctl), or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    initdb = found[-1] if found else shutil.which("initdb")
+    return Path(initdb).parent if initdb and (Path(initdb).parent / "pg_ctl").exists() else None
+
+
+def _reachable(url: str) -> str | None:
+    """None if PostgreSQL answers at ``url``, else why not, in one line."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1), connect_timeout=3).close()
+    except psycopg2.Error as e:
+        return " ".join(str(e).split())[:200]
+    return None
+
+
+def pytest_sessionstart(session) -> None:
+    """One line at the start of every run (``-q`` too) on the services the tests find, so tests
+    that skip for a missing PostgreSQL do not go unnoticed."""
+    from sqlalchemy.engine import make_url
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    outcome = "FAIL (CI is set)" if os.environ.get("CI") else "SKIP"
+    where = make_url(TEST_PG).render_as_string(hide_password=True)
+    why = _reachable(TEST_PG)
+    pg = f"PostgreSQL at {where}" if why is None else (
+        f"PostgreSQL at {where} NOT reachable ({why}): its tests {outcome}; set KILOTUNE_TEST_PG")
+    binaries = _postgresql_bin()
+    private = f"private PostgreSQL for fault tests from {binaries}" if binaries else (
+        f"initdb/pg_ctl NOT found: the fault tests {outcome} (apt-get install postgresql)")
+    reporter.write_line(f"kilotune tests: {pg}; {private}")
+
+
+def _unavailable(reason: str) -> None:
+    """Skips a test whose service is missing; under CI, where everything is installed, fails it."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+class Databases:
+    """Makes databases on one PostgreSQL server and drops them at ``close``.
 
     ``make()`` returns a new empty database's URL; ``make(template=url)`` a copy of that
     database, whose open connections it ends (PostgreSQL copies only an unused database).
     """
-    import sqlalchemy
 
-    admin_url = os.environ.get("KILOTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-    admin_url = admin_url.replace("postgresql://", "postgresql+psycopg2://", 1)
-    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql("select 1")
-    except sqlalchemy.exc.OperationalError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is not reachable at {admin_url}: {e}")
-        pytest.skip("PostgreSQL is not reachable; set KILOTUNE_TEST_PG")
-    made: list[str] = []
+    def __init__(self, admin_url: str) -> None:
+        import sqlalchemy
 
-    def make(template: str | None = None) -> str:
+        self.admin_url = admin_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        self.admin = sqlalchemy.create_engine(self.admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+        self.made: list[str] = []
+
+    def make(self, template: str | None = None) -> str:
         name = f"kilotune_test_{uuid.uuid4().hex[:10]}"
         source = template.rsplit("/", 1)[1] if template else None
-        with admin.connect() as conn:
+        with self.admin.connect() as conn:
             if source:
                 conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{source}'")
             conn.exec_driver_sql(f"CREATE DATABASE {name}" + (f" TEMPLATE {source}" if source else ""))
-        made.append(name)
-        return admin_url.rsplit("/", 1)[0] + "/" + name
+        self.made.append(name)
+        return self.admin_url.rsplit("/", 1)[0] + "/" + name
 
-    yield make
-    with admin.connect() as conn:
-        for name in made:
-            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-    admin.dispose()
+    __call__ = make
+
+    def close(self) -> None:
+        with self.admin.connect() as conn:
+            for name in self.made:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """Makes databases for this test run on the host's PostgreSQL server (``Databases``); drops
+    them after it. Tests never stop, restart or reconfigure that server: others use it."""
+    why = _reachable(TEST_PG)
+    if why is not None:
+        _unavailable(f"PostgreSQL is not reachable at {TEST_PG} ({why}); set KILOTUNE_TEST_PG")
+    databases = Databases(TEST_PG)
+    yield databases
+    databases.close()
 
 
 @pytest.fixture(scope="session")
 def pg_url(pg_server):
     """A database created for this test run and dropped after it."""
     return pg_server()
+
+
+class PrivateServer:
+    """A PostgreSQL server of the test run's own, in a temporary directory, on a free local port.
+
+    Fault tests restart it (``restart``) without touching the host's server. As root it runs
+    as the ``postgres`` OS user (initdb refuses root), in a directory that user owns.
+    """
+
+    def __init__(self, bin_dir: Path) -> None:
+        self.bin_dir = bin_dir
+        self.root = Path(tempfile.mkdtemp(prefix="kilotune-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str, timeout: float = 120) -> None:
+        out = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=timeout)
+        if out.returncode:
+            log = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise RuntimeError(f"{' '.join(args)} failed: {out.stderr.strip()[-2000:]}\n{log}")
+
+    def _pg_ctl(self, *args: str) -> None:
+        self._run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", "120", *args)
+
+    def start(self) -> None:
+        """initdb (trust auth, superuser postgres), then start on 127.0.0.1 only, its socket in its directory."""
+        self._run(str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        self._pg_ctl("-o", options, "start")
+
+    def restart(self) -> None:
+        """Stops (ending every connection at once, as a crash or failover would) and starts again."""
+        self._pg_ctl("-m", "fast", "restart")
+
+    def stop(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._pg_ctl("-m", "immediate", "stop")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def private_pg():
+    """A private PostgreSQL server (``PrivateServer``) for the tests that restart one, with
+    ``databases`` on it; skips (fails under CI) where PostgreSQL's binaries are not installed."""
+    bin_dir = _postgresql_bin()
+    if bin_dir is None:
+        _unavailable("PostgreSQL's initdb and pg_ctl are not installed (apt-get install postgresql)")
+    server = PrivateServer(bin_dir)
+    try:
+        server.start()
+    except (RuntimeError, subprocess.TimeoutExpired, LookupError) as e:  # LookupError: no postgres OS user
+        server.stop()
+        _unavailable(f"cannot start a private PostgreSQL with {bin_dir}: {e}")
+    server.databases = Databases(server.url)
+    yield server
+    server.databases.close()
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -78,12 +201,73 @@ def kilotune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kilotune", *args], cwd=REPO, env=full_env, **kwargs)
 
 
-def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5):
-    """Polls ``predicate`` until it returns something true, which it returns; fails after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
+def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5, progress: Callable[[], object] | None = None):
+    """Polls ``predicate`` until it returns something true, which it returns.
+
+    Without ``progress`` it fails after ``timeout`` s. With it, ``timeout`` bounds only a stall:
+    the wait goes on while ``progress()`` keeps changing (a study that gains trials and epochs),
+    so a loaded machine makes it slower, not failed, and a stuck one still fails.
+    """
+    last, deadline = progress() if progress else None, time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        if progress is not None and (now := progress()) != last:
+            last, deadline = now, time.monotonic() + timeout
+    stalled = f" with no progress for {timeout}s (last: {repr(last)[:300]})" if progress else f" after {timeout}s"
+    raise AssertionError(f"timed out{stalled} waiting for {what}")
+
+
+def study_progress(url: str, study: str) -> Callable[[], object]:
+    """What changes while a study's workers make progress: its trials' states, epochs and attributes."""
+    import optuna
+
+    def progress() -> object:
+        try:
+            trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+        except Exception as e:  # not created yet, or the database is restarting: no progress
+            return type(e).__name__
+        return [(t.state, len(t.intermediate_values), len(t.user_attrs)) for t in trials]
+
+    return progress
+
+
+def cpu_progress(procs: list[subprocess.Popen]) -> Callable[[], object]:
+    """The CPU time the processes used so far (Linux /proc): it grows while they work, however slowly."""
+
+    def progress() -> object:
+        ticks = []
+        for p in procs:
+            try:
+                ticks.append(sum(int(f) for f in Path(f"/proc/{p.pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]))
+            except (OSError, ValueError):
+                ticks.append(None)  # exited (or no /proc)
+        return ticks
+
+    return progress
+
+
+def wait_for_exit(procs: list[subprocess.Popen], stall_s: float, what: str, progress: Callable[[], object] | None = None) -> list[str]:
+    """Waits for ``procs`` to exit while they make progress and returns their output; kills them if
+    they stall. Progress (``wait_for``) is ``progress()`` or, by default, their CPU time. Their
+    pipes are read meanwhile, so a chatty process never blocks."""
+    progress = progress or cpu_progress(procs)
+    outs = [""] * len(procs)
+
+    def read(i: int) -> None:
+        outs[i] = procs[i].communicate()[0] or ""
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(len(procs))]
+    for reader in readers:
+        reader.start()
+    try:
+        wait_for(lambda: all(not r.is_alive() for r in readers), stall_s, what, progress=progress)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for reader in readers:
+            reader.join()
+    return outs

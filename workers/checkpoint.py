@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,3 +58,20 @@ class Checkpoint:
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def check_writable(root: Path) -> None:
+    """Raises a one-line ValueError unless checkpoints can be written under ``root``.
+
+    A worker checks before it takes a trial: otherwise every trial it takes would fail at its
+    first checkpoint and still count against the study's budget.
+    """
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(
+            f"checkpoint directory {str(root)!r} is not writable ({e.strerror or type(e).__name__}); "
+            "set KILOTUNE_CHECKPOINT_DIR to a writable directory"
+        ) from None

@@ -83,6 +83,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from kilotune.workers.gpu import configure_gpu
 
+    if args.max_trials is not None and args.max_trials < 1:  # before the storage and data are opened
+        raise ValueError(f"--max-trials={args.max_trials} must be at least 1 (leave it out to train until the budget is spent)")
     device = configure_gpu()  # before Keras loads a backend
     from kilotune.workers.worker import Worker
 

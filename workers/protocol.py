@@ -14,6 +14,7 @@ transaction for many writes, where Optuna makes one each.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,16 +22,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import TrialState
 
 from kilotune.search.space import SearchSpace
-from kilotune.search.study import HEARTBEAT_SECONDS, StudySettings, budget_lock, claim_trial, with_retry
+from kilotune.search.study import (
+    GRACE_SECONDS,
+    HEARTBEAT_SECONDS,
+    RetryKilledTrials,
+    StudySettings,
+    budget_lock,
+    claim_trial,
+    fail_unbeaten_trials,
+    study_timed_out,
+    with_retry,
+)
 from kilotune.search.trial_writes import BufferedWrites, store
 from kilotune.workers.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
-RECORDER_LINGER_SECONDS = 5.0  # reports are read at prune checks (which flush) and by the dashboard
+# Reports are read at prune checks (which flush) and by the dashboard; the chaos test shortens it.
+RECORDER_LINGER_SECONDS = float(os.environ.get("KILOTUNE_RECORDER_LINGER_SECONDS", 5.0))
 
 
 class Heartbeat:
@@ -84,20 +96,54 @@ class TrialSource:
         storage: The storage opened from ``url``.
         study: The study, loaded from ``storage``.
         settings: The study's recorded settings (budget, epochs, space).
+        stop: Set to stop waiting for the last running trials (see ``take``).
     """
 
-    def __init__(self, url: str, storage: BaseStorage, study: optuna.Study, settings: StudySettings) -> None:
+    def __init__(
+        self, url: str, storage: BaseStorage, study: optuna.Study, settings: StudySettings, stop: threading.Event | None = None
+    ) -> None:
         self.url, self.storage, self.study, self.settings = url, storage, study, settings
+        self.stop = stop or threading.Event()
         self.space = SearchSpace.from_spec(settings.space)
-        self.retry_callback = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+        self.retry_callback = RetryKilledTrials(max_retry=3)
         self.lock_held_seconds = 0.0  # by the last take
 
     def take(self, started: float) -> TakenTrial | None:
         """Asks for a trial and samples its config; None when the study's budget is spent.
 
+        A budget spent while trials still run is not yet spent for good: a dead worker's trial
+        counts until its heartbeat goes stale, and then it is failed and a retry queued. So
+        until no trial runs (or the study times out, or ``stop`` is set) the last workers wait,
+        failing stale trials every heartbeat, and take the retries.
+
         Args:
             started: When this worker started (the timeout's origin if the study has no record of it).
         """
+        told = False
+        while True:
+            trial = self._claim(started)
+            if trial is not None:
+                break
+            if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
+                return None
+            running = with_retry(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
+            if not running:
+                return None
+            with_retry(lambda: fail_unbeaten_trials(self.study, self.storage, running), what="failing trials that never beat")
+            if not told:
+                told = True
+                log.info("budget of study %r is spent but %d trials run: waiting for them to finish or go stale (%ds)",
+                         self.study.study_name, len(running), GRACE_SECONDS)
+            self.stop.wait(HEARTBEAT_SECONDS)
+        heartbeat = Heartbeat(self.storage, trial._trial_id)  # from now on a dead worker's trial is retried
+        heartbeat.start()
+        try:
+            return TakenTrial(trial, heartbeat, config=self._suggest(trial))
+        except Exception as e:
+            return TakenTrial(trial, heartbeat, error=e)
+
+    def _claim(self, started: float) -> optuna.Trial | None:
+        """Fails stale trials (queuing their retries), then asks within the budget, under its lock."""
         with_retry(lambda: fail_stale_trials(self.study), what="failing stale trials")
 
         def ask() -> optuna.Trial | None:
@@ -109,15 +155,7 @@ class TrialSource:
                     # Every worker's ask queues for this lock: the fleet asks at most 1/hold trials a second.
                     self.lock_held_seconds = time.perf_counter() - locked
 
-        trial = with_retry(ask, what="ask")
-        if trial is None:
-            return None
-        heartbeat = Heartbeat(self.storage, trial._trial_id)  # from now on a dead worker's trial is retried
-        heartbeat.start()
-        try:
-            return TakenTrial(trial, heartbeat, config=self._suggest(trial))
-        except Exception as e:
-            return TakenTrial(trial, heartbeat, error=e)
+        return with_retry(ask, what="ask")
 
     def _suggest(self, trial: optuna.Trial) -> TrainConfig:
         """The space's ~15 suggests, their params stored in one transaction, not one each."""

@@ -21,14 +21,13 @@ from pathlib import Path
 
 import keras
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from kilotune.search.study import check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
+from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
 from kilotune.search.winner import objective_value
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
-from kilotune.workers.checkpoint import Checkpoint
+from kilotune.workers.checkpoint import Checkpoint, check_writable
 from kilotune.workers.data import holdout_data
 from kilotune.workers.gpu import is_out_of_memory
 from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
@@ -55,6 +54,7 @@ class Worker:
         subset_path: str | None = None,
         stop: threading.Event | None = None,
     ) -> None:
+        check_writable(checkpoint_root())  # before any trial is taken, which would fail and count
         self.url = storage_url(storage)
         self.storage = open_storage(self.url)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -62,7 +62,7 @@ class Worker:
         self.study, self.settings = load_study(study_name, self.storage, sampler_stream=worker_id or self.name)
         self.stop = stop or threading.Event()
         self.worker_id, self.device = worker_id, device
-        self.source = TrialSource(self.url, self.storage, self.study, self.settings)
+        self.source = TrialSource(self.url, self.storage, self.study, self.settings, stop=self.stop)
 
         dataset = load_dataset(self.settings.dataset, data_dir)
         subset = load_subset(subset_path or self.settings.subset_path, dataset)
@@ -79,13 +79,16 @@ class Worker:
 
     def run(self, max_trials: int | None = None) -> int:
         """Returns the number of trials this worker finished (complete, pruned or failed)."""
+        if max_trials is not None and max_trials < 1:
+            raise ValueError(f"max_trials={max_trials} must be at least 1 (leave it out to train until the budget is spent)")
         started, done = time.time(), 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ask-ahead") as ahead:
             upcoming: Future[TakenTrial | None] | None = ahead.submit(self.source.take, started)
             while upcoming is not None:
                 taken = upcoming.result()
                 if taken is None:
-                    log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
+                    if not self.stop.is_set():
+                        log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
                     break
                 timed_out = study_timed_out(self.study, self.settings, started)
                 if self.stop.is_set() or timed_out:
@@ -101,7 +104,7 @@ class Worker:
 
     def _run_trial(self, taken: TakenTrial) -> str:
         trial = taken.trial
-        history = RetryHeartbeatStaleTrialCallback.retry_history(trial._cached_frozen_trial)
+        history = RetryKilledTrials.retry_history(trial._cached_frozen_trial)
         # Every retry of a trial shares the first attempt's checkpoint directory.
         checkpoint = Checkpoint(checkpoint_root() / self.study.study_name / str(history[0] if history else trial.number))
         try:

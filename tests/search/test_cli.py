@@ -15,6 +15,7 @@ from tests.conftest import REPO
 SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
 
 
+@pytest.mark.slow
 def test_help_lists_every_subcommand_with_one_line():
     out = subprocess.run([sys.executable, "-m", "kilotune", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
@@ -97,3 +98,61 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     trials = study.trials
     assert len(trials) == 3 and trials[0].user_attrs["preset"] == "vgg8-reference"
     assert trials[0].user_attrs["config"]["batch_norm"] is False
+
+
+@pytest.fixture(scope="module")
+def exported_study(fashion_subset, tmp_path_factory):
+    """A one-trial study on the real Fashion-MNIST subset and its export, the way a worker records it."""
+    from kilotune.search.study import StudySettings, create_study, open_storage
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.subsetfile import load_subset
+    from kilotune.workers.config import TrainConfig
+
+    dataset, subset = load_dataset("fashion-mnist"), load_subset(fashion_subset)
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'x.db'}"
+    settings = StudySettings(dataset=dataset.name, dataset_checksum=dataset.checksum, subset_path=str(subset.path),
+                             subset_checksum=subset.checksum, epochs=1, n_trials=1, created_at="2026-01-01T00:00:00+00:00")
+    study, _ = create_study("s", settings, open_storage(url))
+    trial = study.ask()
+    trial.suggest_categorical("arch", ["vgg8"])
+    for key, value in {"config": TrainConfig(arch="vgg8", width=0.125, epochs=1).to_dict(), "status": "complete"}.items():
+        trial.set_user_attr(key, value)
+    trial.report(0.4, 1)
+    study.tell(trial, 0.4)
+    best = tmp_path_factory.mktemp("cli") / "best.json"
+    assert main(["export", "--study", "s", "--storage", url, "--out", str(best)]) == 0
+    return url, best
+
+
+@pytest.mark.parametrize("command", ["export", "report", "retrain"])
+def test_an_output_path_under_a_regular_file_is_one_line_naming_it(command, exported_study, tmp_path, capsys):
+    url, best = exported_study
+    regular = tmp_path / "FILE"
+    regular.write_text("not a directory")
+    argv = {
+        "export": ["export", "--study", "s", "--storage", url, "--out", str(regular / "best.json")],
+        "report": ["report", "--study", "s", "--storage", url, "--out", str(regular / "report.html")],
+        "retrain": ["retrain", str(best), "--out-dir", str(regular / "rt")],
+    }[command]
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kilotune {command}: error:") and "\n" not in err, err
+    assert str(regular) in err and "Traceback" not in err
+    assert regular.read_text() == "not a directory", "nothing already stored is touched"
+
+
+def test_max_trials_zero_is_refused(pg_url, capsys):
+    assert main(["worker", "--study", "any", "--storage", pg_url, "--max-trials", "0"]) == 2
+    assert "--max-trials=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_an_unwritable_checkpoint_directory_stops_the_worker_before_it_takes_a_trial(tmp_path, monkeypatch, capsys):
+    regular = tmp_path / "FILE"
+    regular.write_text("")
+    monkeypatch.setenv("KILOTUNE_CHECKPOINT_DIR", str(regular / "ckpt"))
+    db = tmp_path / "x.db"
+    assert main(["worker", "--study", "any", "--storage", f"sqlite:///{db}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kilotune worker: error: checkpoint directory") and str(regular / "ckpt") in err and "\n" not in err
+    assert not db.exists(), "checked before the storage is opened, so before any trial is taken"

@@ -169,6 +169,7 @@ def test_cli_writes_the_report(study, url, tmp_path, capsys):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed")
 def test_chromium_renders_every_plot(report, tmp_path):
     dom = subprocess.run(

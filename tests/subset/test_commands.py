@@ -71,6 +71,7 @@ def test_compare_refuses_subsets_of_different_data(tmp_path, capsys):
     assert "must be of the same dataset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_subsets_trains_each_subset_on_a_disjoint_holdout(tmp_path):
     dataset = tiny()
     a = write_subset(tmp_path / "a.json", dataset, np.arange(30), method="random", seed=0, per_class=10)

@@ -34,6 +34,7 @@ def trained(tmp_path_factory):
     return dataset, path, accuracy
 
 
+@pytest.mark.slow
 def test_train_saves_model_and_metadata_and_round_trips(trained):
     dataset, path, accuracy = trained
     assert 0.0 <= accuracy <= 1.0 and path.is_file()
@@ -61,6 +62,7 @@ def test_default_paths_follow_the_cache_dir(monkeypatch, tmp_path):
     assert default_subset_path("cifar10", "max-sum", 100, 0) == tmp_path / "subsets" / "cifar10-max-sum-100pc-seed0.json"
 
 
+@pytest.mark.slow
 def test_default_subset_is_built_once_then_reused(trained, monkeypatch, tmp_path):
     dataset, path, _ = trained
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))

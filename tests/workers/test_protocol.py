@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from kilotune.search.study import StudySettings, create_study, open_storage
+from kilotune.search.study import RetryKilledTrials, StudySettings, create_study, open_storage
 from kilotune.search.trial_writes import BufferedWrites, store
 from tests.conftest import wait_for
 from kilotune.workers.config import TrainConfig
@@ -49,12 +49,13 @@ def source(tmp_path) -> TrialSource:
 def test_take_samples_a_config_beats_and_stops_at_the_budget(source):
     started = time.time()
     first, second = source.take(started), source.take(started)
-    assert source.take(started) is None, "n_trials=2: a third trial is over the budget"
     for taken in (first, second):
         assert isinstance(taken.sampled_config(), TrainConfig) and taken.config.arch in ("vgg8", "resnet9")
         assert taken.heartbeat.thread.is_alive(), "a taken trial must beat, or a dead worker's trial is never retried"
         assert source.storage.get_trial(taken.trial._trial_id).state == TrialState.RUNNING
+        source.study.tell(taken.trial, 0.5)
         taken.heartbeat.stop()
+    assert source.take(started) is None, "n_trials=2: a third trial is over the budget"
 
 
 def test_a_handed_back_trial_is_taken_again_with_the_same_config(source):
@@ -210,3 +211,61 @@ def test_progress_tells_training_from_taken_ahead_and_failed_from_handed_back(so
     assert [outcome(t) for t in snapshot.trials] == ["fail", "handed back", "waiting"]
     for taken in (training, ahead):
         taken.heartbeat.stop()
+
+
+@pytest.fixture
+def beating_source(tmp_path, monkeypatch) -> TrialSource:
+    """A source whose storage fails a trial 1 s after its last heartbeat (the worker's is 0.2 s)."""
+    monkeypatch.setattr("kilotune.workers.protocol.HEARTBEAT_SECONDS", 0.2)
+    url = f"sqlite:///{tmp_path / 'beating.db'}"
+    open_storage(url)  # Optuna's schema, and WAL
+    storage = optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=1, heartbeat_stale_trial_callback=RetryKilledTrials())
+    settings = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json",
+                             subset_checksum="sha256:bb", epochs=3, n_trials=2, space={"arch": ["vgg8", "resnet9"]})
+    study, _ = create_study("beating", settings, storage)
+    return TrialSource(url, storage, study, settings)
+
+
+def test_the_last_take_waits_for_a_dead_workers_trial_and_takes_its_retry(beating_source):
+    source, started = beating_source, time.time()
+    dead, alive = source.take(started), source.take(started)
+    dead.trial.set_user_attr("worker", "host:1")
+    dead.trial.set_user_attr("status", "running")
+    dead.heartbeat.stop()  # its worker died: the trial stays RUNNING, counted against the budget
+    source.study.tell(alive.trial, 0.5)
+    alive.heartbeat.stop()
+    retry = source.take(started)  # the budget is all taken, but a trial runs: wait, fail it stale, take its retry
+    assert retry is not None, "a dead worker's trial must not stay RUNNING when the budget is spent"
+    assert retry.trial.params == dead.trial.params and retry.sampled_config() == dead.sampled_config()
+    assert source.storage.get_trial(dead.trial._trial_id).state == TrialState.FAIL
+    assert {"worker", "status"}.isdisjoint(retry.trial._cached_frozen_trial.user_attrs), "the dead attempt's worker and status"
+    source.study.tell(retry.trial, 0.6)
+    retry.heartbeat.stop()
+    assert source.take(started) is None, "nothing runs and the budget is spent"
+
+
+def test_a_stop_ends_the_wait_for_running_trials(beating_source):
+    source, started = beating_source, time.time()
+    taken = [source.take(started), source.take(started)]
+    source.stop.set()
+    assert source.take(started) is None
+    for t in taken:
+        t.heartbeat.stop()
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(beating_source, monkeypatch):
+    monkeypatch.setattr("kilotune.search.study.GRACE_SECONDS", 1)
+    source, started = beating_source, time.time()
+    never_beat = source._claim(started)  # killed between its ask and its heartbeat: Optuna never judges it stale
+    alive = source.take(started)
+    source.study.tell(alive.trial, 0.5)
+    alive.heartbeat.stop()
+    guard = threading.Timer(120, source.stop.set)  # without the fix the take would wait for ever: stop it, and fail
+    guard.start()
+    try:
+        retry = source.take(started)
+    finally:
+        guard.cancel()
+    assert retry is not None and RetryKilledTrials.retry_history(retry.trial._cached_frozen_trial) == [never_beat.number]
+    assert source.storage.get_trial(never_beat._trial_id).state == TrialState.FAIL
+    retry.heartbeat.stop()

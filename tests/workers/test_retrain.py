@@ -52,6 +52,7 @@ def test_export_holds_the_trials_exact_config(exported, dataset):
     assert data["provenance"]["dataset_checksum"] == dataset.checksum and data["provenance"]["value"] == 0.42
 
 
+@pytest.mark.slow
 def test_retrain_trains_on_all_chosen_images_and_tests_once_per_seed(exported, tmp_path, capsys):
     best, _ = exported
     out = tmp_path / "out"

@@ -6,6 +6,7 @@ import pytest
 from kilotune.workers.config import TrainConfig
 from kilotune.workers.train import EpochReport, TrainData, evaluate, train
 
+pytestmark = pytest.mark.slow  # every test here trains a model
 TINY = TrainConfig(arch="vgg8", width=0.125, epochs=2, batch_size=16, seed=1)
 
 
@@ -70,7 +71,6 @@ def test_resumes_from_checkpoint_without_repeating_epochs(data, tmp_path):
     assert len(list(tmp_path.glob("epoch-*.keras"))) == 1
 
 
-@pytest.mark.slow
 def test_the_training_core_runs_under_jax(tmp_path):
     """The same config, augmentation, mixing and checkpoint-resume code under KERAS_BACKEND=jax."""
     import os

@@ -1,11 +1,12 @@
-"""Real worker processes on a real PostgreSQL study: budget, pruning, SIGKILL, SIGTERM, restarts."""
+"""Real worker processes on a real PostgreSQL study: budget, pruning, SIGKILL, SIGTERM, restarts,
+and a chaos run (random kills and a restart of a private PostgreSQL server)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
+import random
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,19 +16,23 @@ import pytest
 from optuna.trial import TrialState
 
 from kilotune.search.cli import main
-from tests.conftest import kilotune, wait_for
+from kilotune.search.study import counts_toward_budget
+from tests.conftest import kilotune, study_progress, wait_for, wait_for_exit
 
 pytestmark = pytest.mark.slow
 TINY_SPACE = {"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none", "optimizer": "sgd",
               "sgd_learning_rate": {"low": 1e-4, "high": 0.5}, "cutout": 0}
 
 
+STALL_S = 300  # the longest a wait goes on with no progress in the study; under load it goes on longer
+
+
 @pytest.fixture
 def make_study(pg_url, fashion_subset, tmp_path):
-    def make(name: str, *, epochs: int, n_trials: int, pruner: str = "median", space: dict = TINY_SPACE) -> str:
+    def make(name: str, *, epochs: int, n_trials: int, pruner: str = "median", space: dict = TINY_SPACE, url: str = pg_url) -> str:
         path = tmp_path / f"{name}-space.json"
         path.write_text(json.dumps(space))
-        code = main(["study", "create", "--study", name, "--storage", pg_url, "--dataset", "fashion-mnist",
+        code = main(["study", "create", "--study", name, "--storage", url, "--dataset", "fashion-mnist",
                      "--subset", str(fashion_subset), "--epochs", str(epochs), "--n-trials", str(n_trials),
                      "--space", str(path), "--pruner", pruner, "--seed", "0",
                      "--no-warm-start", "--cv-top-k", "0"])  # these tests count trials; both are tested elsewhere
@@ -50,16 +55,22 @@ def trials(study: str, pg_url: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=pg_url).get_trials()
 
 
-def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
-    outs = [p.communicate(timeout=timeout)[0] for p in procs]
+def finish(procs: list[subprocess.Popen], study: str, pg_url: str) -> list[str]:
+    """Waits for the workers to exit while the study makes progress; they must exit 0."""
+    outs = wait_for_exit(procs, STALL_S, f"the workers of {study!r} to exit", study_progress(pg_url, study))
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
     return outs
+
+
+def wait_for_study(study: str, pg_url: str, predicate, what: str):
+    """``wait_for`` on the study's trials, bounded by the study's progress."""
+    return wait_for(lambda: predicate(trials(study, pg_url)), STALL_S, what, progress=study_progress(pg_url, study))
 
 
 def test_three_workers_share_one_study_within_its_global_budget(make_study, pg_url, worker_env):
     # 12 trials: the median pruner waits for 5 complete ones, so ~7 can be pruned.
     study = make_study("shared", epochs=5, n_trials=12)
-    outs = finish([start_worker(study, pg_url, worker_env, "--worker-id", f"w{i}") for i in range(3)])
+    outs = finish([start_worker(study, pg_url, worker_env, "--worker-id", f"w{i}") for i in range(3)], study, pg_url)
     done = trials(study, pg_url)
     assert len(done) == 12, "the budget is for the study, not per worker"
     assert sorted(t.number for t in done) == list(range(12))
@@ -78,11 +89,12 @@ def test_sigkilled_worker_trial_is_retried_and_resumes_from_its_checkpoint(make_
     victim = start_worker(study, pg_url, worker_env)
     # Killed once its checkpoint holds two epochs: its last reports may still wait in its recorder.
     state = Path(worker_env["KILOTUNE_CHECKPOINT_DIR"]) / study / "0" / "state.json"
-    wait_for(lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 2, 180, "two epochs checkpointed")
+    wait_for(lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 2, STALL_S, "two epochs checkpointed",
+             progress=lambda: (state.is_file() and state.stat().st_mtime, study_progress(pg_url, study)()))
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
     time.sleep(7)  # past the grace period: the trial's heartbeat is stale
-    finish([start_worker(study, pg_url, worker_env)])
+    finish([start_worker(study, pg_url, worker_env)], study, pg_url)
     done = trials(study, pg_url)
     assert done[0].state == TrialState.FAIL
     retried = [t for t in done if t.user_attrs.get("retry_of") == 0]
@@ -98,7 +110,7 @@ def test_sigterm_stops_the_worker_quickly_and_its_trials_are_retried(make_study,
     # 3 lets the worker take trial 1 ahead while trial 0 trains: both must come back.
     study = make_study("termed", epochs=300, n_trials=3, pruner="none")
     worker = start_worker(study, pg_url, worker_env)
-    wait_for(lambda: any(len(t.intermediate_values) >= 1 for t in trials(study, pg_url)), 180, "an epoch")
+    wait_for_study(study, pg_url, lambda done: any(len(t.intermediate_values) >= 1 for t in done), "an epoch")
     sent = time.monotonic()
     worker.send_signal(signal.SIGTERM)
     out = worker.communicate(timeout=60)[0]
@@ -112,16 +124,15 @@ def test_sigterm_stops_the_worker_quickly_and_its_trials_are_retried(make_study,
     assert len(done[0].intermediate_values) >= 1 and done[1].intermediate_values == {}, "trial 1 was never trained"
 
 
-def test_workers_carry_on_through_a_postgresql_restart(make_study, pg_url, worker_env):
-    cluster = shutil.which("pg_ctlcluster") and subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.split()
-    if not cluster or os.geteuid() != 0:
-        pytest.skip("needs root and pg_ctlcluster to restart PostgreSQL")
-    study = make_study("restart", epochs=6, n_trials=4, pruner="none")
-    workers = [start_worker(study, pg_url, worker_env) for _ in range(2)]
-    wait_for(lambda: any(len(t.intermediate_values) >= 1 for t in trials(study, pg_url)), 180, "an epoch")
-    subprocess.run(["pg_ctlcluster", cluster[0], cluster[1], "restart"], check=True, timeout=120)
-    outs = finish(workers)
-    done = trials(study, pg_url)
+def test_workers_carry_on_through_a_postgresql_restart(make_study, private_pg, worker_env):
+    # The test run's own server (tests/conftest.py): restarting the host's would break its other users.
+    url = private_pg.databases.make()
+    study = make_study("restart", epochs=6, n_trials=4, pruner="none", url=url)
+    workers = [start_worker(study, url, worker_env) for _ in range(2)]
+    wait_for_study(study, url, lambda done: any(len(t.intermediate_values) >= 1 for t in done), "an epoch")
+    private_pg.restart()
+    outs = finish(workers, study, url)
+    done = trials(study, url)
     assert sum(t.state == TrialState.COMPLETE for t in done) == 4, outs
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in done)
 
@@ -133,7 +144,7 @@ def test_worker_refuses_a_study_on_other_data(make_study, pg_url, worker_env, tm
     study = make_study("otherdata", epochs=2, n_trials=1)
     other = build_subset(load_dataset("fashion-mnist"), "random", tmp_path / "other.json", per_class=10, seed=99)
     worker = start_worker(study, pg_url, worker_env, "--subset", str(other))
-    out = worker.communicate(timeout=120)[0]
+    out = wait_for_exit([worker], 60, "the worker to refuse the study")[0]
     assert worker.returncode == 2
     assert "kilotune worker: error: study 'otherdata' trains on subset" in out and "Traceback" not in out
     assert trials(study, pg_url) == []
@@ -141,5 +152,80 @@ def test_worker_refuses_a_study_on_other_data(make_study, pg_url, worker_env, tm
 
 def test_worker_on_an_unknown_study_is_a_clear_error(pg_url, worker_env):
     worker = start_worker("no-such-study", pg_url, worker_env)
-    out = worker.communicate(timeout=120)[0]
+    out = wait_for_exit([worker], 60, "the worker to refuse an unknown study")[0]
     assert worker.returncode == 2 and "unknown study 'no-such-study'" in out and "Traceback" not in out
+
+
+def test_chaos_random_kills_and_a_database_restart_lose_no_trial(make_study, private_pg, fashion_subset, tmp_path):
+    """Issue 17 at a small scale: three real workers on the private PostgreSQL, SIGKILLs at random
+    moments (mid-epoch, untrained, and one after the budget is all taken, whose worker is not
+    replaced) and one database restart. Every kill and the restart wait for progress, not the clock."""
+    rng = random.Random(17)
+    url = private_pg.databases.make()
+    n_trials, epochs = 12, 4
+    study = make_study("chaos", epochs=epochs, n_trials=n_trials, pruner="none", url=url)
+    # Short heartbeats and grace, and reports stored within 0.3 s, so a kill can pick a worker mid-training.
+    env = {"KILOTUNE_CHECKPOINT_DIR": str(tmp_path / "ckpt"), "KILOTUNE_HEARTBEAT_SECONDS": "1", "KILOTUNE_GRACE_SECONDS": "8",
+           "KILOTUNE_RECORDER_LINGER_SECONDS": "0.3"}
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start() -> subprocess.Popen:
+        with open(logs / f"worker-{len(workers)}.log", "w") as log:
+            return kilotune("worker", "--study", study, "--storage", url, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    workers: list[subprocess.Popen] = []
+    for _ in range(3):
+        workers.append(start())
+    host = socket.gethostname()
+    # Each kill waits for its moment: the number of finished trials, then a victim training an epoch
+    # (else any live worker: it may be loading, asking or between trials). "all taken": no new trial is left.
+    plan = [(2, "training"), (4, "any"), (6, "training"), (8, "any"), ("all taken", "training")]
+    killed, restarted = [], False
+
+    def step() -> bool:
+        nonlocal restarted
+        done = trials(study, url)
+        finished = sum(t.state.is_finished() and counts_toward_budget(t) for t in done)
+        if not restarted and finished >= 5:
+            private_pg.restart()
+            restarted = True
+        if plan:
+            when, kind = plan[0]
+            due = len([t for t in done if counts_toward_budget(t)]) >= n_trials if when == "all taken" else finished >= when
+            live = {f"{host}:{w.pid}": w for w in workers if w.poll() is None}
+            busy = [live[t.user_attrs["worker"]] for t in done if t.state == TrialState.RUNNING and t.user_attrs.get("worker") in live
+                    and len(t.intermediate_values) > t.system_attrs.get("inherited_epochs", 0)]
+            victims = busy if kind == "training" else list(live.values())
+            if due and victims:
+                victim = rng.choice(victims)
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                killed.append(victim.pid)
+                plan.pop(0)
+                if plan:  # compose restarts a dead worker; the last one is not, so the survivors must retry its trials
+                    workers.append(start())
+        return not plan and all(w.poll() is not None for w in workers)
+
+    wait_for(step, STALL_S, "the chaos run to end", poll_s=0.3, progress=study_progress(url, study))
+    outputs = "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in sorted(logs.glob("*.log")))
+    assert restarted and len(killed) == 5
+    assert all(w.returncode == 0 for w in workers if w.pid not in killed), outputs
+    assert "Traceback" not in outputs, outputs
+
+    done = trials(study, url)
+    summary = [(t.number, t.state.name, t.user_attrs.get("status"), t.system_attrs.get("retry_history")) for t in done]
+    assert not [t for t in done if t.state in (TrialState.RUNNING, TrialState.WAITING)], ("none left running or queued", summary)
+    budgeted = [t for t in done if counts_toward_budget(t)]
+    assert len(budgeted) == n_trials and all(t.state == TrialState.COMPLETE for t in budgeted), ("every budgeted trial finished", summary)
+    # One configuration, one result: each chain of retries (named by its first attempt) completed once.
+    chains = [t.system_attrs.get("failed_trial", t.number) for t in budgeted]
+    assert len(set(chains)) == n_trials, ("none trained twice", summary)
+    for t in budgeted:
+        assert sorted(t.intermediate_values) == list(range(1, epochs + 1)), (t.number, t.intermediate_values)
+    # The killed attempts that had trained (and so checkpointed) epochs were resumed from their checkpoint.
+    resumed = [t for t in budgeted if t.system_attrs.get("inherited_epochs", 0) >= 1]
+    assert resumed, ("no killed trial had trained an epoch", summary)
+    for t in resumed:
+        assert t.user_attrs.get("resumed_from_epoch", 0) >= t.system_attrs["inherited_epochs"], (t.number, t.user_attrs, summary)
+    assert sum(t.state == TrialState.FAIL for t in done) >= 3, "the kills failed and retried trials"
