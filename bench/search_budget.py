@@ -245,8 +245,8 @@ def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
         "epochs_per_trial": bench.epochs, "epochs_spent": search.epochs_spent, "trials": search.trials,
         "trials_complete": search.complete, "trials_pruned": search.pruned,
     }
+    retrain_dir = Path(search.details.pop("retrain_dir", cell_dir / "retrain"))  # a path: not for the row
     if search.export is not None:
-        retrain_dir = Path(search.details.pop("retrain_dir", cell_dir / "retrain"))
         retrained = retrain_winner(search.export, retrain_dir, bench.subset)
         row["test_accuracy"] = retrained["test_accuracy"]["mean"]
         row["retrain_status"] = retrained["runs"][0]["status"]
@@ -648,6 +648,7 @@ def environment() -> dict[str, Any]:
     commit = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"])
     dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".", ":(exclude)bench/results"], capture_output=True).returncode != 0 if commit else None
     return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or None}, "backend": keras.backend.backend(),
+            "tensorflow_loaded": "tensorflow" in sys.modules,
             "kilotune_version": version(), "commit": commit or None, "commit_dirty": dirty, "libraries": library_versions()}
 
 

@@ -60,8 +60,10 @@ def run_bench(*args):
 
 @pytest.mark.slow
 def test_cells_spend_exactly_the_budget_and_a_rerun_resumes(tmp_path, fashion_subset):
-    out, runs = tmp_path / "rows.json", tmp_path / "runs"
-    common = ["--epochs-per-trial", "2", "--seeds", "0", "--subset", str(fashion_subset.path), "--out", str(out), "--runs-dir", str(runs)]
+    from kilotune.subset.subsetfile import load_subset
+
+    out, runs, checksum = tmp_path / "rows.json", tmp_path / "runs", load_subset(fashion_subset).checksum
+    common = ["--epochs-per-trial", "2", "--seeds", "0", "--subset", str(fashion_subset), "--out", str(out), "--runs-dir", str(runs)]
 
     first = run_bench("--methods", "kilotune", "random", "--budgets", "3", *common)
     assert first.returncode == 0, first.stdout + first.stderr
@@ -72,7 +74,7 @@ def test_cells_spend_exactly_the_budget_and_a_rerun_resumes(tmp_path, fashion_su
         assert row["epochs_spent"] == 3, row
         assert row["trials_complete"] >= 1 and row["trials"] >= 2
         assert 0.0 < row["test_accuracy"] < 1.0
-        assert row["subset"]["checksum"] == fashion_subset.checksum and row["subset"]["method"] == "random"
+        assert row["subset"]["checksum"] == checksum and row["subset"]["method"] == "random"
         assert row["winner_config"]["epochs"] == 2 and row["winner_config"]["seed"] == 0
         assert row["backend"] and row["machine"]["cores"] >= 1 and row["kilotune_version"]
         assert "/" not in json.dumps(row["export"]).replace("search_budget/", "")  # no machine paths in committed rows
