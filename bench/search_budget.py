@@ -178,9 +178,8 @@ def run_grid(cells: list[Cell], bench: Bench, out: Path, parallel: int) -> None:
                     continue
                 row = json.loads(row_path.read_text())
                 rows = [r for r in load_rows(out) if (r["method"], r["budget_epochs"], r["seed"]) != (cell.method, cell.budget, cell.seed)]
-                order = {c: i for i, c in enumerate(cells)}
                 rows.append(row)
-                rows.sort(key=lambda r: order.get(Cell(r["method"], r["budget_epochs"], r["seed"]), len(order)))
+                rows.sort(key=lambda r: (r["budget_epochs"], r["seed"], METHODS.index(r["method"])))  # the order cells run in
                 write_json_atomic(out, rows)
                 print(f"{_now()} done {cell.key}: test accuracy {row['test_accuracy']}, {row['epochs_spent']} epochs, "
                       f"{row['trials']} trials, {time.time() - started:.0f} s", flush=True)

@@ -83,6 +83,7 @@ def test_cells_spend_exactly_the_budget_and_a_rerun_resumes(tmp_path, fashion_su
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 of 2 cells already" in second.stdout
     again = json.loads(out.read_text())
-    assert again[:2] == rows  # the cells already there were not run again
-    assert [(r["method"], r["budget_epochs"]) for r in again[2:]] == [("random", 2)]
-    assert again[2]["epochs_spent"] == 2 and again[2]["trials"] == 1
+    # The cells already there were not run again; the new one comes first (budget, seed, method order).
+    assert [(r["method"], r["budget_epochs"]) for r in again] == [("random", 2), ("kilotune", 3), ("random", 3)]
+    assert again[1:] == rows
+    assert again[0]["epochs_spent"] == 2 and again[0]["trials"] == 1
