@@ -40,6 +40,16 @@ def checkpoint_root() -> Path:
     return Path(os.environ.get("KILOTUNE_CHECKPOINT_DIR", "kilotune-checkpoints"))
 
 
+def finished_trials(storage: optuna.storages.BaseStorage, study_name: str) -> int:
+    """How many trials of the study have finished; 0 for an unknown study (load_study names it)."""
+    try:
+        study_id = with_retry(lambda: storage.get_study_id_from_name(study_name), what="reading the study")
+    except KeyError:
+        return 0
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return len(with_retry(lambda: storage.get_all_trials(study_id, deepcopy=False, states=states), what="reading the study"))
+
+
 class Worker:
     """Trains trials of one study until its budget is spent or ``stop`` is set."""
 
@@ -58,8 +68,11 @@ class Worker:
         self.url = storage_url(storage)
         self.storage = open_storage(self.url)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
-        # Each worker samples its own stream of a seeded study (reproducible per --worker-id).
-        self.study, self.settings = load_study(study_name, self.storage, sampler_stream=worker_id or self.name)
+        # Each worker samples its own stream of a seeded study (reproducible per --worker-id), and a
+        # worker joining a study with finished trials (a resumed run) another one: the same stream
+        # again would repeat the start-up trials it sampled before.
+        stream = f"{worker_id or self.name}@{finished_trials(self.storage, study_name)}"
+        self.study, self.settings = load_study(study_name, self.storage, sampler_stream=stream)
         self.stop = stop or threading.Event()
         self.worker_id, self.device = worker_id, device
         self.source = TrialSource(self.url, self.storage, self.study, self.settings, stop=self.stop)

@@ -85,6 +85,25 @@ def test_seeded_workers_sample_their_own_reproducible_streams(tmp_path, fashion_
     assert b1 == a1, "a worker's stream is reproducible from the study's seed and its id"
 
 
+def test_a_resumed_seeded_worker_does_not_repeat_its_start_up_trials(tmp_path, fashion_subset):
+    """A worker that joins a seeded study again (a resumed run) must not re-draw what it sampled before."""
+    from kilotune.workers.worker import Worker
+
+    url = f"sqlite:///{tmp_path / 'resumed.db'}"
+    assert main(["study", "create", "--study", "resumed", "--storage", url, "--dataset", "fashion-mnist", "--subset",
+                 str(fashion_subset), "--space", "small", "--epochs", "2", "--n-trials", "8", "--seed", "0", "--no-warm-start"]) == 0
+
+    def take_and_finish() -> dict:
+        worker = Worker("resumed", url, worker_id="local-0")
+        taken = worker.source.take(time.time())
+        taken.heartbeat.stop()
+        worker.study.tell(taken.trial, 0.5)
+        return taken.trial.params
+
+    first, resumed = take_and_finish(), take_and_finish()
+    assert first != resumed, "the resumed worker sampled its first trial again"
+
+
 def test_an_unseeded_stream_keeps_the_studys_seed():
     settings = StudySettings(**{**SETTINGS.__dict__, "seed": 3})
     space = optuna.distributions.FloatDistribution(0, 1)

@@ -1,0 +1,731 @@
+"""Search quality per epoch budget: each method's winner retrained on all 1000 images and tested once.
+
+    nice -n 15 nohup python bench/search_budget.py > search_budget.log 2>&1 &     # the full grid
+    python bench/search_budget.py --budgets 6 --epochs-per-trial 2 --seeds 0 --out /tmp/smoke.json
+    python bench/search_budget.py --report                                       # table + figure only
+
+Fashion-MNIST, a 1000-image subset (default: class-balanced random, 100 a class, built with
+``kilotune subset build --method random``), the built-in ``small`` space with the training seed
+fixed to the run's seed, ``--epochs-per-trial`` epochs a trial for every method. A run (a cell:
+method x budget x seed) searches until the training epochs it has spent reach the budget (pruned
+trials count the epochs they trained; a trial still training then is cut at the budget and cannot
+win), then its winner is retrained on all 1000 images with the product's retrain path (``kilotune
+retrain``) and tested once on the 10,000 test images. Methods:
+
+    kilotune    the product as a user runs it: ``kilotune study create`` with its defaults (TPE, its
+                pruner, whatever warm start it does), the product's ``Worker`` in this process one
+                trial at a time, winner = what ``kilotune export`` picks.
+    random      stock Optuna, RandomSampler(seed), no pruning; winner = ``study.best_trial``.
+    optuna      stock Optuna as its documentation sets it up: TPESampler(seed) + MedianPruner()
+                with their defaults; winner = ``study.best_trial``.
+    kerastuner  KerasTuner's Hyperband (factor 3, max_epochs = epochs a trial) through
+                ``search/kerastuner.py``; winner = ``tuner.get_best_hyperparameters()[0]``.
+    preset      the presets alone, each trained once at the same epochs; the best by validation
+                accuracy wins (never the test set). The presets are those the product enqueues
+                into a new study (its warm start); where it enqueues none, PRESETS narrowed to the
+                space (archs outside it dropped, width and batch size moved into it).
+
+The random and optuna arms use kilotune's space, split (800 train / 200 validation, the study
+defaults) and training core, with the last epoch's validation accuracy as objective.
+
+Rows go to ``--out`` (a JSON list, rewritten atomically after every cell); cells already there are
+skipped, so a killed bench loses at most the cells in progress. Each cell runs as its own process
+(``--parallel N`` at once) with its state under ``--runs-dir/<cell>/``: the kilotune and Optuna
+studies are SQLite files there and continue where they stopped. No TensorFlow import of its own:
+it runs with KERAS_BACKEND=jax unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("kilotune", "random", "kerastuner", "optuna", "preset")
+DATASET = "fashion-mnist"
+SPACE = "small"  # kilotune's built-in small space (search/space.py NAMED_SPACES)
+DEFAULT_OUT = "bench/results/search_budget.json"
+DEFAULT_RUNS = "runs/search_budget"
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run: a method at a budget (training epochs) and a seed."""
+
+    method: str
+    budget: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}-b{self.budget}-s{self.seed}"
+
+    @classmethod
+    def parse(cls, key: str) -> Cell:
+        method, budget, seed = key.rsplit("-", 2)
+        return cls(method, int(budget[1:]), int(seed[1:]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Bench:
+    """What every cell shares."""
+
+    epochs: int  # per trial, every method
+    subset: Path
+    runs_dir: Path
+
+    def cell_dir(self, cell: Cell) -> Path:
+        return self.runs_dir / cell.key
+
+    def space_spec(self, seed: int) -> dict[str, Any]:
+        from kilotune.search.space import NAMED_SPACES
+
+        return {**NAMED_SPACES[SPACE], "seed": seed}  # the run's seed is every trial's training seed
+
+
+@dataclasses.dataclass
+class Search:
+    """What a method's search left: its winner (an export) and what it spent."""
+
+    export: dict[str, Any] | None
+    epochs_spent: int
+    trials: int
+    complete: int
+    pruned: int
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--budgets", nargs="+", type=int, default=[150, 450], help="training epochs a run (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs-per-trial", type=int, default=15, help="every method's epochs a trial (default: %(default)s)")
+    parser.add_argument("--subset", help="subset file (default: a random 100-a-class subset, built once in --runs-dir)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="rows file (default: %(default)s)")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS, help="per-cell studies, logs, retrains (default: %(default)s)")
+    parser.add_argument("--parallel", type=int, default=1, help="cells at once, each its own process (default: %(default)s)")
+    parser.add_argument("--report", action="store_true", help="only print the table and write the figure from --out")
+    parser.add_argument("--cell", help=argparse.SUPPRESS)  # a child process runs this one cell
+    args = parser.parse_args(argv)
+    out, runs_dir = Path(args.out), Path(args.runs_dir)
+    if args.report:
+        print(report(out))
+        return 0
+    if args.epochs_per_trial < 1 or args.parallel < 1 or min(args.budgets) < 1:
+        raise SystemExit(f"need --epochs-per-trial, --parallel and --budgets >= 1; got {args.epochs_per_trial=}, {args.parallel=}, {args.budgets=}")
+    bench = Bench(args.epochs_per_trial, Path(args.subset) if args.subset else default_subset(runs_dir), runs_dir)
+    if args.cell:
+        row = run_cell(Cell.parse(args.cell), bench)
+        write_json_atomic(bench.cell_dir(Cell.parse(args.cell)) / "row.json", row)
+        return 0
+    cells = [Cell(m, b, s) for b in sorted(set(args.budgets)) for s in args.seeds for m in args.methods]
+    run_grid(cells, bench, out, args.parallel)
+    print(report(out))
+    return 0
+
+
+# --- the grid: resume, child processes, the rows file --------------------------------------------
+
+def run_grid(cells: list[Cell], bench: Bench, out: Path, parallel: int) -> None:
+    """Runs the cells not yet in ``out``, ``parallel`` at once, merging each row as its process ends."""
+    rows = load_rows(out)
+    check_protocol(rows, bench, out)
+    done = {(r["method"], r["budget_epochs"], r["seed"]) for r in rows}
+    pending = [c for c in cells if (c.method, c.budget, c.seed) not in done]
+    print(f"{len(cells) - len(pending)} of {len(cells)} cells already in {out}; running {len(pending)}, {parallel} at once", flush=True)
+    env = dict(os.environ)
+    # Several processes on one GPU: each takes memory as it needs it, none preallocates it all.
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
+    running: dict[Cell, tuple[subprocess.Popen, float]] = {}
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # run the finally below
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                cell = pending.pop(0)
+                cell_dir = bench.cell_dir(cell)
+                cell_dir.mkdir(parents=True, exist_ok=True)
+                (cell_dir / "row.json").unlink(missing_ok=True)
+                command = [sys.executable, str(Path(__file__).resolve()), "--cell", cell.key, "--subset", str(bench.subset),
+                           "--epochs-per-trial", str(bench.epochs), "--runs-dir", str(bench.runs_dir)]
+                with open(cell_dir / "cell.log", "a") as log:
+                    running[cell] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), time.time())
+                print(f"{_now()} start {cell.key} (log: {cell_dir / 'cell.log'})", flush=True)
+            time.sleep(1.0)
+            for cell, (process, started) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[cell]
+                row_path = bench.cell_dir(cell) / "row.json"
+                if process.returncode != 0 or not row_path.is_file():
+                    print(f"{_now()} FAILED {cell.key}: exit {process.returncode}; see {bench.cell_dir(cell) / 'cell.log'}", flush=True)
+                    continue
+                row = json.loads(row_path.read_text())
+                rows = [r for r in load_rows(out) if (r["method"], r["budget_epochs"], r["seed"]) != (cell.method, cell.budget, cell.seed)]
+                rows.append(row)
+                rows.sort(key=lambda r: (r["budget_epochs"], r["seed"], METHODS.index(r["method"])))  # the order cells run in
+                write_json_atomic(out, rows)
+                print(f"{_now()} done {cell.key}: test accuracy {row['test_accuracy']}, {row['epochs_spent']} epochs, "
+                      f"{row['trials']} trials, {time.time() - started:.0f} s", flush=True)
+    finally:
+        for process, _ in running.values():  # a killed bench stops its cells; their studies resume
+            process.terminate()
+
+
+def check_protocol(rows: list[dict[str, Any]], bench: Bench, out: Path) -> None:
+    """Refuses to add cells of other epochs a trial or another subset to a rows file."""
+    for row in rows:
+        if row.get("epochs_per_trial") != bench.epochs:
+            raise SystemExit(f"{out} holds rows with epochs_per_trial={row.get('epochs_per_trial')}, this run "
+                             f"has {bench.epochs}: pass that --epochs-per-trial or another --out")
+    checksum = subset_info(bench.subset)["checksum"] if rows else None
+    for row in rows:
+        if row.get("subset", {}).get("checksum") != checksum:
+            raise SystemExit(f"{out} holds rows on subset {row.get('subset', {}).get('checksum', '?')[:19]}, this run "
+                             f"uses {bench.subset} ({checksum[:19]}): pass that --subset or another --out")
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())
+    if not isinstance(rows, list):
+        raise SystemExit(f"{path} is not a JSON list of rows")
+    return rows
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+
+
+def default_subset(runs_dir: Path) -> Path:
+    """The class-balanced random subset, built once by the product's own command (no extractor)."""
+    path = runs_dir / "subset-random-100-seed0.json"
+    if not path.is_file():
+        from kilotune.search.cli import main as kilotune
+
+        _check(kilotune(["subset", "build", "--dataset", DATASET, "--method", "random", "--per-class", "100", "--seed", "0", "--out", str(path)]),
+               "kilotune subset build")
+    return path
+
+
+# --- one cell ------------------------------------------------------------------------------------
+
+def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
+    """Searches, exports the winner, retrains it on all chosen images and tests it: one row."""
+    if cell.method not in METHODS:
+        raise ValueError(f"unknown method {cell.method!r}; allowed: {list(METHODS)}")
+    started_at, started, load = _now(), time.perf_counter(), _load()
+    cell_dir = bench.cell_dir(cell)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    search = SEARCHES[cell.method](cell, bench, cell_dir)
+    search_s = time.perf_counter() - started
+    row: dict[str, Any] = {
+        "method": cell.method, "budget_epochs": cell.budget, "seed": cell.seed, "test_accuracy": None,
+        "epochs_per_trial": bench.epochs, "epochs_spent": search.epochs_spent, "trials": search.trials,
+        "trials_complete": search.complete, "trials_pruned": search.pruned,
+    }
+    retrain_dir = Path(search.details.pop("retrain_dir", cell_dir / "retrain"))  # a path: not for the row
+    if search.export is not None:
+        retrained = retrain_winner(search.export, retrain_dir, bench.subset)
+        row["test_accuracy"] = retrained["test_accuracy"]["mean"]
+        row["retrain_status"] = retrained["runs"][0]["status"]
+        row["retrain_wall_s"] = round(retrained.pop("bench_wall_s", 0.0), 1)
+        p = search.export["provenance"]
+        cv_mean, cv_se = find_cv(search.export)
+        row.update(winner_trial=p.get("trial"), winner_val=p.get("value"), cv_mean=cv_mean, cv_se=cv_se,
+                   winner_config=search.export["config"], export=_portable(p))
+    row.update(search.details)
+    row.update(
+        search_wall_s=round(search.details.get("search_wall_s", search_s), 1), wall_s=round(time.perf_counter() - started, 1),
+        subset=subset_info(bench.subset), space=bench.space_spec(cell.seed), **environment(),
+        started_at=started_at, finished_at=_now(), loadavg_start=load, loadavg_end=_load(),
+    )
+    for heavy in ("checkpoints", "kerastuner"):  # trial checkpoints and KerasTuner's trial models
+        shutil.rmtree(cell_dir / heavy, ignore_errors=True)
+    return row
+
+
+def retrain_winner(export: dict[str, Any], retrain_dir: Path, subset: Path) -> dict[str, Any]:
+    """``kilotune retrain`` of the export (once per directory: a resumed cell reuses it)."""
+    results = retrain_dir / "results.json"
+    if not results.is_file():
+        from kilotune.search.cli import main as kilotune
+
+        export_path = retrain_dir / "export.json"
+        write_json_atomic(export_path, export)
+        started = time.perf_counter()
+        _check(kilotune(["retrain", str(export_path), "--subset", str(subset), "--out-dir", str(retrain_dir)]), "kilotune retrain")
+        data = json.loads(results.read_text())
+        data["bench_wall_s"] = time.perf_counter() - started
+        write_json_atomic(results, data)
+        for model in retrain_dir.glob("seed-*/*.keras"):  # the figure is what is kept, not the model
+            model.unlink()
+    return json.loads(results.read_text())
+
+
+# --- kilotune: the product ------------------------------------------------------------------------
+
+def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
+    """A study made by ``kilotune study create`` (its defaults), trained by the product's Worker one
+    trial at a time until the budget is spent; the winner is what ``kilotune export`` writes."""
+    from kilotune.search.cli import main as kilotune
+
+    url, name = f"sqlite:///{cell_dir / 'study.db'}", cell.key
+    os.environ["KILOTUNE_CHECKPOINT_DIR"] = str(cell_dir / "checkpoints")
+    space_file = cell_dir / "space.json"
+    write_json_atomic(space_file, bench.space_spec(cell.seed))
+    _check(kilotune(["study", "create", "--study", name, "--storage", url, "--dataset", DATASET, "--subset", str(bench.subset),
+                     "--epochs", str(bench.epochs), "--space", str(space_file), "--seed", str(cell.seed)]), "kilotune study create")
+    started = time.perf_counter()
+    from kilotune.workers.worker import Worker
+
+    worker = Worker(name, url, worker_id="bench", subset_path=str(bench.subset))  # a named stream: reproducible
+    _wait_for_stale(worker.study)  # a killed bench's trial: failed and queued for retry, from its checkpoint
+    while (spent := product_epochs(worker.study)) < cell.budget:
+        with _epoch_budget(worker, spent, cell.budget):
+            finished = worker.run(max_trials=1)
+        if not finished and product_epochs(worker.study) == spent:
+            raise RuntimeError(f"{cell.key}: the worker trained nothing with {cell.budget - spent} epochs of budget left")
+    search_s = time.perf_counter() - started
+    export_path, started = cell_dir / "export.json", time.perf_counter()
+    if not export_path.is_file():
+        if kilotune(["export", "--study", name, "--storage", url, "--out", str(export_path)]) != 0:
+            export_path = None  # e.g. no complete trial within the budget: the row says so
+    trials = worker.study.get_trials(deepcopy=False)
+    from optuna.trial import TrialState
+
+    return Search(
+        export=json.loads(export_path.read_text()) if export_path else None,
+        epochs_spent=product_epochs(worker.study), trials=sum(t.state != TrialState.WAITING for t in trials),
+        complete=sum(t.state == TrialState.COMPLETE for t in trials), pruned=sum(t.state == TrialState.PRUNED for t in trials),
+        details={"search_wall_s": search_s, "export_wall_s": round(time.perf_counter() - started, 1),
+                 "warm_start_trials": sum("preset" in t.user_attrs for t in trials),
+                 "settings": {k: v for k, v in worker.study.user_attrs.items() if k in ("sampler", "pruner", "epochs", "val_fraction", "split_seed")}},
+    )
+
+
+def product_epochs(study: Any) -> int:
+    """Epochs the study's trials trained; a retry inherits its parent's reports, which count once."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    spent = 0
+    for t in trials.values():
+        history = t.system_attrs.get("retry_history", [])  # RetryHeartbeatStaleTrialCallback.retry_history
+        inherited = len(trials[history[-1]].intermediate_values) if history and history[-1] in trials else 0
+        spent += max(0, len(t.intermediate_values) - inherited)
+    return spent
+
+
+@contextlib.contextmanager
+def _epoch_budget(worker: Any, spent: int, budget: int) -> Iterator[None]:
+    """Sets the worker's stop event at the epoch that spends the budget, so the budget is exact.
+
+    The product has no budget in epochs, so the bench adds one epoch callback to the training the
+    worker runs (``workers.worker.train``); the worker's own stop event then ends the trial after
+    the current batch and fails it for retry, as on SIGTERM.
+    """
+    import kilotune.workers.worker as module
+
+    original, count = module.train, [spent]
+
+    def on_epoch(report: Any) -> None:
+        count[0] += 1
+        if count[0] >= budget:
+            worker.stop.set()
+
+    def train(config: Any, data: Any, callbacks: Any = (), **kwargs: Any) -> Any:
+        return original(config, data, [on_epoch, *callbacks], **kwargs)  # first: a pruned epoch counts too
+
+    module.train = train
+    try:
+        yield
+    finally:
+        module.train = original
+
+
+def _wait_for_stale(study: Any) -> None:
+    """Waits until no trial is RUNNING, failing stale ones (the product's heartbeat grace)."""
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    from kilotune.search.study import GRACE_SECONDS, HEARTBEAT_SECONDS
+
+    deadline = time.monotonic() + GRACE_SECONDS + 2 * HEARTBEAT_SECONDS
+    while any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and time.monotonic() < deadline:
+        fail_stale_trials(study)
+        time.sleep(2.0)
+
+
+# --- random and optuna: stock Optuna over kilotune's space and training core -----------------------
+
+class BudgetSpent(Exception):
+    """Raised inside a trial when the run's epochs reach the budget."""
+
+
+def search_optuna(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
+    import keras
+    import optuna
+    from optuna.trial import TrialState
+
+    from kilotune.search.space import SearchSpace
+    from kilotune.workers.train import train
+
+    data, _, _ = _holdout(bench)
+    space = SearchSpace.from_spec(bench.space_spec(cell.seed))
+    storage = f"sqlite:///{cell_dir / 'optuna.db'}"
+    existing = _optuna_trials(storage, cell.key)
+    # A resumed study gets a fresh seed, or it would draw its first configurations again.
+    seed = cell.seed + 7919 * existing
+    if cell.method == "random":
+        sampler, pruner = optuna.samplers.RandomSampler(seed=seed), optuna.pruners.NopPruner()
+    else:
+        sampler, pruner = optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=cell.key, storage=storage, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True)
+    spent = [sum(len(t.intermediate_values) for t in study.get_trials(deepcopy=False))]
+
+    def objective(trial: optuna.Trial) -> float:
+        config = space.suggest(trial, bench.epochs)
+        trial.set_user_attr("config", config.to_dict())
+
+        def report(r: Any) -> None:
+            spent[0] += 1
+            trial.report(r.val_accuracy, r.epoch)
+            if r.epoch < bench.epochs and spent[0] >= cell.budget:
+                raise BudgetSpent(f"{spent[0]} epochs")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
+
+        try:
+            result = train(config, data, [report])
+        finally:
+            keras.backend.clear_session()
+        trial.set_user_attr("status", result.status)
+        return float("nan") if result.status == "diverged" else result.val_accuracy  # NaN: Optuna fails the trial
+
+    def stop_at_budget(study: optuna.Study, trial: Any) -> None:
+        if spent[0] >= cell.budget:
+            study.stop()
+
+    started = time.perf_counter()
+    if spent[0] < cell.budget:
+        with contextlib.suppress(BudgetSpent):
+            study.optimize(objective, callbacks=[stop_at_budget])
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    export = None
+    if complete:
+        best = study.best_trial
+        export = _export(bench, cell, best.user_attrs["config"], best.number, best.value)
+    return Search(export, spent[0], len(trials), len(complete), sum(t.state == TrialState.PRUNED for t in trials),
+                  {"search_wall_s": time.perf_counter() - started, "sampler": type(sampler).__name__, "pruner": type(pruner).__name__})
+
+
+def _optuna_trials(storage: str, name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=name, storage=storage).trials)
+    except KeyError:
+        return 0
+
+
+# --- kerastuner: Hyperband through the adapter -----------------------------------------------------
+
+def search_kerastuner(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
+    """KerasTuner's Hyperband; restarted from scratch when a cell is resumed (its own state is its own)."""
+    import keras
+    import keras_tuner
+
+    from kilotune.search.kerastuner import KilotuneHyperModel
+    from kilotune.search.space import SearchSpace
+
+    class Spent(keras_tuner.errors.FatalError):
+        """Ends ``Tuner.search`` (a FatalError is not caught as a failed trial)."""
+
+    class EpochLog(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epochs, self.trials = 0, 0
+
+        def __deepcopy__(self, memo: dict) -> EpochLog:
+            return self  # KerasTuner deep-copies callbacks for every trial; the count must be shared
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.trials += 1
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self.epochs += 1
+            if self.epochs >= cell.budget:
+                raise Spent(f"{self.epochs} epochs")
+
+    data, _, _ = _holdout(bench)
+    hypermodel = KilotuneHyperModel(SearchSpace.from_spec(bench.space_spec(cell.seed)), epochs=bench.epochs,
+                                    input_shape=data.x_train.shape[1:], num_classes=data.num_classes, n_train=len(data.x_train))
+    log, started = EpochLog(), time.perf_counter()
+    # Enough Hyperband iterations that the epoch budget, not the tuner, ends the search.
+    tuner = keras_tuner.Hyperband(hypermodel, objective="val_accuracy", max_epochs=bench.epochs, factor=3, hyperband_iterations=1000,
+                                  seed=cell.seed, directory=str(cell_dir), project_name="kerastuner", overwrite=True)
+    with contextlib.suppress(Spent):
+        tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val), callbacks=[log], verbose=0)
+    keras.backend.clear_session()
+    done = [t for t in tuner.oracle.trials.values() if t.status == "COMPLETED"]
+    export = None
+    if done:
+        best = tuner.oracle.get_best_trials(1)[0]
+        export = _export(bench, cell, hypermodel.config(best.hyperparameters).to_dict(), best.trial_id, best.score)
+    # Hyperband trials stopped early are COMPLETED at their rung; "pruned" has no meaning here.
+    return Search(export, log.epochs, log.trials, len(done), 0, {"search_wall_s": time.perf_counter() - started})
+
+
+# --- preset: the known-good recipes alone -----------------------------------------------------------
+
+def search_preset(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
+    """Every preset that fits the budget, trained once; the best by validation accuracy wins.
+
+    The result depends only on the seed and how many presets fit, so cells share it (and its retrain).
+    """
+    from kilotune.workers.train import train
+
+    candidates, source = preset_candidates(bench, cell.seed, cell_dir)
+    fits = candidates[: cell.budget // bench.epochs]
+    shared = bench.runs_dir / f"preset-s{cell.seed}-n{len(fits)}"
+    shared.mkdir(parents=True, exist_ok=True)
+    data, _, _ = _holdout(bench)
+    started = time.perf_counter()
+    with _locked(shared / ".lock"):
+        results = json.loads((shared / "presets.json").read_text()) if (shared / "presets.json").is_file() else []
+        for name, config in fits[len(results):]:
+            import keras
+
+            result = train(config, data)
+            keras.backend.clear_session()
+            results.append({"preset": name, "config": config.to_dict(), "status": result.status,
+                            "epochs": len(result.history), "val_accuracy": result.val_accuracy})
+            write_json_atomic(shared / "presets.json", results)
+    usable = [r for r in results if r["status"] == "complete"]
+    best = max(usable, key=lambda r: r["val_accuracy"], default=None)
+    export = _export(bench, cell, best["config"], best["preset"], best["val_accuracy"]) if best else None
+    return Search(export, sum(r["epochs"] for r in results), len(results), len(usable), 0,
+                  {"search_wall_s": time.perf_counter() - started, "presets": [{k: r[k] for k in ("preset", "val_accuracy", "status")} for r in results],
+                   "preset_source": source, "winner_preset": best["preset"] if best else None, "retrain_dir": str(shared / "retrain")})
+
+
+def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tuple[str, Any]], str]:
+    """The configs the product's warm start enqueues into a new study of this space and epochs;
+    where it enqueues none, PRESETS narrowed to the space here (the bench's own stand-in)."""
+    from optuna.trial import TrialState
+
+    from kilotune.search.cli import main as kilotune
+    from kilotune.search.space import PRESETS, SearchSpace
+    from kilotune.search.study import load_study, open_storage
+    from kilotune.workers.config import TrainConfig
+
+    space_file, url = cell_dir / "space.json", f"sqlite:///{cell_dir / 'presets.db'}"
+    write_json_atomic(space_file, bench.space_spec(seed))
+    _check(kilotune(["study", "create", "--study", "presets", "--storage", url, "--dataset", DATASET, "--subset", str(bench.subset),
+                     "--epochs", str(bench.epochs), "--space", str(space_file), "--seed", str(seed)]), "kilotune study create")
+    study, _ = load_study("presets", open_storage(url))
+    space = SearchSpace.from_spec(bench.space_spec(seed))
+    queued = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.WAITING and "preset_config" in t.user_attrs]
+    if queued:  # as SearchSpace.suggest makes an enqueued preset's config
+        return [(t.user_attrs.get("preset", f"trial-{t.number}"),
+                 TrainConfig.from_dict({**t.user_attrs["preset_config"], **space.fixed, "epochs": bench.epochs})) for t in queued], "product warm start"
+    archs, widths, batches = (space.params[k].choices for k in ("arch", "width", "batch_size"))
+    narrowed = []
+    for name, preset in PRESETS.items():
+        if preset.arch not in archs:
+            continue
+        width = max((w for w in widths if w <= preset.width), default=min(widths))
+        batch = min(batches, key=lambda b: abs(b - preset.batch_size))
+        narrowed.append((name, preset.replace(width=width, batch_size=batch, epochs=bench.epochs, **space.fixed)))
+    return narrowed, "PRESETS narrowed to the space by the bench (the product enqueued none)"
+
+
+# --- shared helpers ---------------------------------------------------------------------------------
+
+SEARCHES = {"kilotune": search_kilotune, "random": search_optuna, "optuna": search_optuna,
+            "kerastuner": search_kerastuner, "preset": search_preset}
+
+
+def _holdout(bench: Bench) -> tuple[Any, Any, Any]:
+    """The study's split of the subset (its default validation fraction and split seed)."""
+    from kilotune.search.study import StudySettings
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.subsetfile import load_subset
+    from kilotune.workers.data import holdout_data
+
+    defaults = {f.name: f.default for f in dataclasses.fields(StudySettings)}
+    dataset = load_dataset(DATASET)
+    subset = load_subset(bench.subset, dataset)
+    return holdout_data(dataset, subset.indices, defaults["val_fraction"], defaults["split_seed"]), dataset, subset
+
+
+def _export(bench: Bench, cell: Cell, config: dict[str, Any], trial: Any, value: float | None) -> dict[str, Any]:
+    """What ``kilotune export`` would write for a baseline's winner, so ``kilotune retrain`` reads it."""
+    from kilotune.search.cli import version
+    from kilotune.search.study import StudySettings
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.subsetfile import load_subset
+
+    defaults = {f.name: f.default for f in dataclasses.fields(StudySettings)}
+    dataset = load_dataset(DATASET)
+    subset = load_subset(bench.subset, dataset)
+    return {"config": config, "provenance": {
+        "study": f"search_budget/{cell.key}", "trial": trial, "value": value, "dataset": dataset.name,
+        "dataset_checksum": dataset.checksum, "subset_path": str(bench.subset), "subset_checksum": subset.checksum,
+        "val_fraction": defaults["val_fraction"], "split_seed": defaults["split_seed"], "kilotune_version": version(),
+        "seed": config.get("seed", 0), "method": cell.method,
+    }}
+
+
+def find_cv(export: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The cross-validated mean and standard error ``kilotune export`` writes (``search.export.provenance``)."""
+    p = export.get("provenance", {})
+    return p.get("cv_mean"), p.get("cv_stderr")
+
+
+def _portable(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The export's provenance without machine paths or bulky version lists (rows are committed)."""
+    drop = ("subset_path", "library_versions", "dataset_checksum", "exported_at")
+    return {k: v for k, v in provenance.items() if k not in drop and not (isinstance(v, str) and v.startswith("/"))}
+
+
+def subset_info(path: Path) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    from kilotune.subset.subsetfile import load_subset
+
+    subset = load_subset(path)
+    return {"file": Path(path).name, "method": subset.method, "seed": subset.seed, "images": len(subset.indices),
+            "checksum": subset.checksum, "params": data.get("params") or {}}
+
+
+def environment() -> dict[str, Any]:
+    """Machine, backend and versions, recorded in every row."""
+    import keras
+
+    from kilotune.search.cli import version
+    from kilotune.search.export import library_versions
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), "?")
+    gpu = ""
+    if shutil.which("nvidia-smi"):
+        gpu = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]).replace("\n", "; ")
+    commit = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"])
+    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".", ":(exclude)bench/results"], capture_output=True).returncode != 0 if commit else None
+    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or None}, "backend": keras.backend.backend(),
+            "tensorflow_loaded": "tensorflow" in sys.modules,
+            "kilotune_version": version(), "commit": commit or None, "commit_dirty": dirty, "libraries": library_versions()}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check(code: int, what: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"{what} failed with exit status {code}")
+
+
+def _read(path: str) -> str:
+    with contextlib.suppress(OSError):
+        return Path(path).read_text()
+    return ""
+
+
+def _run(command: list[str]) -> str:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(command, capture_output=True, text=True, timeout=20).stdout.strip()
+    return ""
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per (method, budget): mean and sample std of test accuracy over seeds, n, and the means of the rest."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("test_accuracy") is not None:
+            groups.setdefault((row["method"], row["budget_epochs"]), []).append(row)
+    summary = {}
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0]) if kv[0][0] in METHODS else 99)):
+        acc = [r["test_accuracy"] for r in rs]
+        mean = sum(acc) / len(acc)
+        std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
+        summary[key] = {"mean": mean, "std": std, "n": len(acc), "seeds": sorted(r["seed"] for r in rs),
+                        "epochs_spent": sum(r["epochs_spent"] for r in rs) / len(rs), "trials": sum(r["trials"] for r in rs) / len(rs),
+                        "wall_s": sum(r.get("wall_s", 0.0) for r in rs) / len(rs)}
+    return summary
+
+
+def report(out: Path) -> str:
+    """The markdown table from the rows file; writes the figure beside it (HTML, and PNG with kaleido)."""
+    summary = summarise(load_rows(out))
+    lines = ["| method | budget (epochs) | test accuracy (mean ± std) | n seeds | epochs spent (mean) | trials (mean) | wall s (mean) |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for (method, budget), s in summary.items():
+        lines.append(f"| {method} | {budget} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} | {s['epochs_spent']:.0f} | {s['trials']:.1f} | {s['wall_s']:.0f} |")
+    if summary:
+        written = write_figure(summary, out.with_suffix(".html"))
+        lines.append("\nfigure: " + ", ".join(str(p) for p in written))
+    return "\n".join(lines)
+
+
+def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> list[Path]:
+    """Test accuracy against budget, one line per method with ±1 std error bars."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for method in dict.fromkeys(m for m, _ in summary):
+        points = sorted((b, s) for (m, b), s in summary.items() if m == method)
+        fig.add_trace(go.Scatter(x=[b for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers", name=method,
+                                 error_y={"type": "data", "array": [s["std"] for _, s in points], "visible": True},
+                                 hovertext=[f"n={s['n']} seeds" for _, s in points]))
+    fig.update_layout(title="Retrained winner's test accuracy against the search budget (mean ± std over seeds)",
+                      xaxis_title="search budget (training epochs a run)", yaxis_title="test accuracy (10,000 images)", template="plotly_white")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
+    written = [path]
+    with contextlib.suppress(Exception):  # PNG only where kaleido (and its browser) is installed
+        import kaleido  # noqa: F401
+
+        fig.write_image(path.with_suffix(".png"))
+        written.append(path.with_suffix(".png"))
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(main())
