@@ -128,14 +128,15 @@ def _summarize(result: dict, out: Path) -> None:
     for row in rows.values():
         row["mean"] = float(np.mean(row["accuracies"]))
         row["std"] = float(np.std(row["accuracies"], ddof=1)) if len(row["accuracies"]) > 1 else 0.0
-    best = max(rows.values(), key=lambda r: r["mean"])
+        row["complete"] = len(row["accuracies"]) == result["seeds"]  # a stopped run's last subset may not be
+    best = max((r for r in rows.values() if r["complete"]), key=lambda r: r["mean"])
     for row in rows.values():
         # Standard error of the difference of two means over independent seeds.
         row["diff_to_best"] = row["mean"] - best["mean"]
         row["diff_se"] = float(np.hypot(row["std"] / np.sqrt(len(row["accuracies"])), best["std"] / np.sqrt(len(best["accuracies"]))))
     result["results"] = list(rows.values())
     # The rule the default is chosen by: the cheapest method within noise of the best mean.
-    tied = [r["method"] for r in rows.values() if -r["diff_to_best"] <= NOISE_SE * r["diff_se"]]
+    tied = [r["method"] for r in rows.values() if r["complete"] and -r["diff_to_best"] <= NOISE_SE * r["diff_se"]]
     result["chosen"] = min(tied, key=COST_ORDER.index)
     result["rule"] = f"cheapest method ({' < '.join(COST_ORDER)}) whose mean is within {NOISE_SE:g} SE of the best mean"
     _write(out, result)
@@ -145,7 +146,7 @@ def _summarize(result: dict, out: Path) -> None:
     for r in rows.values():
         t = r["objectives"] or {}
         cells = " | ".join(f"{t[k]:{f}}" if k in t else "-" for k, f in (("sum_distance", ".1f"), ("min_distance", ".4f"), ("mean_nearest", ".4f")))
-        print(f"| {r['label']} | {cells} | {r['mean']:.4f} ± {r['std']:.4f} | "
+        print(f"| {r['label']}{'' if r['complete'] else ' (incomplete)'} | {cells} | {r['mean']:.4f} ± {r['std']:.4f} | "
               f"{', '.join(f'{a:.4f}' for a in r['accuracies'])} | {r['diff_to_best']:+.4f} ± {r['diff_se']:.4f} |")
     print(f"\nbest mean: {best['label']}; within noise ({NOISE_SE:g} SE): {', '.join(sorted(set(tied)))}; chosen: {result['chosen']}")
     print(f"wrote {out}")

@@ -17,7 +17,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``study create`` and ``run`` share: the data, the protocol, the search and its budget."""
     parser.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
     parser.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")
-    parser.add_argument("--subset", help="subset file to train on (default: build/reuse the cached max-sum subset)")
+    parser.add_argument("--subset", help="subset file to train on (default: build/reuse the cached default subset, subset.features.DEFAULT_METHOD: random)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out inside the subset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial, the pruner's max resource (default: %(default)s)")
     parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")

@@ -1,4 +1,4 @@
-"""CNN feature vectors for subset selection, and the default subset built from them.
+"""CNN feature vectors for subset selection, and the cached default subset.
 
 A small CNN is trained once on the *whole* training set (the subset has not been chosen
 yet, so nothing else is available) and saved as ``.keras`` with a JSON sidecar holding the
@@ -28,7 +28,9 @@ from kilotune.subset.datasets import channel_stats, ImageDataset, normalize
 EXTRACTOR_ARCH = "resnet9"
 EXTRACTOR_WIDTH = 0.25  # 16..128 channels, 128-d features: ~90% on Fashion-MNIST in 3 CPU epochs.
 EXTRACTOR_EPOCHS = 3
-DEFAULT_METHOD = "max-sum"
+# Chosen by held-out accuracy (bench/subset_accuracy.py, docs/subset.md): random subsets train
+# better than every optimised one, and need no feature extractor.
+DEFAULT_METHOD = "random"
 DEFAULT_PER_CLASS = 100
 
 
