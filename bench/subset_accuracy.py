@@ -20,7 +20,6 @@ from datetime import datetime, timezone
 import json
 import os
 from pathlib import Path
-import platform
 import sys
 import time
 
@@ -32,6 +31,7 @@ from kilotune.subset.datasets import load_dataset  # noqa: E402
 from kilotune.subset.features import build_subset  # noqa: E402
 from kilotune.subset.subsetfile import load_subset  # noqa: E402
 from kilotune.workers.compare import COMPARE_CONFIG, compare_subsets  # noqa: E402
+from subset_quality import _cpu_model  # noqa: E402  (this script's folder is on sys.path)
 
 # (label, method, params, selection seed); --random-draws adds random seeds 1, 2...
 RUNS = (
@@ -165,13 +165,6 @@ def _write(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 if __name__ == "__main__":
