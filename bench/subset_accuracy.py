@@ -80,6 +80,8 @@ def main() -> None:
         subsets.append(load_subset(path, dataset))
         print(f"  {label}: {path}", flush=True)
     extractor = next((s.extractor for s in subsets if s.extractor), None)
+    if extractor:  # The file name only: the result is shared, the cache path is this machine's.
+        extractor = {**extractor, "path": Path(extractor["path"]).name}
 
     config = COMPARE_CONFIG if args.epochs is None else COMPARE_CONFIG.replace(epochs=args.epochs)
     result = {
