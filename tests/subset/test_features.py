@@ -76,6 +76,7 @@ def test_default_method_is_the_one_the_accuracy_bench_chose():
     assert len(by_method) >= 3 and by_method[DEFAULT_METHOD]["complete"] and len(by_method[DEFAULT_METHOD]["accuracies"]) == 3
 
 
+@pytest.mark.slow  # the module's tiny extractor is trained
 def test_default_subset_is_built_once_then_reused(trained, monkeypatch, tmp_path):
     dataset, path, _ = trained
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
@@ -87,6 +88,7 @@ def test_default_subset_is_built_once_then_reused(trained, monkeypatch, tmp_path
     assert ensure_default_subset(dataset, per_class=5, extractor_path=path) == built and built.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow  # the module's tiny extractor is trained
 def test_a_cached_file_of_another_method_is_not_taken_for_the_default(trained, monkeypatch, tmp_path):
     dataset, path, _ = trained
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
@@ -97,6 +99,7 @@ def test_a_cached_file_of_another_method_is_not_taken_for_the_default(trained, m
     assert built == stale.path and load_subset(built, dataset).method == DEFAULT_METHOD
 
 
+@pytest.mark.slow  # the module's tiny extractor is trained
 def test_max_sum_default_subset_still_builds_with_its_objectives(trained, monkeypatch, tmp_path):
     dataset, path, _ = trained
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
