@@ -4,7 +4,8 @@ KerasTuner's Hyperband, under the same total epoch budget, then the winners retr
     nohup python bench/search_efficiency.py --epochs 9 --budget-trials 7 --reps 3 > se.log 2>&1 &
     python bench/search_efficiency.py --report-only      # the tables again, from the saved runs
 
-Data: Fashion-MNIST, the 1000 images of the default max-sum subset (``ensure_default_subset``),
+Data: Fashion-MNIST, the 1000 images of the default subset (``ensure_default_subset``; max-sum when
+the recorded runs were made, random now: pass ``--subset`` with a max-sum file to repeat them),
 trained on 800 and validated on a stratified 200 (val_fraction 0.2, split seed 0), as a study does.
 A small-model space (SPACE) keeps one epoch to 1-3 s on a shared 2-core CPU.
 
@@ -70,7 +71,7 @@ def main() -> None:
     parser.add_argument("--budget-trials", type=int, default=7, help="total budget, in full trials' worth of epochs")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (seeds 0..reps-1) of every method")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--subset", help="subset file (default: the cached max-sum subset, built if missing)")
+    parser.add_argument("--subset", help="subset file (default: the cached default subset, built if missing)")
     parser.add_argument("--retrain", choices=("each", "best", "none"), default="each",
                         help="retrain the best config of every repetition, or of each method's best repetition only")
     parser.add_argument("--out", default="bench/results/search_efficiency")

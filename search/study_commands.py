@@ -17,7 +17,7 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     """What ``study create`` and ``run`` share: the data, the protocol, the search and its budget."""
     parser.add_argument("--dataset", default="cifar10", help="cifar10, fashion-mnist or FILE.npz of your own arrays (default: %(default)s)")
     parser.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")
-    parser.add_argument("--subset", help="subset file to train on, or all: every training image (default: build/reuse the cached max-sum subset)")
+    parser.add_argument("--subset", help="subset file to train on, or all: every training image (default: build/reuse the cached default subset, random)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="stratified hold-out inside the subset (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=40, help="epochs per trial, the pruner's max resource (default: %(default)s)")
     parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")
@@ -75,7 +75,7 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     from kilotune.search.space import PRESETS, SearchSpace
     from kilotune.search.study import StudySettings, create_study, now_iso, open_storage
     from kilotune.subset.datasets import load_dataset
-    from kilotune.subset.features import cache_dir, default_subset_path, ensure_default_subset
+    from kilotune.subset.features import DEFAULT_METHOD, cache_dir, default_subset_path, ensure_default_subset
     from kilotune.subset.subsetfile import load_subset, whole_training_set
 
     from kilotune.search.cli import version
@@ -103,8 +103,8 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
     )
     storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
     dataset = load_dataset(args.dataset, args.data_dir)
-    if not args.subset and not default_subset_path(dataset.name).is_file():
-        # The first run on a machine is silent for minutes otherwise.
+    if not args.subset and DEFAULT_METHOD != "random" and not default_subset_path(dataset.name).is_file():
+        # The first run on a machine is silent for minutes otherwise (random needs no features).
         print(f"building the default subset of {dataset.name} once: trains a feature extractor on the whole "
               f"training set (minutes on a GPU, up to an hour on a busy CPU; a line per epoch follows); "
               f"cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)

@@ -8,13 +8,15 @@ from pathlib import Path
 
 
 def register_subset(sub: argparse._SubParsersAction) -> None:
+    from kilotune.subset.features import DEFAULT_METHOD  # numpy only; Keras stays unimported
+
     p = sub.add_parser("subset", help="choose, inspect and compare training subsets")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     b = actions.add_parser("build", help="select a subset of the training set and write it as JSON")
     b.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
     b.add_argument("--data-dir", default=None, help="where the dataset files are (default: per dataset, see README)")
-    b.add_argument("--method", default="max-sum", help="random, random-restarts, max-sum, k-center, representative or mixed (default: %(default)s)")
+    b.add_argument("--method", default=DEFAULT_METHOD, help="random, random-restarts, max-sum, k-center, representative or mixed (default: %(default)s, chosen by held-out accuracy in docs/subset.md)")
     b.add_argument("--per-class", type=int, default=100, help="images per class (default: %(default)s)")
     b.add_argument("--seed", type=int, default=0, help="selection seed (default: %(default)s)")
     b.add_argument("--extractor", help="saved feature extractor (.keras); default: the cached one, trained on first use")

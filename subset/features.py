@@ -1,4 +1,4 @@
-"""CNN feature vectors for subset selection, and the default subset built from them.
+"""CNN feature vectors for subset selection, and the cached default subset.
 
 A small CNN is trained once on the *whole* training set (the subset has not been chosen
 yet, so nothing else is available) and saved as ``.keras`` with a JSON sidecar holding the
@@ -28,7 +28,9 @@ from kilotune.subset.datasets import channel_stats, ImageDataset, normalize
 EXTRACTOR_ARCH = "resnet9"
 EXTRACTOR_WIDTH = 0.25  # 16..128 channels, 128-d features: ~90% on Fashion-MNIST in 3 CPU epochs.
 EXTRACTOR_EPOCHS = 3
-DEFAULT_METHOD = "max-sum"
+# Chosen by held-out accuracy (bench/subset_accuracy.py, docs/subset.md): random subsets train
+# better than every optimised one, and need no feature extractor.
+DEFAULT_METHOD = "random"
 DEFAULT_PER_CLASS = 100
 
 
@@ -247,10 +249,12 @@ def ensure_default_subset(
     seed: int = 0,
     extractor_path: str | Path | None = None,
 ) -> Path:
-    """The cached default subset (max-sum, 100 per class) of ``dataset``, built once.
+    """The cached default subset (:data:`DEFAULT_METHOD`, 100 per class) of ``dataset``, built once.
 
     Used by ``kilotune run`` when no ``--subset`` is given. Several workers may call this at
-    once; a file lock makes one of them build (and train the extractor) while the others wait.
+    once; a file lock makes one of them build (and train the extractor, if the method needs
+    one) while the others wait. A cached file is reused only if it records this method,
+    per-class count and seed, so a file of another method is never taken for the default.
     """
     from kilotune.subset.subsetfile import load_subset
 
@@ -258,8 +262,9 @@ def ensure_default_subset(
     with _locked(path.with_name(path.name + ".lock")):
         if path.is_file():
             try:
-                load_subset(path, dataset)
-                return path
+                cached = load_subset(path, dataset)
+                if (cached.method, cached.params, cached.per_class, cached.seed) == (method, {}, per_class, seed):
+                    return path
             except ValueError:
                 pass  # Corrupt, or built for other data under the same name: rebuild it.
         return build_subset(dataset, method, path, per_class=per_class, seed=seed, extractor_path=extractor_path)

@@ -10,6 +10,7 @@ from kilotune.subset.datasets import DatasetError, ImageDataset, load_dataset
 from kilotune.subset.subsetfile import load_subset, write_subset
 from kilotune.workers.compare import compare_subsets, holdout_indices
 from kilotune.workers.config import TrainConfig
+from tests.subset.test_datasets import write_fashion
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +89,24 @@ def test_compare_subsets_trains_each_subset_on_a_disjoint_holdout(tmp_path):
     json.dumps(rows)  # What --out writes must be plain JSON.
     with pytest.raises(ValueError, match="positive multiple of the 3 classes"):
         holdout_indices(dataset.y_train, np.arange(60), 31)
+
+
+@pytest.mark.slow  # trains a tiny feature extractor for max-sum
+def test_build_without_method_builds_the_default_and_max_sum_stays_available(tmp_path, capsys):
+    from kilotune.subset.features import DEFAULT_METHOD, default_subset_path
+
+    data = write_fashion(tmp_path / "data")  # 60 training images, 6 a class
+    dataset = load_dataset("fashion-mnist", data)
+    assert main(["subset", "build", "--dataset", "fashion-mnist", "--data-dir", str(data), "--per-class", "5"]) == 0
+    default = load_subset(default_subset_path("fashion-mnist", DEFAULT_METHOD, 5, 0), dataset)
+    assert default.method == DEFAULT_METHOD and default.counts() == {c: 5 for c in range(10)}
+    assert main(["subset", "build", "--dataset", "fashion-mnist", "--data-dir", str(data), "--per-class", "5", "--method", "max-sum"]) == 0
+    max_sum = load_subset(default_subset_path("fashion-mnist", "max-sum", 5, 0), dataset)
+    assert max_sum.method == "max-sum" and max_sum.extractor is not None and max_sum.objectives["total"]["sum_distance"] > 0
+    assert f"(default: {DEFAULT_METHOD}, chosen by held-out accuracy" in _build_help(capsys)
+
+
+def _build_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["subset", "build", "--help"])
+    return " ".join(capsys.readouterr().out.split())

@@ -1,12 +1,14 @@
 """Feature extractor round trip and the cached default subset, on a tiny synthetic dataset."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kilotune.subset.datasets import ImageDataset
 from kilotune.subset.features import (
+    DEFAULT_METHOD,
     default_extractor_path,
     default_subset_path,
     ensure_default_subset,
@@ -15,7 +17,10 @@ from kilotune.subset.features import (
     metadata_path,
     train_extractor,
 )
-from kilotune.subset.subsetfile import load_subset
+from kilotune.subset.selection import METHODS
+from kilotune.subset.subsetfile import load_subset, write_subset
+
+ACCURACY_BENCH = Path(__file__).resolve().parents[2] / "bench" / "results" / "subset_accuracy.json"
 
 
 def tiny_images(n: int = 200, seed: int = 0) -> ImageDataset:
@@ -62,16 +67,48 @@ def test_default_paths_follow_the_cache_dir(monkeypatch, tmp_path):
     assert default_subset_path("cifar10", "max-sum", 100, 0) == tmp_path / "subsets" / "cifar10-max-sum-100pc-seed0.json"
 
 
-@pytest.mark.slow
+def test_default_method_is_the_one_the_accuracy_bench_chose():
+    result = json.loads(ACCURACY_BENCH.read_text())
+    assert DEFAULT_METHOD in METHODS and DEFAULT_METHOD == result["chosen"]
+    by_method = {r["method"]: r for r in result["results"]}
+    best = max((r for r in result["results"] if r["complete"]), key=lambda r: r["mean"])
+    # Chosen by the bench's rule: within 2 standard errors of the best mean.
+    assert best["mean"] - by_method[DEFAULT_METHOD]["mean"] <= 2 * by_method[DEFAULT_METHOD]["diff_se"]
+    assert len(by_method) >= 3 and by_method[DEFAULT_METHOD]["complete"] and len(by_method[DEFAULT_METHOD]["accuracies"]) == 3
+
+
+@pytest.mark.slow  # the module's tiny extractor is trained
 def test_default_subset_is_built_once_then_reused(trained, monkeypatch, tmp_path):
     dataset, path, _ = trained
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
     built = ensure_default_subset(dataset, per_class=5, extractor_path=path)
+    assert built == default_subset_path(dataset.name, DEFAULT_METHOD, 5, 0)
+    subset = load_subset(built, dataset)
+    assert subset.method == DEFAULT_METHOD and np.bincount(subset.labels).tolist() == [5] * 4
+    stamp = built.stat().st_mtime_ns
+    assert ensure_default_subset(dataset, per_class=5, extractor_path=path) == built and built.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow  # the module's tiny extractor is trained
+def test_a_cached_file_of_another_method_is_not_taken_for_the_default(trained, monkeypatch, tmp_path):
+    dataset, path, _ = trained
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
+    other = "max-sum" if DEFAULT_METHOD != "max-sum" else "random"
+    # E.g. a max-sum file left under the default's name by an older version or by hand.
+    stale = write_subset(default_subset_path(dataset.name, DEFAULT_METHOD, 5, 0), dataset, np.arange(20), method=other, seed=0, per_class=5)
+    built = ensure_default_subset(dataset, per_class=5, extractor_path=path)
+    assert built == stale.path and load_subset(built, dataset).method == DEFAULT_METHOD
+
+
+@pytest.mark.slow  # the module's tiny extractor is trained
+def test_max_sum_default_subset_still_builds_with_its_objectives(trained, monkeypatch, tmp_path):
+    dataset, path, _ = trained
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
+    built = ensure_default_subset(dataset, method="max-sum", per_class=5, extractor_path=path)
+    assert built.name == f"{dataset.name}-max-sum-5pc-seed0.json"
     subset = load_subset(built, dataset)
     assert subset.method == "max-sum" and np.bincount(subset.labels).tolist() == [5] * 4
     assert subset.extractor["path"] == str(path) and subset.objectives["total"]["sum_upper_bound"] >= subset.objectives["total"]["sum_distance"]
-    stamp = built.stat().st_mtime_ns
-    assert ensure_default_subset(dataset, per_class=5, extractor_path=path) == built and built.stat().st_mtime_ns == stamp
 
 
 @pytest.mark.slow
