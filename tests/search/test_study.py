@@ -154,8 +154,11 @@ def test_create_without_a_subset_says_it_builds_the_default_one_first(pg_url, fa
 
     monkeypatch.setattr(kilotune.subset.features, "default_subset_path", lambda name, *a, **k: cache)
     monkeypatch.setattr(kilotune.subset.features, "ensure_default_subset", build)
+    assert main(["study", "create", "--study", "random-default", "--storage", pg_url, "--dataset", "fashion-mnist", "--epochs", "2"]) == 0
+    assert built == ["fashion-mnist"] and "building the default subset" not in capsys.readouterr().err, "random trains no extractor"
+    monkeypatch.setattr(kilotune.subset.features, "DEFAULT_METHOD", "max-sum")  # a default that needs features
     assert main(["study", "create", "--study", "nosubset", "--storage", pg_url, "--dataset", "fashion-mnist", "--epochs", "2"]) == 0
-    assert built == ["fashion-mnist"]
+    assert built == ["fashion-mnist"] * 2
     assert "building the default subset of fashion-mnist once" in capsys.readouterr().err
     cache.parent.mkdir()
     cache.write_text("{}")  # cached now: no message
