@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
+import sys
 import time
 from typing import Any
 
@@ -186,6 +187,16 @@ def extract_features(extractor: Extractor, images: np.ndarray, *, batch_size: in
     return features / np.maximum(norms, 1e-12)  # An all-zero vector stays zero instead of NaN.
 
 
+@contextlib.contextmanager
+def _step(what: str) -> Iterator[None]:
+    """A line when a step of a subset build starts and one with its time when it ends (stderr):
+    on a busy CPU each takes from seconds to minutes, after the extractor's own progress."""
+    started = time.perf_counter()
+    print(f"{what} ...", file=sys.stderr, flush=True)
+    yield
+    print(f"{what}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+
+
 def ensure_extractor(dataset: ImageDataset, path: str | Path | None = None, *, epochs: int = EXTRACTOR_EPOCHS, seed: int = 0) -> Path:
     """The extractor at ``path`` (default: the cache), trained there first if it is missing."""
     path = Path(path) if path is not None else default_extractor_path(dataset.name)
@@ -232,9 +243,11 @@ def build_subset(
             f"feature extractor {extractor.path} was trained on other data than {dataset.name} ({dataset.checksum[:19]}...); "
             "delete it to retrain, or pass another extractor"
         )
-    features = extract_features(extractor, dataset.x_train)
-    indices = selection.select(method, features, dataset.y_train, per_class, seed, **params)
-    objectives = selection.objectives(features, dataset.y_train, indices, upper_bound=method == "max-sum")
+    with _step(f"subset ({method}): feature vectors of {len(dataset.x_train)} {dataset.name} images"):
+        features = extract_features(extractor, dataset.x_train)
+    with _step(f"subset ({method}): choosing {per_class} a class"):
+        indices = selection.select(method, features, dataset.y_train, per_class, seed, **params)
+        objectives = selection.objectives(features, dataset.y_train, indices, upper_bound=method == "max-sum")
     info = {"path": str(extractor.path), "test_accuracy": extractor.metadata.get("test_accuracy"), "arch": extractor.metadata.get("arch")}
     return subsetfile.write_subset(
         out, dataset, indices, method=method, params=params, seed=seed, per_class=per_class, extractor=info, objectives=objectives

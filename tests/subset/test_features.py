@@ -101,10 +101,13 @@ def test_a_cached_file_of_another_method_is_not_taken_for_the_default(trained, m
 
 
 @pytest.mark.slow  # the module's tiny extractor is trained
-def test_max_sum_default_subset_still_builds_with_its_objectives(trained, monkeypatch, tmp_path):
+def test_max_sum_default_subset_still_builds_with_its_objectives(trained, monkeypatch, tmp_path, capsys):
     dataset, path, _ = trained
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path))
     built = ensure_default_subset(dataset, method="max-sum", per_class=5, extractor_path=path)
+    steps = [line for line in capsys.readouterr().err.splitlines() if line.startswith("subset (max-sum)")]
+    assert [line.rsplit(":", 1)[-1].split()[:2] for line in steps[1::2]] == [["done", "in"]] * 2, steps
+    assert "feature vectors of" in steps[0] and "choosing 5 a class" in steps[2], steps
     assert built.name == f"{dataset.name}-max-sum-5pc-seed0.json"
     subset = load_subset(built, dataset)
     assert subset.method == "max-sum" and np.bincount(subset.labels).tolist() == [5] * 4
