@@ -33,7 +33,7 @@ from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.space import PRESETS
 from kilotune.search.study import StudySettings, counts_toward_budget, load_study, open_storage, redact, storage_url
 from kilotune.search.study_commands import create_from_args
-from kilotune.search.winner import winner_line
+from kilotune.search.winner import is_fold_trial, winner_line
 
 DEFAULT_TRIALS = 30
 POLL_SECONDS = 2.0
@@ -166,17 +166,30 @@ class Snapshot:
                 for t in self.trials if t.state == TrialState.RUNNING and t.user_attrs.get("status") == "running"]
 
     @property
+    def fold_epochs(self) -> tuple[int, int]:
+        """Epochs of cross-validation trained so far, and still to train: once the trial budget is
+        spent, the top ``cv_top_k`` trials train again on every other fold (search/winner.py)."""
+        s = self.settings
+        folds = [t for t in self.trials if is_fold_trial(t)]
+        done = sum(s.epochs if t.state == TrialState.COMPLETE else len(t.intermediate_values) for t in folds
+                   if t.state in (TrialState.COMPLETE, TrialState.RUNNING))
+        wanted = s.cv_top_k * (s.folds - 1) * s.epochs if s.n_trials and s.folds > 1 else 0
+        return done, max(0, wanted - done)
+
+    @property
     def seconds_left(self) -> float | None:
-        """An estimate: the epochs the trials left need, at the fleet's epochs per second so far,
-        and never past the study's timeout. None while there is nothing to go by."""
+        """An estimate: the epochs the trials left need (cross-validation's too), at the fleet's
+        epochs per second so far, and never past the study's timeout. None while there is nothing
+        to go by."""
         estimates = []
+        fold_done, fold_left = self.fold_epochs
         if self.settings.n_trials and self.epochs_done:
             finished = [t for t in self.counted if t.state.is_finished()]
             per_trial = sum(len(t.intermediate_values) for t in finished) / len(finished) if finished else self.settings.epochs
             running = [t for t in self.counted if not t.state.is_finished()]
             left = max(0, self.settings.n_trials - len(finished) - len(running)) * per_trial
-            left += sum(max(0.0, per_trial - len(t.intermediate_values)) for t in running)
-            estimates.append(left * self.elapsed / self.epochs_done)
+            left += sum(max(0.0, per_trial - len(t.intermediate_values)) for t in running) + fold_left
+            estimates.append(left * self.elapsed / (self.epochs_done + fold_done))
         if self.settings.timeout_s:
             # The timeout is for the study as a whole, from its creation.
             created = self.settings.created_at

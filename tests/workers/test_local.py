@@ -156,8 +156,11 @@ def test_live_display_shows_budget_workers_epochs_best_and_time(tmp_path):
         assert expected in text, (expected, text)
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("local-")}
     assert rows == {"local-0": ["1", f"4/{EPOCHS}"], "local-1": ["2", f"7/{EPOCHS}"]}, text
-    # ETA: 21 epochs in 600 s; 3 trials to start and the two running ones' rest, at 10 epochs a trial.
-    assert snapshot.seconds_left == pytest.approx((3 * EPOCHS + (EPOCHS - 4) + (EPOCHS - 7)) * 600.0 / 21)
+    # ETA: 21 epochs in 600 s; 3 trials to start and the two running ones' rest, at 10 epochs a
+    # trial, then cross-validation: the top 3 (cv_top_k's default) on 4 more folds.
+    assert snapshot.seconds_left == pytest.approx((3 * EPOCHS + (EPOCHS - 4) + (EPOCHS - 7) + 3 * 4 * EPOCHS) * 600.0 / 21)
+    no_cv = Snapshot(snapshot.trials, StudySettings(**{**SETTINGS.__dict__, "cv_top_k": 0}), 600.0)
+    assert no_cv.seconds_left == pytest.approx((3 * EPOCHS + (EPOCHS - 4) + (EPOCHS - 7)) * 600.0 / 21)
 
 
 def test_print_best_prints_what_export_writes(tmp_path, capsys):
@@ -256,3 +259,12 @@ def test_run_keeps_the_password_out_of_its_output_and_the_workers_command_lines(
 def _children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_the_estimate_counts_the_cross_validation_still_to_train():
+    folds = [trial(7, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), trial(8, TrialState.RUNNING, "running", 2),
+             trial(9, TrialState.WAITING, None, 0)]  # fmt: skip
+    for number, t in enumerate(folds):
+        t.user_attrs.update(cv_of=0, fold=number + 1)
+    snapshot = Snapshot([trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), *folds], SETTINGS, 600.0)
+    assert snapshot.fold_epochs == (EPOCHS + 2, 3 * 4 * EPOCHS - EPOCHS - 2)
