@@ -271,7 +271,12 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_
         from optuna.trial import TrialState
 
         study = optuna.load_study(study_name="parity", storage=pg_url)
-        assert len(study.trials) == 3 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+        search = [t for t in study.trials if "cv_of" not in t.user_attrs]
+        complete = {t.number for t in search if t.state == TrialState.COMPLETE}
+        # Once the budget of 3 is spent, the complete ones (up to the default top 3) train on folds 1-4.
+        folds = sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in study.trials if "cv_of" in t.user_attrs)
+        assert len(search) == 3 and folds == [(n, f) for n in sorted(complete) for f in range(1, 5)], folds
         assert {t.user_attrs["status"] for t in study.trials} <= {"complete", "pruned", "diverged"}
         assert all("worker" in t.user_attrs and "config" in t.user_attrs for t in study.trials)
 
