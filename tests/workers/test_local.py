@@ -228,7 +228,7 @@ def test_run_keeps_the_password_out_of_its_output_and_the_workers_command_lines(
     env |= {"KILOTUNE_STORAGE": url, "KILOTUNE_CHECKPOINT_DIR": str(tmp_path / "ckpt")}
     run = subprocess.Popen(
         [sys.executable, "-m", "kilotune", "run", "--study", "masked", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
-         "--space", str(space), "--epochs", "1", "--n-trials", "3", "--workers", "2", "--seed", "0"],
+         "--space", str(space), "--epochs", "1", "--n-trials", "3", "--workers", "2", "--seed", "0", "--no-warm-start", "--cv-top-k", "0"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
