@@ -3,9 +3,11 @@ tests, a tiny real-data subset, and waits bounded by progress rather than by the
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +95,16 @@ class Databases:
 
     __call__ = make
 
+    def end_idle_connections(self) -> None:
+        """Ends the idle connections to this run's databases: what a finished test left open (its
+        storages' pools, a worker it did not wait for). Pre-pinged pools reconnect; without this,
+        a long run fills the server's max_connections ("too many clients already")."""
+        if self.made:
+            names = ", ".join(f"'{name}'" for name in self.made)
+            with self.admin.connect() as conn:
+                conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ({names}) "
+                                     "AND state = 'idle' AND pid <> pg_backend_pid()")
+
     def close(self) -> None:
         with self.admin.connect() as conn:
             for name in self.made:
@@ -109,8 +121,37 @@ def pg_server():
     if why is not None:
         _unavailable(f"PostgreSQL is not reachable at {TEST_PG} ({why}); set KILOTUNE_TEST_PG")
     databases = Databases(TEST_PG)
+    _open_databases.append(databases)
     yield databases
+    _open_databases.remove(databases)
     databases.close()
+
+
+_open_databases: list[Databases] = []
+
+
+@pytest.fixture(autouse=True)
+def _leave_nothing_running():
+    """After each test: stop the kilotune processes it started and did not wait for, and end the
+    connections it left open, so no test inherits another's load or connections."""
+    yield
+    for pid in _kilotune_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for databases in _open_databases:
+        databases.end_idle_connections()
+
+
+def _kilotune_children() -> list[int]:
+    """This process's child processes that run kilotune (workers, ``kilotune run``)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            if ppid == os.getpid() and any(part.endswith(b"kilotune") for part in cmdline):
+                children.append(int(stat.parent.name))
+    return children
 
 
 @pytest.fixture(scope="session")
