@@ -159,14 +159,18 @@ def winner_line(study: optuna.Study, k: int | None = None) -> str:
     best = cross_validated_best(study, k)
     if best is None:
         return "best -"
-    arch = best.trial.user_attrs.get("config", {}).get("arch", best.trial.params.get("arch", "?"))
-    line = f"best {best.describe()} (trial {best.trial.number}, {arch})"
+    line = f"best {best.describe()} (trial {best.trial.number}, {trial_arch(best.trial)})"
     # A fold trial's retries carry its attributes: count folds, not attempts.
     fold_trials = [t for t in study.get_trials(deepcopy=False) if is_fold_trial(t)]
     if fold_trials:
         done = {_fold_key(t) for t in fold_trials if _settled(t)}
         line += f"; cross-validation {len(done)}/{len({_fold_key(t) for t in fold_trials})} fold trials done"
     return line
+
+
+def trial_arch(trial: FrozenTrial) -> str:
+    """The architecture a trial trained: its recorded config's, else its sampled param."""
+    return str(trial.user_attrs.get("config", {}).get("arch") or trial.params.get("arch", "?"))
 
 
 def _fold_key(trial: FrozenTrial) -> tuple[int, int]:

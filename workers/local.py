@@ -33,7 +33,7 @@ from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.space import PRESETS
 from kilotune.search.study import StudySettings, counts_toward_budget, load_study, open_storage, redact, storage_url
 from kilotune.search.study_commands import create_from_args
-from kilotune.search.winner import is_fold_trial, winner_line
+from kilotune.search.winner import is_fold_trial, trial_arch, winner_line
 
 DEFAULT_TRIALS = 30
 POLL_SECONDS = 2.0
@@ -216,14 +216,14 @@ def events(before: dict[int, str], now: Snapshot) -> tuple[dict[int, str], list[
         seen[t.number] = shown
         who = t.user_attrs.get("worker_id") or t.user_attrs.get("worker")
         if shown == "training":
-            lines.append(f"trial {t.number} training on {who} ({_arch(t)})")
+            lines.append(f"trial {t.number} training on {who} ({trial_arch(t)})")
         elif shown == HANDED_BACK:
             lines.append(f"trial {t.number} handed back (taken ahead, never trained)")
         else:
             value = f" {t.value:.4f}" if t.value is not None else ""
             reason = f": {t.user_attrs['fail_reason']}" if "fail_reason" in t.user_attrs else ""
             lines.append(f"trial {t.number} {t.user_attrs.get('status', shown)}{value} "
-                         f"({_arch(t)}, {len(t.intermediate_values)}/{now.settings.epochs} epochs{', ' + who if who else ''}){reason}")
+                         f"({trial_arch(t)}, {len(t.intermediate_values)}/{now.settings.epochs} epochs{', ' + who if who else ''}){reason}")
     return seen, lines
 
 
@@ -297,10 +297,6 @@ def print_best(study: optuna.Study) -> None:
     print(f"best configuration (trial {provenance['trial']}, validation accuracy {validation_text(provenance)}):")
     print(json.dumps(exported["config"], indent=2, sort_keys=True))
     print(f"export it: kilotune export --study {study.study_name} --out best.json")
-
-
-def _arch(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("config", {}).get("arch") or trial.params.get("arch", "?"))
 
 
 def _clock(seconds: float) -> str:
