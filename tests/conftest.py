@@ -4,6 +4,7 @@ tests, a tiny real-data subset, and waits bounded by progress rather than by the
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import shutil
@@ -261,13 +262,23 @@ def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5, progress
     raise AssertionError(f"timed out{stalled} waiting for {what}")
 
 
+@functools.cache
+def shared_storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage a URL for the tests' polls. A storage made from a URL at each poll keeps its
+    connections until the garbage collector breaks its reference cycle: polls every 0.5 s used up
+    the server's 100 connections. Its pool pings before use, so it survives a server restart."""
+    import optuna
+
+    return optuna.storages.RDBStorage(url)
+
+
 def study_progress(url: str, study: str) -> Callable[[], object]:
     """What changes while a study's workers make progress: its trials' states, epochs and attributes."""
     import optuna
 
     def progress() -> object:
         try:
-            trials = optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+            trials = optuna.load_study(study_name=study, storage=shared_storage(url)).get_trials(deepcopy=False)
         except Exception as e:  # not created yet, or the database is restarting: no progress
             return type(e).__name__
         return [(t.state, len(t.intermediate_values), len(t.user_attrs)) for t in trials]

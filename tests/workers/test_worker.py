@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from kilotune.search.cli import main
 from kilotune.search.study import counts_toward_budget
-from tests.conftest import kilotune, study_progress, wait_for, wait_for_exit
+from tests.conftest import kilotune, shared_storage, study_progress, wait_for, wait_for_exit
 
 pytestmark = pytest.mark.slow
 TINY_SPACE = {"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none", "optimizer": "sgd",
@@ -52,7 +52,7 @@ def start_worker(study: str, pg_url: str, env: dict, *extra: str) -> subprocess.
 
 
 def trials(study: str, pg_url: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=study, storage=pg_url).get_trials()
+    return optuna.load_study(study_name=study, storage=shared_storage(pg_url)).get_trials()
 
 
 def finish(procs: list[subprocess.Popen], study: str, pg_url: str) -> list[str]:
