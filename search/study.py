@@ -26,8 +26,8 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from kilotune.search import pruners
-from kilotune.search.samplers import SnapshotTPESampler
+from kilotune.search import optuna_internals, pruners
+from kilotune.search.samplers import tpe_sampler
 from kilotune.search.winner import DEFAULT_CV_TOP_K, DEFAULT_OBJECTIVE_EPOCHS, enqueue_fold_trials, is_fold_trial
 from kilotune.subset.splits import fold_count
 
@@ -210,8 +210,8 @@ class StudySettings:
         # search/samplers.py). TPE models from the 6th finished (complete or pruned) trial, the
         # warm-start presets among the first 5: with Optuna's 10, runs of 8-13 trials had 0-2
         # trials sampled by TPE (docs/search-efficiency.md). TPE sees every trial, Hyperband's
-        # brackets included (optuna 5.1 reads Study._get_trials, which brackets do not filter).
-        return SnapshotTPESampler(
+        # brackets included (optuna 5.1's TPE reads the study's unfiltered trials, which brackets do not filter).
+        return tpe_sampler(
             multivariate=True, group=True, constant_liar=True, n_startup_trials=TPE_STARTUP_TRIALS, seed=self.seed
         )
 
@@ -254,15 +254,14 @@ class StudySettings:
         (search/pruners.py) instead of every running trial."""
         if self.pruner == "none":
             return optuna.pruners.NopPruner()
-        optuna_pruner, indexed_pruner, kwargs = {
-            "hyperband": (optuna.pruners.HyperbandPruner, pruners.IndexedHyperbandPruner,
+        optuna_pruner, kwargs = {
+            "hyperband": (optuna.pruners.HyperbandPruner,
                           dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=REDUCTION_FACTOR)),
-            "successive-halving": (optuna.pruners.SuccessiveHalvingPruner, pruners.IndexedSuccessiveHalvingPruner,
+            "successive-halving": (optuna.pruners.SuccessiveHalvingPruner,
                                    dict(min_resource=self._min_resource, reduction_factor=REDUCTION_FACTOR)),
-            "median": (optuna.pruners.MedianPruner, pruners.IndexedMedianPruner,
-                       dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)),
+            "median": (optuna.pruners.MedianPruner, dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)),
         }[self.pruner]
-        return indexed_pruner(storage, **kwargs) if isinstance(storage, RDBStorage) else optuna_pruner(**kwargs)
+        return pruners.pruner(optuna_pruner, storage, **kwargs)
 
     def may_prune_at(self, epoch: int) -> bool:
         """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
@@ -455,16 +454,14 @@ def fail_unbeaten_trials(study: optuna.Study, storage: BaseStorage, running: lis
     Optuna's ``fail_stale_trials`` never fails (it judges only trials that beat once); at the
     end of a study the last workers would wait for it for ever.
     """
-    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
-        return
-    from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna's versioned schema
-
+    if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None or not optuna_internals.fast_paths():
+        return  # (outside Optuna's tested range nothing public tells a trial that never beat)
     cutoff = datetime.now() - timedelta(seconds=GRACE_SECONDS)  # Optuna records datetime_start in local time
-    old = {t._trial_id: t for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
+    old = {optuna_internals.frozen_trial_id(t, study, storage): t
+           for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
     if not old:
         return
-    with storage.engine.connect() as conn:
-        beaten = set(conn.execute(sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))).scalars())
+    beaten = optuna_internals.beaten_trial_ids(storage, old) or set()
     for trial_id in old.keys() - beaten:
         try:
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
@@ -535,22 +532,20 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
         started: When this worker started (the timeout's origin if the study has no record of it).
     """
     settings = current_budget(study, settings)  # running workers see a `study extend` at their next claim
-    if not isinstance(storage, RDBStorage):
+    if not isinstance(storage, RDBStorage) or not optuna_internals.fast_paths():  # (outside Optuna's tested range: its public API)
         if budget_left(study, settings, started):
             return study.ask()
         return _cross_validation_trial(study, settings, started)
     if study_timed_out(study, settings, started):
         return None
-    counted, waiting = _budget_rows(storage, study._study_id)
+    counted, waiting = _budget_rows(storage, optuna_internals.study_id(study, storage))
     if waiting:
         # A queued trial (a retry, an enqueued preset, a fold trial) is already inside the budget;
         # Study.ask takes it (and reads the study, which is rare enough here).
         return study.ask()
     if settings.n_trials is not None and counted >= settings.n_trials:
         return _cross_validation_trial(study, settings, started)
-    trial_id = study._storage.create_new_trial(study._study_id)
-    study._thread_local.cached_all_trials = None  # as Study.ask: the sampler re-reads the study once per trial
-    return optuna.Trial(study, trial_id)
+    return optuna_internals.new_trial(study, storage)
 
 
 def _cross_validation_trial(study: optuna.Study, settings: StudySettings, started: float) -> optuna.Trial | None:
@@ -565,25 +560,7 @@ def _cross_validation_trial(study: optuna.Study, settings: StudySettings, starte
 
 def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
     """Trials counting toward the budget (``counts_toward_budget``), and the WAITING trials' ids."""
-    from optuna.storages._rdb.models import TrialModel, TrialUserAttributeModel  # Optuna's versioned schema
-
-    failed_for_good = sqlalchemy.select(TrialUserAttributeModel.trial_id).where(
-        TrialUserAttributeModel.key == "status", TrialUserAttributeModel.value_json == '"failed"'
-    )
-    fold_trials = sqlalchemy.select(TrialUserAttributeModel.trial_id).where(TrialUserAttributeModel.key == "cv_of")
-    in_study = TrialModel.study_id == study_id
-    with storage.engine.connect() as conn:
-        counted = conn.execute(
-            sqlalchemy.select(sqlalchemy.func.count()).where(
-                in_study,
-                TrialModel.trial_id.not_in(fold_trials),
-                sqlalchemy.or_(TrialModel.state != TrialState.FAIL, TrialModel.trial_id.in_(failed_for_good)),
-            )
-        ).scalar_one()
-        waiting = conn.execute(
-            sqlalchemy.select(TrialModel.trial_id).where(in_study, TrialModel.state == TrialState.WAITING).order_by(TrialModel.trial_id)
-        ).scalars().all()
-    return counted, list(waiting)
+    return optuna_internals.budget_rows(storage, study_id, status_key="status", fold_key="cv_of")
 
 
 def _study_age(attrs: dict[str, Any], fallback: float) -> float:

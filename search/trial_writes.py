@@ -9,8 +9,9 @@ before the next prune check or the end of the trial.
 ``BufferedWrites`` stands in for a trial's storage (``trial.storage``), so Optuna's own ``Trial``
 code still validates each call and updates the trial in memory; only the storage writes wait.
 ``store`` writes what waited: on PostgreSQL and SQLite one transaction on Optuna's schema
+(``optuna_internals.store_rdb``, inside Optuna's tested range)
 (checks as Optuna's: the trial is unfinished, a param's distribution fits the study's), each
-row an upsert, so a retried transaction is harmless. Other storages get Optuna's calls in order.
+row an upsert, so a retried transaction is harmless. Other storages, and any outside the range, get Optuna's calls in order.
 ``tests/search/test_trial_writes.py`` stores the same writes both ways and compares the trials.
 """
 
@@ -21,10 +22,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy
-from optuna.distributions import BaseDistribution, check_distribution_compatibility, distribution_to_json, json_to_distribution
-from optuna.storages import BaseStorage, RDBStorage
-from sqlalchemy.dialects import postgresql, sqlite
+from optuna.distributions import BaseDistribution
+from optuna.storages import BaseStorage
+
+from kilotune.search.optuna_internals import rdb_of, store_rdb
 
 
 @dataclass
@@ -101,80 +102,4 @@ def store(storage: BaseStorage, trial_id: int, writes: PendingWrites) -> None:
         for key, value in writes.user_attrs.items():
             storage.set_trial_user_attr(trial_id, key, value)
         return
-    _store_rdb(rdb, trial_id, writes)
-
-
-# (database, study id, param name, distribution JSON) found to fit the study's distribution of
-# that param: which never changes once stored, so each worker checks each param once, as
-# Optuna's cached storage does, not once per trial.
-_FITS_THE_STUDY: set[tuple[str, int, str, str]] = set()
-
-
-def rdb_of(storage: BaseStorage) -> RDBStorage | None:
-    """The RDB storage under Optuna's cache (``study._storage`` wraps it), or None."""
-    backend = getattr(storage, "_backend", storage)
-    return backend if isinstance(backend, RDBStorage) else None
-
-
-def _store_rdb(rdb: RDBStorage, trial_id: int, writes: PendingWrites) -> None:
-    from optuna.storages._rdb import models  # Optuna's versioned schema
-
-    insert = postgresql.insert if rdb.engine.name == "postgresql" else sqlite.insert
-    with rdb.engine.begin() as conn:
-        # The row lock orders these writes with a concurrent tell, which takes the same lock.
-        row = conn.execute(
-            sqlalchemy.select(models.TrialModel.state, models.TrialModel.study_id)
-            .where(models.TrialModel.trial_id == trial_id)
-            .with_for_update()
-        ).one_or_none()
-        if row is None:
-            raise KeyError(f"No trial with trial_id {trial_id} exists.")
-        state, study_id = row
-        rdb.check_trial_is_updatable(trial_id, state)
-
-        if writes.params:
-            database = rdb.engine.url.render_as_string(hide_password=True)
-            checked = {name: (database, study_id, name, distribution_to_json(d)) for name, (_, d) in writes.params.items()}
-            for name, (_, distribution) in writes.params.items():
-                if checked[name] in _FITS_THE_STUDY:
-                    continue
-                previous = conn.execute(
-                    sqlalchemy.select(models.TrialParamModel.distribution_json)
-                    .join(models.TrialModel, models.TrialModel.trial_id == models.TrialParamModel.trial_id)
-                    .where(models.TrialModel.study_id == study_id, models.TrialParamModel.param_name == name)
-                    .limit(1)
-                ).scalar_one_or_none()
-                if previous is not None:
-                    check_distribution_compatibility(json_to_distribution(previous), distribution)
-            rows = [
-                {"trial_id": trial_id, "param_name": name, "param_value": value, "distribution_json": checked[name][3]}
-                for name, (value, _) in writes.params.items()
-            ]
-            conn.execute(insert(models.TrialParamModel).on_conflict_do_nothing(index_elements=["trial_id", "param_name"]), rows)
-            _FITS_THE_STUDY.update(checked.values())  # (if the transaction fails, a fit is still a fit)
-
-        if writes.reports:
-            to_stored = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr
-            rows = []
-            for step, value in writes.reports.items():
-                stored, value_type = to_stored(value)
-                rows.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": value_type})
-            statement = insert(models.TrialIntermediateValueModel)
-            conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["trial_id", "step"],
-                    set_={
-                        "intermediate_value": statement.excluded.intermediate_value,
-                        "intermediate_value_type": statement.excluded.intermediate_value_type,
-                    },
-                ),
-                rows,
-            )
-
-        if writes.user_attrs:
-            rows = [{"trial_id": trial_id, "key": key, "value_json": json.dumps(value)} for key, value in writes.user_attrs.items()]
-            statement = insert(models.TrialUserAttributeModel)
-            conn.execute(
-                statement.on_conflict_do_update(index_elements=["trial_id", "key"], set_={"value_json": statement.excluded.value_json}),
-                rows,
-            )
+    store_rdb(rdb, trial_id, writes)

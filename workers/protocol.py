@@ -37,6 +37,7 @@ from kilotune.search.study import (
     study_timed_out,
     with_retry,
 )
+from kilotune.search import optuna_internals
 from kilotune.search.trial_writes import BufferedWrites, store
 from kilotune.workers.config import TrainConfig
 
@@ -135,7 +136,7 @@ class TrialSource:
                 log.info("budget of study %r is spent but %d trials run: waiting for them to finish or go stale (%ds)",
                          self.study.study_name, len(running), GRACE_SECONDS)
             self.stop.wait(HEARTBEAT_SECONDS)
-        heartbeat = Heartbeat(self.storage, trial._trial_id)  # from now on a dead worker's trial is retried
+        heartbeat = Heartbeat(self.storage, optuna_internals.trial_id(trial))  # from now on a dead worker's trial is retried
         heartbeat.start()
         try:
             return TakenTrial(trial, heartbeat, config=self._suggest(trial))
@@ -159,18 +160,18 @@ class TrialSource:
 
     def _suggest(self, trial: optuna.Trial) -> TrainConfig:
         """The space's ~15 suggests, their params stored in one transaction, not one each."""
-        buffer = BufferedWrites(trial.storage, trial._trial_id)
+        buffer = BufferedWrites(trial.storage, optuna_internals.trial_id(trial))
         trial.storage = buffer  # type: ignore[assignment]
         try:
             config = self.space.suggest(trial, self.settings.epochs)
         finally:
             trial.storage = buffer.storage
-            with_retry(lambda: store(buffer.storage, trial._trial_id, buffer.take()), what="storing the trial's params")
+            with_retry(lambda: store(buffer.storage, optuna_internals.trial_id(trial), buffer.take()), what="storing the trial's params")
         return config
 
     def retry(self, trial: optuna.Trial) -> None:
         """Queues a WAITING copy of a failed trial (same params and reports) for any worker."""
-        with_retry(lambda: self.retry_callback(self.study, self.storage.get_trial(trial._trial_id)), what="retry")
+        with_retry(lambda: self.retry_callback(self.study, self.storage.get_trial(optuna_internals.trial_id(trial))), what="retry")
 
     def hand_back(self, taken: TakenTrial, *, requeue: bool = True) -> None:
         """Gives back a trial taken but not trained: FAIL "returned" (outside the budget).
@@ -211,7 +212,7 @@ class TrialRecorder:
 
     def __init__(self, trial: optuna.Trial, linger_s: float = RECORDER_LINGER_SECONDS) -> None:
         self.trial, self.linger_s = trial, linger_s
-        self.buffer = BufferedWrites(trial.storage, trial._trial_id)
+        self.buffer = BufferedWrites(trial.storage, optuna_internals.trial_id(trial))
         trial.storage = self.buffer  # type: ignore[assignment]  # a stand-in: writes wait, reads pass
         self.write_seconds = 0.0  # time the thread spent storing: storage work taken off the caller
         self._error: BaseException | None = None
@@ -292,7 +293,7 @@ class TrialRecorder:
             try:
                 if self._error is None:  # after a lost store, later ones would store a gap
                     started = time.perf_counter()
-                    with_retry(lambda: store(self.buffer.storage, self.trial._trial_id, writes), what="storing the trial's writes")
+                    with_retry(lambda: store(self.buffer.storage, optuna_internals.trial_id(self.trial), writes), what="storing the trial's writes")
                     self.write_seconds += time.perf_counter() - started
             except BaseException as e:  # handed to the caller at flush
                 self._error = e

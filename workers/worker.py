@@ -23,6 +23,7 @@ import keras
 import optuna
 from optuna.trial import TrialState
 
+from kilotune.search.optuna_internals import frozen_trial
 from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
 from kilotune.search.winner import objective_value
 from kilotune.subset.datasets import load_dataset
@@ -117,7 +118,7 @@ class Worker:
 
     def _run_trial(self, taken: TakenTrial) -> str:
         trial = taken.trial
-        history = RetryKilledTrials.retry_history(trial._cached_frozen_trial)
+        history = RetryKilledTrials.retry_history(frozen_trial(trial))
         # Every retry of a trial shares the first attempt's checkpoint directory.
         checkpoint = Checkpoint(checkpoint_root() / self.study.study_name / str(history[0] if history else trial.number))
         try:
@@ -143,7 +144,7 @@ class Worker:
             for key, value in attrs.items():
                 recorder.set_user_attr(key, value)
             # The killed attempt's recorder may not have stored its last reports: the checkpoint has them.
-            reported = trial._cached_frozen_trial.intermediate_values
+            reported = frozen_trial(trial).intermediate_values
             for epoch in done:
                 if epoch["epoch"] not in reported:
                     recorder.report(epoch["val_accuracy"], epoch["epoch"])
