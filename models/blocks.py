@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import keras
 
-ACTIVATIONS = ("relu", "elu", "gelu", "silu")
+from .names import ACTIVATIONS
+
 
 # Keras' default BN momentum (0.99) averages over ~100 steps. With 1000 images at batch 128
 # an epoch is 8 steps, so the moving statistics would lag the weights for many epochs and

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import keras
 
+from .names import ARCHITECTURES
 from .resnet import resnet9, resnet18, resnet20, wrn
 from .vgg import vgg8, vgg16
 
@@ -20,7 +21,7 @@ BUILDERS: dict[str, Callable[..., keras.Model]] = {
     "resnet20": resnet20,
     "wrn": wrn,
 }
-ARCHITECTURES: tuple[str, ...] = tuple(BUILDERS)
+assert tuple(BUILDERS) == ARCHITECTURES, "models/names.py names every builder, in order"
 
 
 def build_model(arch: str, input_shape: tuple[int, int, int], num_classes: int, *,

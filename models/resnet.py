@@ -39,7 +39,7 @@ def resnet9(input_shape: tuple[int, int, int], num_classes: int, *, width: float
         depth: Ignored (fixed depth).
         widen_factor: Ignored.
         squeeze_excite: SE gate at the end of each residual branch.
-        activation: One of ``models.blocks.ACTIVATIONS``.
+        activation: One of ``models.names.ACTIVATIONS``.
         batch_norm: BN after every conv; without it convs have a bias.
         dropout: Dropout rate before the classifier.
         weight_decay: L2 factor on every conv and dense kernel.

@@ -59,7 +59,7 @@ def vgg8(input_shape: tuple[int, int, int], num_classes: int, *, width: float = 
         depth: Ignored (VGG-8 has a fixed depth).
         widen_factor: Ignored.
         squeeze_excite: Must be False; SE is for residual architectures.
-        activation: One of ``models.blocks.ACTIVATIONS``.
+        activation: One of ``models.names.ACTIVATIONS``.
         batch_norm: BN after every conv; without it convs have a bias.
         dropout: Dropout rate before the classifier.
         weight_decay: L2 factor on every conv and dense kernel.

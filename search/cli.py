@@ -31,13 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
+    """kilotune's installed version (``0+unknown`` when it runs uninstalled)."""
+    from kilotune.subset.files import installed_version
 
-    try:
-        return dist_version("kilotune")
-    except PackageNotFoundError:
-        return "0+unknown"
+    return installed_version("kilotune")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

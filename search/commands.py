@@ -39,7 +39,7 @@ def run_export(args: argparse.Namespace) -> int:
     from kilotune.search.export import export_study, validation_text, write_json
 
     export = export_study(args.study, args.storage, args.rank)  # kilotune.best() in Python
-    path = write_json(export, args.out)
+    path = write_json(export, args.out, sort_keys=True)
     p = export["provenance"]
     print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {validation_text(p)} "
           f"({export['config']['arch']})")

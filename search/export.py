@@ -12,16 +12,16 @@ Rank 1 is the study's cross-validated winner (search/winner.py). The file is wha
 from __future__ import annotations
 
 import json
-import os
 import platform
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from kilotune.search.study import StudySettings, load_study, now_iso, open_storage
+from kilotune.search.attrs import CONFIG
+from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.search.winner import CrossValidated, ranked_trials, ranking
+from kilotune.subset.files import installed_version, now_iso, write_json
 from kilotune.workers.config import TrainConfig
 
 __all__ = ["export_trial", "provenance", "ranked_trials", "read_export", "write_json"]
@@ -46,10 +46,10 @@ def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
         raise ValueError(f"study {study.study_name!r} has {len(ranked)} complete trial(s); cannot export {rank=}")
     evaluated = ranked[rank - 1]
     trial = evaluated.trial
-    if "config" not in trial.user_attrs:
+    if CONFIG not in trial.user_attrs:
         raise ValueError(f"trial {trial.number} of study {study.study_name!r} has no 'config' user attribute")
     # Validate now: an export that retrain cannot read should fail here, not later.
-    config = TrainConfig.from_dict(trial.user_attrs["config"])
+    config = TrainConfig.from_dict(trial.user_attrs[CONFIG])
     return {"config": config.to_dict(), "provenance": provenance(study, evaluated)}
 
 
@@ -95,7 +95,7 @@ def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]
         "kilotune_version": settings.kilotune_version,
         # Workers do not record their libraries, so these are the exporting environment's.
         "library_versions": library_versions(),
-        "seed": trial.user_attrs["config"].get("seed", 0),
+        "seed": trial.user_attrs[CONFIG].get("seed", 0),
         "exported_at": now_iso(),
     }
 
@@ -104,22 +104,10 @@ def library_versions() -> dict[str, str]:
     """Installed versions from package metadata; importing TensorFlow just to ask would take seconds."""
     found = {}
     for name in LIBRARIES:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
+        if (installed := installed_version(name, default=None)) is not None:
+            found[name] = installed
     found["python"] = platform.python_version()
     return found
-
-
-def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    """Writes ``data`` as indented JSON, atomically, creating parent directories."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def read_export(path: str | Path) -> dict[str, Any]:

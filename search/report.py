@@ -19,8 +19,9 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from kilotune.search.attrs import CONFIG, STATUS, WORKER
 from kilotune.search.winner import cross_validated_best, is_fold_trial, ranking
-from kilotune.workers.config import ARCHITECTURES
+from kilotune.models.names import ARCHITECTURES
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # How a trial's learning curve looks, by state: finished runs solid, pruned ones dashed.
@@ -39,7 +40,7 @@ def outcome(trial: FrozenTrial) -> str:
     """How a trial stands, as the report and ``kilotune run`` show it: its state in lower case, but
     "handed back" for a trial a worker took ahead and gave back untrained (FAIL with status
     "returned", outside the budget; its copy is queued or the study's time was up): not a failure."""
-    if trial.state == TrialState.FAIL and trial.user_attrs.get("status") == "returned":
+    if trial.state == TrialState.FAIL and trial.user_attrs.get(STATUS) == "returned":
         return HANDED_BACK
     return trial.state.name.lower()
 
@@ -100,7 +101,7 @@ def top_table(study: optuna.Study, top: int) -> str:
     rows = []
     for rank, evaluated in enumerate(ranked, 1):
         t = evaluated.trial
-        config = t.user_attrs.get("config", {})
+        config = t.user_attrs.get(CONFIG, {})
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items()) if k != "arch")
         stderr = "-" if evaluated.stderr is None else f"{evaluated.stderr:.4f}"
         cells = (rank, t.number, f"{evaluated.mean:.4f}", stderr, len(evaluated.values), f"{t.value:.4f}",
@@ -145,7 +146,7 @@ def accuracy_by_architecture(trials: list[FrozenTrial]) -> go.Figure:
     by_arch: dict[str, list[FrozenTrial]] = {}
     for t in trials:
         if t.state == TrialState.COMPLETE and not is_fold_trial(t) and t.value is not None and math.isfinite(t.value):
-            by_arch.setdefault(t.user_attrs.get("config", {}).get("arch", t.params.get("arch", "?")), []).append(t)
+            by_arch.setdefault(t.user_attrs.get(CONFIG, {}).get("arch", t.params.get("arch", "?")), []).append(t)
     order = sorted(by_arch, key=lambda a: (ARCHITECTURES.index(a) if a in ARCHITECTURES else len(ARCHITECTURES), a))
     fig = go.Figure(
         [
@@ -168,7 +169,7 @@ def accuracy_by_architecture(trials: list[FrozenTrial]) -> go.Figure:
 def pruning_savings(trials: list[FrozenTrial], study_epochs: int | None) -> Section:
     """Epochs that pruning did not spend: per pruned trial, its budget less the epochs it ran."""
     finished = [t for t in trials if t.state in FINISHED]
-    budget = {t.number: int(t.user_attrs.get("config", {}).get("epochs") or study_epochs or (t.last_step or 0)) for t in finished}
+    budget = {t.number: int(t.user_attrs.get(CONFIG, {}).get("epochs") or study_epochs or (t.last_step or 0)) for t in finished}
     saved = {t.number: max(0, budget[t.number] - (t.last_step or 0)) for t in finished if t.state == TrialState.PRUNED}
     full, total = sum(budget.values()), sum(saved.values())
     share = 100.0 * total / full if full else 0.0
@@ -188,7 +189,7 @@ def worker_timeline(study: optuna.Study) -> go.Figure:
     """Optuna's timeline with one row per worker (user attribute ``worker``) instead of per trial."""
     fig = optuna.visualization.plot_timeline(study)
     trials = study.get_trials(deepcopy=False)
-    worker = {t.number: t.user_attrs.get("worker", "(no worker)") for t in trials}
+    worker = {t.number: t.user_attrs.get(WORKER, "(no worker)") for t in trials}
     handed_back = {t.number for t in trials if outcome(t) == HANDED_BACK}
     mixed = [trace for trace in fig.data if trace.name == "FAIL" and handed_back & set(trace.y)]
     if mixed:
@@ -259,7 +260,7 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
         ("sampler / pruner", f"{attrs.get('sampler', '?')} / {attrs.get('pruner', '?')}"),
         ("budget", f"{attrs.get('n_trials') or '-'} trials, {attrs.get('timeout_s') or '-'} s"),
         ("trials", f"{len(trials)}: {counts}"),
-        ("workers", len({t.user_attrs['worker'] for t in trials if 'worker' in t.user_attrs})),
+        ("workers", len({t.user_attrs[WORKER] for t in trials if 'worker' in t.user_attrs})),
         ("objective", f"mean validation accuracy of the last {attrs.get('objective_epochs', 1)} epoch(s)"),
         ("best (cross-validated mean ± std. error)", best),
         ("created", attrs.get("created_at", "?")),
@@ -276,12 +277,12 @@ def _short(value: Any) -> str:
 
 
 def _epochs(trial: FrozenTrial) -> str:
-    planned = trial.user_attrs.get("config", {}).get("epochs")
+    planned = trial.user_attrs.get(CONFIG, {}).get("epochs")
     return f"{trial.last_step or 0}/{planned}" if planned else str(trial.last_step or 0)
 
 
 def _status(trial: FrozenTrial) -> str:
-    return str(trial.user_attrs.get("status", trial.state.name.lower()))
+    return str(trial.user_attrs.get(STATUS, trial.state.name.lower()))
 
 
 _CSS = """

@@ -17,7 +17,9 @@ from typing import Any
 import optuna
 import yaml
 
-from kilotune.workers.config import ACTIVATIONS, ARCHITECTURES, OPTIMIZERS, SCHEDULES, TrainConfig
+from kilotune.search.attrs import PRESET_CONFIG
+from kilotune.models.names import ACTIVATIONS, ARCHITECTURES
+from kilotune.workers.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 class Param(ABC):
@@ -229,7 +231,7 @@ class SearchSpace:
         c["cutmix_alpha"] = p("cutmix_alpha") if mixing in ("cutmix", "both") else 0.0
         c["label_smoothing"] = p("label_smoothing")
         # An enqueued preset may set fields the space does not search (e.g. batch_norm).
-        c.update(trial.user_attrs.get("preset_config", {}), epochs=epochs)
+        c.update(trial.user_attrs.get(PRESET_CONFIG, {}), epochs=epochs)
         c.update(self.fixed)
         return TrainConfig.from_dict(c)
 

@@ -7,7 +7,6 @@ recorded in the study, so the study, not each worker's command line, decides the
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,9 +25,13 @@ from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from kilotune.search.attrs import (
+    BUDGET_HISTORY, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, WORKER, WORKER_ID,
+)
 from kilotune.search import optuna_internals, pruners
 from kilotune.search.samplers import tpe_sampler
 from kilotune.search.winner import DEFAULT_CV_TOP_K, DEFAULT_OBJECTIVE_EPOCHS, enqueue_fold_trials, is_fold_trial
+from kilotune.subset.files import file_lock, now_iso
 from kilotune.subset.splits import fold_count
 
 log = logging.getLogger("kilotune.study")
@@ -345,7 +348,7 @@ def extend_budget(study: optuna.Study, *, n_trials: int | None = None, timeout_s
         "from": {"n_trials": before.n_trials, "timeout_s": before.timeout_s},
         "to": {"n_trials": after.n_trials, "timeout_s": after.timeout_s},
     }
-    study.set_user_attr("budget_history", [*study.user_attrs.get("budget_history", []), entry])
+    study.set_user_attr(BUDGET_HISTORY, [*study.user_attrs.get(BUDGET_HISTORY, []), entry])
     study.set_user_attr("n_trials", after.n_trials)
     study.set_user_attr("timeout_s", after.timeout_s)
     return entry
@@ -402,8 +405,8 @@ def check_same_data(settings: StudySettings, dataset_checksum: str, subset_check
 
 
 # User attributes of one attempt, which its retry must not show as its own (its worker writes them anew).
-ATTEMPT_ATTRS = ("worker", "worker_id", "device", "status", "fail_reason", "resumed_from_epoch", "retry_of",
-                 "epoch_seconds", "images_per_second", "params_count")
+ATTEMPT_ATTRS = (WORKER, WORKER_ID, DEVICE, STATUS, FAIL_REASON, RESUMED_FROM_EPOCH, RETRY_OF,
+                 EPOCH_SECONDS, IMAGES_PER_SECOND, PARAMS_COUNT)
 
 
 class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
@@ -431,7 +434,7 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
         history = [*self.retry_history(trial), trial.number]
         system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
         trained = len(trial.intermediate_values) > trial.system_attrs.get(self.INHERITED, 0)
-        signalled = trial.user_attrs.get("status") in ("interrupted", "returned")
+        signalled = trial.user_attrs.get(STATUS) in ("interrupted", "returned")
         kills = trial.system_attrs.get(self.KILLS, 0) + (trained and not signalled)
         system_attrs.update({self.KILLS: kills, self.INHERITED: len(trial.intermediate_values)})
         user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ATTEMPT_ATTRS}
@@ -440,7 +443,7 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
             state = TrialState.FAIL
             user_attrs.update(status="failed", fail_reason=f"given up: its worker was killed after training {kills} times "
                                                            f"(trials {history}; max_retry={self.max_kills})")
-            log.error("trial %d: %s", trial.number, user_attrs["fail_reason"])
+            log.error("trial %d: %s", trial.number, user_attrs[FAIL_REASON])
         study.add_trial(optuna.create_trial(
             state=state, params=trial.params, distributions=trial.distributions, user_attrs=user_attrs,
             system_attrs=system_attrs, intermediate_values=trial.intermediate_values,
@@ -481,7 +484,7 @@ def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
         return False
     if trial.state != TrialState.FAIL:
         return True
-    return trial.user_attrs.get("status") == "failed"
+    return trial.user_attrs.get(STATUS) == "failed"
 
 
 def study_timed_out(study: optuna.Study, settings: StudySettings, started: float) -> bool:
@@ -560,7 +563,7 @@ def _cross_validation_trial(study: optuna.Study, settings: StudySettings, starte
 
 def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
     """Trials counting toward the budget (``counts_toward_budget``), and the WAITING trials' ids."""
-    return optuna_internals.budget_rows(storage, study_id, status_key="status", fold_key="cv_of")
+    return optuna_internals.budget_rows(storage, study_id, status_key=STATUS, fold_key=CV_OF)
 
 
 def _study_age(attrs: dict[str, Any], fallback: float) -> float:
@@ -594,12 +597,8 @@ def budget_lock(url: str, study_name: str, storage: BaseStorage) -> Iterator[Non
     if path is None:
         yield
         return
-    with open(f"{path}.{key & 0xFFFFFFFF:08x}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(f"{path}.{key & 0xFFFFFFFF:08x}.lock"):
+        yield
 
 
 def _local_path(url: str) -> Path | None:
@@ -608,7 +607,3 @@ def _local_path(url: str) -> Path | None:
     if "://" not in url:
         return Path(url)
     return None
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")

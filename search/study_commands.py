@@ -8,6 +8,8 @@ import json
 import sys
 from typing import Any
 
+from kilotune.search.attrs import PRESET, PRESET_CONFIG
+
 
 def add_storage_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", help="storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")
@@ -157,7 +159,7 @@ def enqueue_config(study: Any, label: str, config: Any) -> None:
     """Queues ``config`` as the study's next trial; ``SearchSpace.suggest`` trains it exactly."""
     from kilotune.search.space import params_for
 
-    study.enqueue_trial(params_for(config), user_attrs={"preset_config": config.to_dict(), "preset": label})
+    study.enqueue_trial(params_for(config), user_attrs={PRESET_CONFIG: config.to_dict(), PRESET: label})
 
 
 def run_create(args: argparse.Namespace) -> int:

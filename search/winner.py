@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from kilotune.search.attrs import CONFIG, CV_OF, FOLD, PRESET_CONFIG, STATUS
+
 DEFAULT_OBJECTIVE_EPOCHS = 3
 DEFAULT_CV_TOP_K = 3
 
@@ -40,7 +42,7 @@ def objective_value(val_accuracies: Sequence[float], last: int) -> float:
 
 def is_fold_trial(trial: FrozenTrial) -> bool:
     """Whether ``trial`` re-evaluates a candidate on another fold (user attribute ``cv_of``)."""
-    return "cv_of" in trial.user_attrs
+    return CV_OF in trial.user_attrs
 
 
 def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -60,7 +62,7 @@ def _ranked(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -
 
 
 def _finished_training(trial: FrozenTrial) -> bool:
-    return trial.user_attrs.get("status") != "diverged" and trial.value is not None and math.isfinite(trial.value)
+    return trial.user_attrs.get(STATUS) != "diverged" and trial.value is not None and math.isfinite(trial.value)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def ranking(study: optuna.Study, k: int | None = None) -> list[CrossValidated]:
     folds: dict[int, dict[int, float]] = {}
     for t in trials:
         if is_fold_trial(t) and t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
-            folds.setdefault(t.user_attrs["cv_of"], {})[t.user_attrs["fold"]] = t.value
+            folds.setdefault(t.user_attrs[CV_OF], {})[t.user_attrs[FOLD]] = t.value
     evaluated = [CrossValidated(t, {0: t.value, **folds.get(t.number, {})}) for t in ranked]
     validated = [c for i, c in enumerate(evaluated) if i < k or c.trial.number in folds]
     sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
@@ -138,14 +140,14 @@ def enqueue_fold_trials(study: optuna.Study, k: int, folds: int) -> int:
         folds: The subset's fold count; folds 1 to ``folds - 1`` are queued.
     """
     trials = study.get_trials(deepcopy=False)
-    existing = {(t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in trials if is_fold_trial(t)}
+    existing = {(t.user_attrs[CV_OF], t.user_attrs[FOLD]) for t in trials if is_fold_trial(t)}
     queued = 0
     for candidate in _ranked(trials, study.direction)[:k]:
         for fold in range(1, folds):
-            if (candidate.number, fold) in existing or "config" not in candidate.user_attrs:
+            if (candidate.number, fold) in existing or CONFIG not in candidate.user_attrs:
                 continue
             # preset_config makes the fold trial train the candidate's exact config (search/space.py).
-            attrs = {"cv_of": candidate.number, "fold": fold, "preset_config": candidate.user_attrs["config"]}
+            attrs = {CV_OF: candidate.number, FOLD: fold, PRESET_CONFIG: candidate.user_attrs[CONFIG]}
             study.enqueue_trial(candidate.params, user_attrs=attrs)
             queued += 1
     return queued
@@ -170,16 +172,16 @@ def winner_line(study: optuna.Study, k: int | None = None) -> str:
 
 def trial_arch(trial: FrozenTrial) -> str:
     """The architecture a trial trained: its recorded config's, else its sampled param."""
-    return str(trial.user_attrs.get("config", {}).get("arch") or trial.params.get("arch", "?"))
+    return str(trial.user_attrs.get(CONFIG, {}).get("arch") or trial.params.get("arch", "?"))
 
 
 def _fold_key(trial: FrozenTrial) -> tuple[int, int]:
-    return trial.user_attrs["cv_of"], trial.user_attrs["fold"]
+    return trial.user_attrs[CV_OF], trial.user_attrs[FOLD]
 
 
 def _settled(trial: FrozenTrial) -> bool:
     """Complete, or failed for good (a failure the worker did not queue a retry for)."""
-    return trial.state == TrialState.COMPLETE or trial.user_attrs.get("status") == "failed"
+    return trial.state == TrialState.COMPLETE or trial.user_attrs.get(STATUS) == "failed"
 
 
 def _top_k(study: optuna.Study) -> int:

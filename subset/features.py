@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 import contextlib
 from dataclasses import dataclass
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from kilotune.subset.datasets import channel_stats, ImageDataset, normalize
+from kilotune.subset.files import file_lock, write_json
 
 EXTRACTOR_ARCH = "resnet9"
 EXTRACTOR_WIDTH = 0.25  # 16..128 channels, 128-d features: ~90% on Fashion-MNIST in 3 CPU epochs.
@@ -146,7 +146,7 @@ def train_extractor(
         "train_seconds": round(time.perf_counter() - started, 1),
     }
     # Sidecar first, model last: a reader that finds the model also finds its statistics.
-    _write_json(metadata_path(path), metadata)
+    write_json(metadata, metadata_path(path), sort_keys=False)
     os.replace(tmp, path)
     return accuracy
 
@@ -272,7 +272,7 @@ def ensure_default_subset(
     from kilotune.subset.subsetfile import load_subset
 
     path = default_subset_path(dataset.name, method, per_class, seed)
-    with _locked(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock")):
         if path.is_file():
             try:
                 cached = load_subset(path, dataset)
@@ -281,17 +281,3 @@ def ensure_default_subset(
             except ValueError:
                 pass  # Corrupt, or built for other data under the same name: rebuild it.
         return build_subset(dataset, method, path, per_class=per_class, seed=seed, extractor_path=extractor_path)
-
-
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # Released when the file is closed, even on a crash.
-        yield
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)

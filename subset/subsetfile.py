@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-import datetime
 import functools
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from kilotune.subset.datasets import ImageDataset
+from kilotune.subset.files import installed_version, now_iso, write_json
 
 FORMAT = "kilotune-subset/1"
 _REQUIRED = ("format", "dataset", "dataset_checksum", "method", "params", "seed", "per_class", "indices", "labels")
@@ -127,15 +126,11 @@ def write_subset(
         labels=np.asarray(dataset.y_train[indices], dtype=np.int64),
         extractor=extractor,
         objectives=objectives,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        kilotune_version=_version(),
+        created=now_iso(),
+        kilotune_version=installed_version(),
         path=Path(path),
     )
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # A reader never sees half a file.
-    tmp.write_text(json.dumps(subset.to_dict(), indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json(subset.to_dict(), path, indent=1)  # a reader never sees half a file
     return subset
 
 
@@ -219,12 +214,3 @@ def _int(value: Any, path: Path, key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ValueError(f"subset file {path}: {key} must be an integer, got {value!r}")
     return value
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("kilotune")
-    except PackageNotFoundError:
-        return "0+unknown"

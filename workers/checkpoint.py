@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -11,6 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
+
+from kilotune.subset.files import write_json
 
 if TYPE_CHECKING:
     from kilotune.workers.train import EpochReport
@@ -39,9 +40,7 @@ class Checkpoint:
         model_file = f"epoch-{epoch:04d}.keras"
         model.save(self.directory / model_file)  # includes optimizer state and step count
         state = {"epoch": epoch, "model": model_file, "history": [asdict(r) for r in history]}
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_path)
+        write_json(state, self.state_path, indent=None)
         for old in self.directory.glob("epoch-*.keras"):
             if old.name != model_file:
                 old.unlink(missing_ok=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ARCHITECTURES = ("vgg8", "vgg16", "resnet9", "resnet18", "resnet20", "wrn")
-ACTIVATIONS = ("relu", "elu", "gelu", "silu")
+from kilotune.models.names import ACTIVATIONS, ARCHITECTURES
+
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "onecycle")
 

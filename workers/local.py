@@ -28,6 +28,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from kilotune.search.attrs import FAIL_REASON, STATUS, WORKER, WORKER_ID
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.space import PRESETS
@@ -162,8 +163,8 @@ class Snapshot:
     @property
     def running(self) -> list[Running]:
         """Trials being trained (a worker wrote its status), not those only taken ahead."""
-        return [Running(str(t.user_attrs.get("worker_id") or t.user_attrs.get("worker", "?")), t.number, len(t.intermediate_values))
-                for t in self.trials if t.state == TrialState.RUNNING and t.user_attrs.get("status") == "running"]
+        return [Running(str(t.user_attrs.get(WORKER_ID) or t.user_attrs.get(WORKER, "?")), t.number, len(t.intermediate_values))
+                for t in self.trials if t.state == TrialState.RUNNING and t.user_attrs.get(STATUS) == "running"]
 
     @property
     def fold_epochs(self) -> tuple[int, int]:
@@ -214,14 +215,14 @@ def events(before: dict[int, str], now: Snapshot) -> tuple[dict[int, str], list[
         if shown is None or seen.get(t.number) == shown:
             continue
         seen[t.number] = shown
-        who = t.user_attrs.get("worker_id") or t.user_attrs.get("worker")
+        who = t.user_attrs.get(WORKER_ID) or t.user_attrs.get(WORKER)
         if shown == "training":
             lines.append(f"trial {t.number} training on {who} ({trial_arch(t)})")
         elif shown == HANDED_BACK:
             lines.append(f"trial {t.number} handed back (taken ahead, never trained)")
         else:
             value = f" {t.value:.4f}" if t.value is not None else ""
-            reason = f": {t.user_attrs['fail_reason']}" if "fail_reason" in t.user_attrs else ""
+            reason = f": {t.user_attrs[FAIL_REASON]}" if FAIL_REASON in t.user_attrs else ""
             lines.append(f"trial {t.number} {t.user_attrs.get('status', shown)}{value} "
                          f"({trial_arch(t)}, {len(t.intermediate_values)}/{now.settings.epochs} epochs{', ' + who if who else ''}){reason}")
     return seen, lines

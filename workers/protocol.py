@@ -25,6 +25,7 @@ import optuna
 from optuna.storages import BaseStorage, fail_stale_trials
 from optuna.trial import TrialState
 
+from kilotune.search.attrs import STATUS
 from kilotune.search.space import SearchSpace
 from kilotune.search.study import (
     GRACE_SECONDS,
@@ -181,7 +182,7 @@ class TrialSource:
             requeue: Queue a WAITING copy for another worker; not when the study's time is up.
         """
         trial = taken.trial
-        with_retry(lambda: trial.set_user_attr("status", "returned"), what="set_user_attr")
+        with_retry(lambda: trial.set_user_attr(STATUS, "returned"), what="set_user_attr")
         with_retry(lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), what="tell")
         if requeue:
             self.retry(trial)

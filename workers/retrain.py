@@ -19,9 +19,8 @@ import keras
 import numpy as np
 
 from kilotune.models.progress import EpochProgress
-from kilotune.search.export import write_json
-from kilotune.search.study import now_iso
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
+from kilotune.subset.files import now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, load_subset
 from kilotune.workers.config import TrainConfig
 from kilotune.workers.train import TrainData, TrainResult, evaluate, train
@@ -188,7 +187,7 @@ def retrain(
         if key in runs[0]:
             results[key] = _summary([r[key] for r in runs])
     results.update(provenance=export["provenance"], finished_at=now_iso())
-    write_json(results, out_dir / "results.json")
+    write_json(results, out_dir / "results.json", sort_keys=True)
     return results
 
 

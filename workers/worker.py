@@ -23,6 +23,10 @@ import keras
 import optuna
 from optuna.trial import TrialState
 
+from kilotune.search.attrs import (
+    CONFIG, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, FOLD, IMAGES_PER_SECOND, PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, WORKER,
+    WORKER_ID,
+)
 from kilotune.search.optuna_internals import frozen_trial
 from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
 from kilotune.search.winner import objective_value
@@ -86,7 +90,7 @@ class Worker:
 
     def data_for(self, trial: optuna.Trial) -> TrainData:
         """The trial's split: fold 0 for the search, its ``fold`` for a fold trial (search/winner.py)."""
-        fold = trial.user_attrs.get("fold", 0)
+        fold = trial.user_attrs.get(FOLD, 0)
         if fold not in self._folds:
             self._folds[fold] = holdout_data(self._dataset, self._chosen, self.settings.val_fraction, self.settings.split_seed, fold)
         return self._folds[fold]
@@ -130,17 +134,17 @@ class Worker:
 
     def _train_trial(self, taken: TakenTrial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
         trial, epoch_seconds = taken.trial, []
-        prunable = "cv_of" not in trial.user_attrs  # fold trials re-evaluate a finished candidate
+        prunable = CV_OF not in trial.user_attrs  # fold trials re-evaluate a finished candidate
         try:
             config = taken.sampled_config()
-            attrs = {"config": config.to_dict(), "worker": self.name, "device": self.device, "status": "running"}
+            attrs = {CONFIG: config.to_dict(), WORKER: self.name, DEVICE: self.device, STATUS: "running"}
             if self.worker_id:
-                attrs["worker_id"] = self.worker_id
+                attrs[WORKER_ID] = self.worker_id
             if history:
-                attrs["retry_of"] = history[-1]
+                attrs[RETRY_OF] = history[-1]
             done = checkpoint.history() if checkpoint.exists() else []
             if done:
-                attrs["resumed_from_epoch"] = len(done)
+                attrs[RESUMED_FROM_EPOCH] = len(done)
             for key, value in attrs.items():
                 recorder.set_user_attr(key, value)
             # The killed attempt's recorder may not have stored its last reports: the checkpoint has them.
@@ -170,13 +174,13 @@ class Worker:
         except Exception as e:  # one bad trial must not end the worker
             reason = "out of memory" if is_out_of_memory(e) else " ".join(f"{type(e).__name__}: {e}".split())[:500]
             log.error("trial %d failed: %s\n%s", trial.number, reason, traceback.format_exc())
-            recorder.set_user_attr("fail_reason", reason)
+            recorder.set_user_attr(FAIL_REASON, reason)
             self._finish(trial, recorder, TrialState.FAIL, "failed", epoch_seconds)
             checkpoint.clear()
             return "failed"
         # A diverged run is a result (a bad one: its last finite epochs), so the sampler learns to avoid it.
         value = objective_value([r.val_accuracy for r in result.history], self.settings.objective_epochs)
-        recorder.set_user_attr("params_count", result.params)
+        recorder.set_user_attr(PARAMS_COUNT, result.params)
         self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, value)
         checkpoint.clear()
         return result.status
@@ -190,10 +194,10 @@ class Worker:
         epoch_seconds: list[float],
         value: float | None = None,
     ) -> None:
-        recorder.set_user_attr("status", status)
-        recorder.set_user_attr("epoch_seconds", [round(s, 3) for s in epoch_seconds])
+        recorder.set_user_attr(STATUS, status)
+        recorder.set_user_attr(EPOCH_SECONDS, [round(s, 3) for s in epoch_seconds])
         if epoch_seconds:
-            recorder.set_user_attr("images_per_second", round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
+            recorder.set_user_attr(IMAGES_PER_SECOND, round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
         recorder.flush()  # a finished trial takes no more writes
         with_retry(lambda: self.study.tell(trial, value, state=state, skip_if_finished=True), what="tell")
         log.info("trial %d %s%s", trial.number, status, f" value={value:.4f}" if value is not None else "")

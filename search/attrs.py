@@ -1,0 +1,50 @@
+"""The user-attribute keys of a kilotune study and its trials: the study format's names, defined
+once (docs/study-format.md lists every one; ``tests/search/test_attrs.py`` checks it does).
+
+The study's keys are ``StudySettings``' fields (recorded by ``study create``) and the budget's
+history; a trial's are written by its worker, by the warm start and by the cross-validation.
+"""
+
+from __future__ import annotations
+
+# -- Study user attributes (``study.user_attrs``) ---------------------------------------------
+KILOTUNE_VERSION = "kilotune_version"
+DATASET = "dataset"
+DATASET_CHECKSUM = "dataset_checksum"
+SUBSET_PATH = "subset_path"
+SUBSET_CHECKSUM = "subset_checksum"
+VAL_FRACTION = "val_fraction"
+SPLIT_SEED = "split_seed"
+EPOCHS = "epochs"
+SPACE = "space"
+SAMPLER = "sampler"
+PRUNER = "pruner"
+N_TRIALS = "n_trials"
+TIMEOUT_S = "timeout_s"
+SEED = "seed"
+OBJECTIVE_EPOCHS = "objective_epochs"
+CV_TOP_K = "cv_top_k"
+BUDGET_HISTORY = "budget_history"
+CREATED_AT = "created_at"
+
+# -- Trial user attributes (``trial.user_attrs``) ---------------------------------------------
+CONFIG = "config"  # the TrainConfig trained, as a dict
+WORKER = "worker"  # host:pid
+WORKER_ID = "worker_id"  # the worker's --worker-id
+DEVICE = "device"
+PARAMS_COUNT = "params_count"
+EPOCH_SECONDS = "epoch_seconds"
+IMAGES_PER_SECOND = "images_per_second"
+STATUS = "status"  # running, complete, diverged, pruned, failed, interrupted, returned
+FAIL_REASON = "fail_reason"
+RESUMED_FROM_EPOCH = "resumed_from_epoch"
+RETRY_OF = "retry_of"
+PRESET = "preset"
+PRESET_CONFIG = "preset_config"
+CV_OF = "cv_of"  # a fold trial: the candidate trial's number
+FOLD = "fold"
+
+STUDY_KEYS = (KILOTUNE_VERSION, DATASET, DATASET_CHECKSUM, SUBSET_PATH, SUBSET_CHECKSUM, VAL_FRACTION, SPLIT_SEED, EPOCHS,
+              SPACE, SAMPLER, PRUNER, N_TRIALS, TIMEOUT_S, SEED, OBJECTIVE_EPOCHS, CV_TOP_K, BUDGET_HISTORY, CREATED_AT)
+TRIAL_KEYS = (CONFIG, WORKER, WORKER_ID, DEVICE, PARAMS_COUNT, EPOCH_SECONDS, IMAGES_PER_SECOND, STATUS, FAIL_REASON,
+              RESUMED_FROM_EPOCH, RETRY_OF, PRESET, PRESET_CONFIG, CV_OF, FOLD)

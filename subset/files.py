@@ -1,0 +1,64 @@
+"""File helpers every layer above shares: atomic JSON writes, an exclusive file lock, the
+installed version of a package and the time stamp files and studies record. They live here, in the lowest layer that needs them (subset
+files, cached subsets), and the layers above import them (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+def write_json(data: Any, path: str | Path, *, indent: int | None = 2, sort_keys: bool = False) -> Path:
+    """Writes ``data`` as JSON (a final newline when indented) atomically, creating parent
+    directories: a reader sees the old file or the new one, never half of one.
+
+    Args:
+        data: Anything ``json.dumps`` takes.
+        path: The file.
+        indent: ``json.dumps``'s indent; None: one line, no final newline.
+        sort_keys: Sort the objects' keys.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=indent, sort_keys=sort_keys) + ("\n" if indent is not None else "")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one a process: writers never share one
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: str | Path) -> Iterator[None]:
+    """Holds an exclusive ``fcntl`` lock on ``lock_path`` (created, with its directory), which
+    every process on this host that takes the same file queues for; released when the file is
+    closed, even on a crash."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def installed_version(name: str = "kilotune", default: str | None = "0+unknown") -> str | None:
+    """The installed version of package ``name`` from its metadata (no import), else ``default``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return default
+
+
+def now_iso() -> str:
+    """Now in UTC, ISO 8601 to the second: the time stamp subset files, studies and exports record."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
