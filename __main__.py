@@ -2,6 +2,6 @@
 
 import sys
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 
 sys.exit(main())

@@ -7,7 +7,6 @@ their checksum) and the study records that file as its dataset.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from kilotune.search.export import read_export
 from kilotune.search.study import load_study, open_storage
 from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, dataset_from_arrays, load_dataset, save_dataset
 from kilotune.subset.features import cache_dir
+from kilotune.workers.options import run_arguments
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as the command does: TensorFlow's start-up chatter off
 __all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "report", "retrain", "run", "save_dataset"]
@@ -79,7 +79,7 @@ def run(
                    subset=None if subset is None else str(subset), space=None if space is None else str(space),
                    preset=list(presets), keep_settings=keep_settings)  # fmt: skip
     options["dataset"] = dataset_name(dataset, options.get("data_dir"))
-    args = command_args("run", options)
+    args = run_arguments(options)
     # run_local forwards Ctrl-C to its workers; a notebook keeps its own handlers afterwards.
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -162,20 +162,3 @@ def dataset_name(dataset: DatasetLike, data_dir: str | None = None) -> str:
     if not path.is_file():
         save_dataset(dataset, path)
     return str(path.absolute())
-
-
-def command_args(command: str, options: dict[str, Any]) -> argparse.Namespace:
-    """``options`` as the parsed arguments of ``kilotune <command>``: its defaults, then these.
-
-    Raises:
-        ValueError: for an option the command does not have, listing those it has.
-    """
-    from kilotune.search.cli import build_parser
-
-    args = build_parser().parse_args([command])
-    allowed = set(vars(args)) - {"func", "command"}
-    if unknown := sorted(set(options) - allowed):
-        raise ValueError(f"unknown option(s) {unknown} for {command}; allowed: {sorted(allowed)}")
-    for key, value in options.items():
-        setattr(args, key, value)
-    return args

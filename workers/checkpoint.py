@@ -7,14 +7,11 @@ import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import keras
 
 from kilotune.subset.files import write_json
-
-if TYPE_CHECKING:
-    from kilotune.workers.train import EpochReport
 
 
 class Checkpoint:
@@ -34,7 +31,8 @@ class Checkpoint:
     def exists(self) -> bool:
         return self.state_path.is_file()
 
-    def save(self, model: keras.Model, history: list[EpochReport]) -> None:
+    def save(self, model: keras.Model, history: list[Any]) -> None:
+        # ``history``: train.py's EpochReport dataclasses (train.py imports this module, not back).
         self.directory.mkdir(parents=True, exist_ok=True)
         epoch = len(history)
         model_file = f"epoch-{epoch:04d}.keras"

@@ -29,11 +29,11 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from kilotune.search.attrs import FAIL_REASON, STATUS, WORKER, WORKER_ID
+from kilotune.search.create import create_from_args
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.space import PRESETS
 from kilotune.search.study import StudySettings, counts_toward_budget, load_study, open_storage, redact, storage_url
-from kilotune.search.study_commands import create_from_args
 from kilotune.search.winner import is_fold_trial, trial_arch, winner_line
 
 DEFAULT_TRIALS = 30

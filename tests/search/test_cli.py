@@ -8,7 +8,7 @@ import sys
 import optuna
 import pytest
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.export import export_trial
 from tests.conftest import REPO
 
@@ -24,7 +24,7 @@ def test_help_lists_every_subcommand_with_one_line():
     assert set(listed) == SUBCOMMANDS and len(listed) == len(SUBCOMMANDS), out.stdout
     # One line each, but for argparse's wrap of a name longer than its column (dashboard).
     assert len(block.strip().splitlines()[1:]) == len(SUBCOMMANDS) + sum(len(n) > 8 for n in listed), "each subcommand on one line"
-    code = "import sys; from search.cli import build_parser; build_parser(); print('keras' in sys.modules)"
+    code = "import sys; from kilotune.cli.main import build_parser; build_parser(); print('keras' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True).stdout.strip() == "False"
 
 

@@ -7,7 +7,7 @@ import statistics
 import optuna
 import pytest
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.export import export_trial, ranked_trials, read_export
 from kilotune.workers.config import TrainConfig
 

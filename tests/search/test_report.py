@@ -11,7 +11,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.report import render_report, worker_timeline, write_report
 from kilotune.workers.config import TrainConfig
 

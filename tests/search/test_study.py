@@ -9,7 +9,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.study import (
     RetryKilledTrials,
     StudySettings,

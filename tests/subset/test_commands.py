@@ -1,11 +1,11 @@
-"""``kilotune subset build|show|compare`` through search.cli.main, and compare_subsets on tiny data."""
+"""``kilotune subset build|show|compare`` through kilotune.cli.main, and compare_subsets on tiny data."""
 
 import json
 
 import numpy as np
 import pytest
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.subset.datasets import DatasetError, ImageDataset, load_dataset
 from kilotune.subset.subsetfile import load_subset, write_subset
 from kilotune.workers.compare import compare_subsets, holdout_indices

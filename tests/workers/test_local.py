@@ -18,7 +18,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.export import export_trial
 from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.workers.config import TrainConfig
@@ -202,7 +202,7 @@ def _cpu_only() -> bool:
 def test_training_is_quiet_about_cuda_unless_debugging(tmp_path):
     """Issue 19.4: "failed call to cuInit" from every worker on a CPU-only machine. TensorFlow logs it
     at its first operation, so this trains (10 images, one epoch): a worker, `kilotune train` and
-    `kilotune retrain` set the log level the same way (search/cli.py)."""
+    `kilotune retrain` set the log level the same way (cli/main.py)."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps({"arch": "vgg8", "width": 0.125, "epochs": 1, "batch_size": 32}))
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KILOTUNE_DEBUG")}

@@ -6,7 +6,7 @@ from dataclasses import asdict
 import optuna
 import pytest
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.study import StudySettings
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.splits import class_balanced_sample

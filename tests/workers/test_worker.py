@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from kilotune.search.cli import main
+from kilotune.cli.main import main
 from kilotune.search.study import counts_toward_budget
 from tests.conftest import kilotune, shared_storage, study_progress, wait_for, wait_for_exit
 

@@ -1,4 +1,4 @@
-"""The ``kilotune`` command: one parser, subcommands registered by the packages that own them.
+"""The ``kilotune`` command: one parser, its subcommands registered by the modules of cli/.
 
 Registration only declares arguments; each handler imports its heavy modules (Keras,
 Optuna) itself, so ``kilotune --help`` stays fast.
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kilotune.search import commands as search_commands
-    from kilotune.search import study_commands
-    from kilotune.subset import commands as subset_commands
-    from kilotune.workers import commands as worker_commands
+    from kilotune.cli import search as search_commands
+    from kilotune.cli import study as study_commands
+    from kilotune.cli import subset as subset_commands
+    from kilotune.cli import workers as worker_commands
 
     parser = argparse.ArgumentParser(
         prog="kilotune",

@@ -1,10 +1,11 @@
-"""Subcommands owned by workers/: train (and, with the search service, worker and run)."""
+"""``kilotune train``, ``worker``, ``run`` and ``dashboard`` (``retrain`` is in cli/retrain.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from kilotune.workers.retrain_command import REGISTER as RETRAIN
+from kilotune.cli.retrain import REGISTER as RETRAIN
+from kilotune.workers.options import add_run_arguments, add_storage_argument
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,14 +105,8 @@ def run_worker(args: argparse.Namespace) -> int:
 
 
 def register_run(sub: argparse._SubParsersAction) -> None:
-    from kilotune.search.study_commands import add_storage_argument, add_study_arguments
-
     p = sub.add_parser("run", help="the main job: a local search, then the best config")
-    p.add_argument("--study", default="kilotune", help="study name (default: %(default)s)")
-    add_storage_argument(p)
-    add_study_arguments(p)
-    p.add_argument("--workers", type=int, default=2, help="local worker processes (default: %(default)s)")
-    p.add_argument("--preset", action="append", default=[], help="enqueue this preset first (repeatable)")
+    add_run_arguments(p)
     p.set_defaults(func=run_run)
 
 
@@ -130,8 +125,6 @@ def run_run(args: argparse.Namespace) -> int:
 
 
 def register_dashboard(sub: argparse._SubParsersAction) -> None:
-    from kilotune.search.study_commands import add_storage_argument
-
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     add_storage_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")

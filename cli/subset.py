@@ -1,4 +1,4 @@
-"""Subcommands owned by subset/: ``kilotune subset build|show|compare``."""
+"""``kilotune subset build|show|compare``."""
 
 from __future__ import annotations
 

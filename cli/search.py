@@ -1,10 +1,10 @@
-"""Subcommands owned by search/: report, export (the study commands are in study_commands)."""
+"""``kilotune report`` and ``kilotune export`` (the study commands are in cli/study.py)."""
 
 from __future__ import annotations
 
 import argparse
 
-from kilotune.search.study_commands import add_storage_argument
+from kilotune.workers.options import add_storage_argument
 
 
 def register_report(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,114 @@
+"""``kilotune study create|list|delete|enqueue|extend``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from kilotune.search.create import create_from_args, enqueue_config
+from kilotune.workers.options import add_storage_argument, add_study_arguments
+
+
+def register_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="create, list or delete studies; enqueue known good configs")
+    study_sub = p.add_subparsers(dest="study_command", metavar="ACTION", required=True)
+
+    create = study_sub.add_parser("create", help="create a study (idempotent; safe when many workers start at once)")
+    create.add_argument("--study", required=True, help="study name")
+    add_storage_argument(create)
+    add_study_arguments(create)
+    create.set_defaults(func=run_create)
+
+    listing = study_sub.add_parser("list", help="list studies with their trial counts and best value")
+    add_storage_argument(listing)
+    listing.set_defaults(func=run_list)
+
+    delete = study_sub.add_parser("delete", help="delete a study and all its trials")
+    delete.add_argument("--study", required=True)
+    add_storage_argument(delete)
+    delete.set_defaults(func=run_delete)
+
+    enqueue = study_sub.add_parser("enqueue", help="queue known good configurations as the next trials")
+    enqueue.add_argument("--study", required=True)
+    add_storage_argument(enqueue)
+    enqueue.add_argument("--preset", action="append", default=[], help="preset name (repeatable): see README")
+    enqueue.add_argument("--config", action="append", default=[], help="TrainConfig JSON file (repeatable)")
+    enqueue.set_defaults(func=run_enqueue)
+
+    extend = study_sub.add_parser("extend", help="change a study's budget (running workers follow); recorded in the study")
+    extend.add_argument("--study", required=True)
+    add_storage_argument(extend)
+    extend.add_argument("--n-trials", type=int, help="the new total trial budget (more or fewer than now)")
+    extend.add_argument("--timeout", type=float, help="the new total time budget in seconds, from the study's creation")
+    extend.set_defaults(func=run_extend)
+
+
+def run_create(args: argparse.Namespace) -> int:
+    study, created = create_from_args(args)
+    print(f"{'created' if created else 'exists'}: study {study.study_name!r}")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    import optuna
+
+    from kilotune.search.study import open_storage
+    from kilotune.search.winner import cross_validated_best
+
+    storage = open_storage(args.storage)
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    if not summaries:
+        print("no studies")
+    for s in summaries:
+        # The winner export writes (a fold trial's value on another fold is not a study's best).
+        winner = cross_validated_best(optuna.load_study(study_name=s.study_name, storage=storage))
+        best = f"{winner.mean:.4f}" if winner is not None else "-"
+        print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tdataset={s.user_attrs.get('dataset', '?')}")
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    import optuna
+
+    from kilotune.search.study import load_study, open_storage
+
+    storage = open_storage(args.storage)
+    load_study(args.study, storage)  # unknown names get the listing error
+    optuna.delete_study(study_name=args.study, storage=storage)
+    print(f"deleted: study {args.study!r}")
+    return 0
+
+
+def run_enqueue(args: argparse.Namespace) -> int:
+    from kilotune.search.space import PRESETS, params_for
+    from kilotune.search.study import load_study, open_storage
+    from kilotune.workers.config import TrainConfig
+
+    study, settings = load_study(args.study, open_storage(args.storage))
+    configs: list[tuple[str, TrainConfig]] = []
+    for name in args.preset:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        configs.append((name, PRESETS[name]))
+    configs += [(path, TrainConfig.from_json(path)) for path in args.config]
+    if not configs:
+        raise ValueError(f"nothing to enqueue: give --preset ({', '.join(sorted(PRESETS))}) or --config FILE")
+    for label, config in configs:
+        config = config.replace(epochs=settings.epochs)
+        enqueue_config(study, label, config)
+        print(f"enqueued {label}: {json.dumps(params_for(config))}")
+    return 0
+
+
+def run_extend(args: argparse.Namespace) -> int:
+    from kilotune.search.study import extend_budget, load_study, open_storage
+
+    study, _ = load_study(args.study, open_storage(args.storage))
+    change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)
+    before, after = change["from"], change["to"]
+    print(f"study {args.study!r}: budget {before['n_trials'] or '-'} -> {after['n_trials'] or '-'} trials, "
+          f"{before['timeout_s'] or '-'} -> {after['timeout_s'] or '-'} s; running workers follow at their next trial")
+    return 0
+
+
+REGISTER = [register_study]

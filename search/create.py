@@ -1,0 +1,103 @@
+"""A study made from a command's options: ``kilotune study create`` and ``kilotune run`` (and
+``kilotune.run``) create or join it here, and queue its warm start.
+
+The imports are inside the functions: the CLI imports this module to build its parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+from kilotune.search.attrs import N_TRIALS, PRESET, PRESET_CONFIG, TIMEOUT_S
+
+
+def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
+    """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``."""
+    from kilotune.search.space import PRESETS, SearchSpace
+    from kilotune.search.study import StudySettings, create_study, open_storage
+    from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.features import DEFAULT_METHOD, cache_dir, default_subset_path, ensure_default_subset
+    from kilotune.subset.files import installed_version, now_iso
+    from kilotune.subset.subsetfile import load_subset, whole_training_set
+
+    space_spec: dict = {}
+    if args.space:
+        _, space_spec = SearchSpace.from_file(args.space)
+    # Every setting is checked before the storage is opened or data loaded (minutes on a first run).
+    settings = StudySettings(
+        dataset=args.dataset,
+        dataset_checksum="",
+        subset_path="",
+        subset_checksum="",
+        val_fraction=args.val_fraction,
+        epochs=args.epochs,
+        space=space_spec,
+        sampler=args.sampler,
+        pruner=args.pruner,
+        n_trials=args.n_trials,
+        timeout_s=args.timeout,
+        seed=args.seed,
+        objective_epochs=args.objective_epochs,
+        cv_top_k=args.cv_top_k,
+        kilotune_version=installed_version("kilotune"),
+    )
+    storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
+    dataset = load_dataset(args.dataset, args.data_dir)
+    if not args.subset and DEFAULT_METHOD != "random" and not default_subset_path(dataset.name).is_file():
+        # The first run on a machine is silent for minutes otherwise (random needs no features).
+        print(f"building the default subset of {dataset.name} once: trains a feature extractor on the whole "
+              f"training set (minutes on a GPU, up to an hour on a busy CPU; a line per epoch follows); "
+              f"cached as {default_subset_path(dataset.name)}", file=sys.stderr, flush=True)
+    if args.subset == "all":
+        subset = whole_training_set(dataset, cache_dir() / "subsets")
+    else:
+        subset = load_subset(args.subset or ensure_default_subset(dataset), dataset)
+    settings = dataclasses.replace(
+        settings,
+        dataset=dataset.name,
+        dataset_checksum=dataset.checksum,
+        subset_path=str(subset.path.resolve()),
+        subset_checksum=subset.checksum,
+        created_at=now_iso(),
+    )
+    study, created = create_study(args.study, settings, storage, keep_settings=args.keep_settings)
+    if created:
+        first = getattr(args, "preset", [])  # ``run --preset``: those first
+        for line in warm_start(study, settings, [*first, *(p for p in PRESETS if p not in first)] if args.warm_start else first):
+            print(line, file=sys.stderr, flush=True)
+    else:  # with --keep-settings, what the study records is what runs (and `run` prints)
+        args.n_trials, args.timeout = study.user_attrs.get(N_TRIALS), study.user_attrs.get(TIMEOUT_S)
+    return study, created
+
+
+def warm_start(study: Any, settings: Any, names: list[str]) -> list[str]:
+    """Queues the presets ``names``, projected into the study's space at its epochs, as its next
+    trials (user attribute ``preset``), so a search is never worse than the recipes it could run.
+
+    At most ``n_trials`` are queued: queued trials always run. Returns one line per preset.
+    """
+    from kilotune.search.space import PRESETS, SearchSpace
+
+    space, lines = SearchSpace.from_spec(settings.space), []
+    for name in names:
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        config, note = space.project(PRESETS[name], settings.epochs)
+        if config is None:
+            lines.append(f"warm start: skipped preset {name}: {note}")
+        elif settings.n_trials is not None and len(study.get_trials(deepcopy=False)) >= settings.n_trials:
+            lines.append(f"warm start: skipped preset {name}: the budget of {settings.n_trials} trials is queued")
+        else:
+            enqueue_config(study, name, config)
+            lines.append(f"warm start: queued preset {name} ({note})")
+    return lines
+
+
+def enqueue_config(study: Any, label: str, config: Any) -> None:
+    """Queues ``config`` as the study's next trial; ``SearchSpace.suggest`` trains it exactly."""
+    from kilotune.search.space import params_for
+
+    study.enqueue_trial(params_for(config), user_attrs={PRESET_CONFIG: config.to_dict(), PRESET: label})
