@@ -24,10 +24,12 @@ import optuna
 import sqlalchemy
 from optuna.exceptions import StorageInternalError
 from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from kilotune.search import pruners
 from kilotune.search.samplers import SnapshotTPESampler
+from kilotune.search.trial_writes import rdb_of
 from kilotune.search.winner import DEFAULT_CV_TOP_K, DEFAULT_OBJECTIVE_EPOCHS, enqueue_fold_trials, is_fold_trial
 from kilotune.subset.splits import fold_count
 
@@ -423,14 +425,22 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
 
     KILLS = "kills_after_training"  # system attribute: the count so far, carried from copy to copy
     INHERITED = "inherited_epochs"  # system attribute: reports the copy started with
+    RETRY_OF = "retry_of"  # system attribute: the number of the attempt this copy retries
 
     def __init__(self, max_retry: int = 3) -> None:
         super().__init__(max_retry=None, inherit_intermediate_values=True)
         self.max_kills = max_retry
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Queues the retry of ``trial`` (or its FAIL record), unless one is queued already.
+
+        One copy per failed attempt, so a caller may call again when it cannot know whether its
+        call stored the copy (a database error at the commit) and no budgeted trial is doubled.
+        """
+        if _retried(study, trial.number):
+            return
         history = [*self.retry_history(trial), trial.number]
-        system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
+        system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history, self.RETRY_OF: trial.number}
         trained = len(trial.intermediate_values) > trial.system_attrs.get(self.INHERITED, 0)
         signalled = trial.user_attrs.get("status") in ("interrupted", "returned")
         kills = trial.system_attrs.get(self.KILLS, 0) + (trained and not signalled)
@@ -448,33 +458,86 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
         ))
 
 
-def fail_unbeaten_trials(study: optuna.Study, storage: BaseStorage, running: list[optuna.trial.FrozenTrial]) -> None:
-    """Fails, and retries, running trials that never beat although they started a grace period ago.
+def _retried(study: optuna.Study, number: int) -> bool:
+    """Whether a retry (or the FAIL record) of attempt ``number`` is in the study: one indexed
+    query on an RDB storage, else a scan of the study's trials."""
+    key, value = RetryKilledTrials.RETRY_OF, json.dumps(number)
+    rdb = rdb_of(study._storage)
+    if rdb is None:
+        return any(t.system_attrs.get(key) == number for t in study.get_trials(deepcopy=False))
+    from optuna.storages._rdb.models import TrialModel, TrialSystemAttributeModel  # Optuna's versioned schema
+
+    with rdb.engine.connect() as conn:
+        return conn.execute(
+            sqlalchemy.select(TrialSystemAttributeModel.trial_id)
+            .join(TrialModel, TrialModel.trial_id == TrialSystemAttributeModel.trial_id)
+            .where(TrialModel.study_id == study._study_id, TrialSystemAttributeModel.key == key,
+                   TrialSystemAttributeModel.value_json == value)
+            .limit(1)
+        ).first() is not None
+
+
+def stale_trial_ids(study: optuna.Study) -> list[int]:
+    """Running trials whose last heartbeat is older than the grace period, as Optuna's
+    ``fail_stale_trials`` finds them (one indexed query); none without heartbeats."""
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return []
+    return storage._get_stale_trial_ids(study._study_id)  # type: ignore[attr-defined]
+
+
+def unbeaten_trial_ids(storage: BaseStorage, running: list[optuna.trial.FrozenTrial]) -> list[int]:
+    """Running trials that never beat although they started a grace period ago.
 
     A worker killed between its ask and its trial's first heartbeat leaves a RUNNING trial that
     Optuna's ``fail_stale_trials`` never fails (it judges only trials that beat once); at the
     end of a study the last workers would wait for it for ever.
     """
     if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None:
-        return
+        return []
     from optuna.storages._rdb.models import TrialHeartbeatModel  # Optuna's versioned schema
 
     cutoff = datetime.now() - timedelta(seconds=GRACE_SECONDS)  # Optuna records datetime_start in local time
-    old = {t._trial_id: t for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
+    old = {t._trial_id for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
     if not old:
-        return
+        return []
     with storage.engine.connect() as conn:
         beaten = set(conn.execute(sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(old))).scalars())
-    for trial_id in old.keys() - beaten:
+    return sorted(old - beaten)
+
+
+def fail_and_retry(study: optuna.Study, trial_ids: list[int], failed: set[int]) -> None:
+    """Fails running trials of dead workers and queues their retries; call it under ``budget_lock``.
+
+    Under the lock that every claim takes, no claim comes between a trial's fail and its retry's
+    queuing. One that did counted neither (a failed trial does not count, its retry was not there
+    yet) and took a new trial in the retry's place, one over the budget once the retry ran
+    (issue 17: 13 budgeted trials for 12). Optuna's ``fail_stale_trials`` does the same without
+    the lock, and drops the retry of a trial it failed when the database fails before the retry
+    is queued (the trial is no longer running, so a second call never finds it).
+
+    Args:
+        study: The study.
+        trial_ids: Its trials to fail (``stale_trial_ids``, ``unbeaten_trial_ids``); one
+            another worker finished or failed first is left to it.
+        failed: The trials this caller failed so far, kept across ``with_retry``'s attempts:
+            each attempt queues their retries again, which ``RetryKilledTrials`` stores once.
+    """
+    storage, newly = study._storage, set()
+    for trial_id in set(trial_ids) - failed:
         try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
-            continue
-        log.warning("trial %d never beat (its worker died as it took it): failed, and retried", old[trial_id].number)
-        callback = storage.get_heartbeat_stale_trial_callback()
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.add(trial_id)
+                newly.add(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker finished or failed it first
+            pass
+    callback = storage.get_heartbeat_stale_trial_callback() if is_heartbeat_enabled(storage) else None  # type: ignore[attr-defined]
+    for trial_id in sorted(failed):
+        trial = storage.get_trial(trial_id)
+        if trial_id in newly:
+            log.warning("trial %d: its worker died (its heartbeat is stale, or it never beat): failed, and retried", trial.number)
         if callback is not None:
-            callback(study, storage.get_trial(trial_id))
+            callback(study, trial)
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:
