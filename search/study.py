@@ -42,6 +42,12 @@ DEFAULT_STORAGE = "sqlite:///kilotune.db"
 # A trial whose worker has not beaten for GRACE seconds is failed and retried; tests shorten both.
 HEARTBEAT_SECONDS = int(os.environ.get("KILOTUNE_HEARTBEAT_SECONDS", 10))
 GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
+# What PostgreSQL answers while it restarts (a fast shutdown, then its start-up): open_storage
+# waits up to RESTART_WAIT_SECONDS for it. "Connection refused" is not among them: no server is there.
+RESTARTING = ("server closed the connection unexpectedly", "the database system is shutting down",
+              "the database system is starting up", "the database system is not yet accepting connections",
+              "terminating connection due to administrator command")
+RESTART_WAIT_SECONDS = 60.0
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive-halving", "median", "none")
 T = TypeVar("T")
@@ -74,7 +80,8 @@ def open_storage(url: str | None = None) -> BaseStorage:
     else:
         # One idle connection; the worker's other threads may open three more at peak.
         engine_kwargs.update(pool_size=1, max_overflow=3, pool_recycle=300, connect_args={"connect_timeout": 10})
-    for attempt in range(5):
+    schema_races, restart_deadline = 0, time.monotonic() + RESTART_WAIT_SECONDS
+    while True:
         try:
             storage = RDBStorage(
                 url,
@@ -87,11 +94,17 @@ def open_storage(url: str | None = None) -> BaseStorage:
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             # Processes opening a new database at once race to create Optuna's schema; the
             # losers find it created when they try again.
-            if attempt == 4 or "already exists" not in str(e):
+            schema_races += 1
+            if schema_races == 5 or "already exists" not in str(e):
                 raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.5 * schema_races)
         except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ImportError) as e:
-            raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
+            # A server that answers while it restarts is waited for (a worker that compose starts
+            # during a restart must not exit); one that is not there, or refuses us, is an error now.
+            if not any(sign in _reason(e) for sign in RESTARTING) or time.monotonic() > restart_deadline:
+                raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
+            log.warning("storage %s is restarting (%s); retrying in 1s", redact(url), _reason(e)[:100])
+            time.sleep(1.0)
     if url.startswith("sqlite"):
         with storage.engine.connect() as conn:  # WAL lets the dashboard read while workers write
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")

@@ -72,7 +72,7 @@ class Worker:
         # worker joining a study with finished trials (a resumed run) another one: the same stream
         # again would repeat the start-up trials it sampled before.
         stream = f"{worker_id or self.name}@{finished_trials(self.storage, study_name)}"
-        self.study, self.settings = load_study(study_name, self.storage, sampler_stream=stream)
+        self.study, self.settings = with_retry(lambda: load_study(study_name, self.storage, sampler_stream=stream), what="loading the study")
         self.stop = stop or threading.Event()
         self.worker_id, self.device = worker_id, device
         self.source = TrialSource(self.url, self.storage, self.study, self.settings, stop=self.stop)
