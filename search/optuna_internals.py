@@ -151,6 +151,34 @@ def beaten_trial_ids(storage: RDBStorage, trial_ids: Container[int]) -> set[int]
         return set(conn.execute(sqlalchemy.select(TrialHeartbeatModel.trial_id).where(TrialHeartbeatModel.trial_id.in_(trial_ids))).scalars())
 
 
+def study_storage(study: optuna.Study) -> BaseStorage | None:
+    """The storage the study reads and writes through (Optuna's cache over the backend); None
+    outside the tested range."""
+    return study._storage if fast_paths() else None
+
+
+def has_system_attr(storage: RDBStorage, study_id: int, key: str, value_json: str) -> bool:
+    """Whether a trial of the study has system attribute ``key`` set to ``value_json``: one
+    indexed query on Optuna's schema."""
+    from optuna.storages._rdb.models import TrialModel, TrialSystemAttributeModel  # Optuna's versioned schema
+
+    with storage.engine.connect() as conn:
+        return conn.execute(
+            sqlalchemy.select(TrialSystemAttributeModel.trial_id)
+            .join(TrialModel, TrialModel.trial_id == TrialSystemAttributeModel.trial_id)
+            .where(TrialModel.study_id == study_id, TrialSystemAttributeModel.key == key, TrialSystemAttributeModel.value_json == value_json)
+            .limit(1)
+        ).first() is not None
+
+
+def stale_trial_ids(storage: BaseStorage, study_id: int) -> list[int] | None:
+    """The study's running trials with a stale heartbeat, as Optuna's ``fail_stale_trials``
+    finds them; None outside the tested range (Optuna's public API only fails them)."""
+    if not fast_paths():
+        return None
+    return list(storage._get_stale_trial_ids(study_id))  # type: ignore[attr-defined]
+
+
 # -- A trial's writes in one transaction (search/trial_writes.py) ---------------------------
 
 # (database, study id, param name, distribution JSON) found to fit the study's distribution of

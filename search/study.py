@@ -43,6 +43,12 @@ DEFAULT_STORAGE = "sqlite:///kilotune.db"
 # A trial whose worker has not beaten for GRACE seconds is failed and retried; tests shorten both.
 HEARTBEAT_SECONDS = int(os.environ.get("KILOTUNE_HEARTBEAT_SECONDS", 10))
 GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
+# What PostgreSQL answers while it restarts (a fast shutdown, then its start-up): open_storage
+# waits up to RESTART_WAIT_SECONDS for it. "Connection refused" is not among them: no server is there.
+RESTARTING = ("server closed the connection unexpectedly", "the database system is shutting down",
+              "the database system is starting up", "the database system is not yet accepting connections",
+              "terminating connection due to administrator command")
+RESTART_WAIT_SECONDS = 60.0
 SAMPLERS = ("tpe", "random")
 PRUNERS = ("hyperband", "successive-halving", "median", "none")
 T = TypeVar("T")
@@ -75,7 +81,8 @@ def open_storage(url: str | None = None) -> BaseStorage:
     else:
         # One idle connection; the worker's other threads may open three more at peak.
         engine_kwargs.update(pool_size=1, max_overflow=3, pool_recycle=300, connect_args={"connect_timeout": 10})
-    for attempt in range(5):
+    schema_races, restart_deadline = 0, time.monotonic() + RESTART_WAIT_SECONDS
+    while True:
         try:
             storage = RDBStorage(
                 url,
@@ -88,11 +95,17 @@ def open_storage(url: str | None = None) -> BaseStorage:
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
             # Processes opening a new database at once race to create Optuna's schema; the
             # losers find it created when they try again.
-            if attempt == 4 or "already exists" not in str(e):
+            schema_races += 1
+            if schema_races == 5 or "already exists" not in str(e):
                 raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
-            time.sleep(0.5 * (attempt + 1))
+            time.sleep(0.5 * schema_races)
         except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ImportError) as e:
-            raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
+            # A server that answers while it restarts is waited for (a worker that compose starts
+            # during a restart must not exit); one that is not there, or refuses us, is an error now.
+            if not any(sign in _reason(e) for sign in RESTARTING) or time.monotonic() > restart_deadline:
+                raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
+            log.warning("storage %s is restarting (%s); retrying in 1s", redact(url), _reason(e)[:100])
+            time.sleep(1.0)
     if url.startswith("sqlite"):
         with storage.engine.connect() as conn:  # WAL lets the dashboard read while workers write
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -425,14 +438,22 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
 
     KILLS = "kills_after_training"  # system attribute: the count so far, carried from copy to copy
     INHERITED = "inherited_epochs"  # system attribute: reports the copy started with
+    RETRY_OF = "retry_of"  # system attribute: the number of the attempt this copy retries
 
     def __init__(self, max_retry: int = 3) -> None:
         super().__init__(max_retry=None, inherit_intermediate_values=True)
         self.max_kills = max_retry
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Queues the retry of ``trial`` (or its FAIL record), unless one is queued already.
+
+        One copy per failed attempt, so a caller may call again when it cannot know whether its
+        call stored the copy (a database error at the commit) and no budgeted trial is doubled.
+        """
+        if _retried(study, trial.number):
+            return
         history = [*self.retry_history(trial), trial.number]
-        system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history}
+        system_attrs = {**trial.system_attrs, "failed_trial": history[0], "retry_history": history, self.RETRY_OF: trial.number}
         trained = len(trial.intermediate_values) > trial.system_attrs.get(self.INHERITED, 0)
         signalled = trial.user_attrs.get(STATUS) in ("interrupted", "returned")
         kills = trial.system_attrs.get(self.KILLS, 0) + (trained and not signalled)
@@ -450,31 +471,88 @@ class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):
         ))
 
 
-def fail_unbeaten_trials(study: optuna.Study, storage: BaseStorage, running: list[optuna.trial.FrozenTrial]) -> None:
-    """Fails, and retries, running trials that never beat although they started a grace period ago.
+def _retried(study: optuna.Study, number: int) -> bool:
+    """Whether a retry (or the FAIL record) of attempt ``number`` is in the study: one indexed
+    query on an RDB storage, else a scan of the study's trials."""
+    key, value = RetryKilledTrials.RETRY_OF, number
+    storage = optuna_internals.study_storage(study)
+    rdb = optuna_internals.rdb_of(storage) if storage is not None else None
+    if rdb is None:
+        return any(t.system_attrs.get(key) == value for t in study.get_trials(deepcopy=False))
+    return optuna_internals.has_system_attr(rdb, optuna_internals.study_id(study, storage), key, json.dumps(value))
+
+
+def stale_trial_ids(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Running trials whose last heartbeat is older than the grace period, as Optuna's
+    ``fail_stale_trials`` finds them (one indexed query); none without heartbeats.
+
+    Outside Optuna's tested range this runs Optuna's public ``fail_stale_trials`` itself (which
+    fails and retries them without the budget lock) and returns none.
+    """
+    if not _heartbeat_enabled(storage):
+        return []
+    ids = optuna_internals.stale_trial_ids(storage, optuna_internals.study_id(study, storage))
+    if ids is None:
+        optuna.storages.fail_stale_trials(study)
+        return []
+    return ids
+
+
+def _heartbeat_enabled(storage: BaseStorage) -> bool:
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return callable(interval) and interval() is not None
+
+
+def unbeaten_trial_ids(study: optuna.Study, storage: BaseStorage, running: list[optuna.trial.FrozenTrial]) -> list[int]:
+    """Running trials that never beat although they started a grace period ago.
 
     A worker killed between its ask and its trial's first heartbeat leaves a RUNNING trial that
     Optuna's ``fail_stale_trials`` never fails (it judges only trials that beat once); at the
     end of a study the last workers would wait for it for ever.
     """
     if not isinstance(storage, RDBStorage) or storage.get_heartbeat_interval() is None or not optuna_internals.fast_paths():
-        return  # (outside Optuna's tested range nothing public tells a trial that never beat)
+        return []  # (outside Optuna's tested range nothing public tells a trial that never beat)
     cutoff = datetime.now() - timedelta(seconds=GRACE_SECONDS)  # Optuna records datetime_start in local time
-    old = {optuna_internals.frozen_trial_id(t, study, storage): t
+    old = {optuna_internals.frozen_trial_id(t, study, storage)
            for t in running if t.datetime_start is not None and t.datetime_start < cutoff}
     if not old:
-        return
-    beaten = optuna_internals.beaten_trial_ids(storage, old) or set()
-    for trial_id in old.keys() - beaten:
+        return []
+    return sorted(old - (optuna_internals.beaten_trial_ids(storage, old) or set()))
+
+
+def fail_and_retry(study: optuna.Study, storage: BaseStorage, trial_ids: list[int], failed: set[int]) -> None:
+    """Fails running trials of dead workers and queues their retries; call it under ``budget_lock``.
+
+    Under the lock that every claim takes, no claim comes between a trial's fail and its retry's
+    queuing. One that did counted neither (a failed trial does not count, its retry was not there
+    yet) and took a new trial in the retry's place, one over the budget once the retry ran
+    (issue 17: 13 budgeted trials for 12). Optuna's ``fail_stale_trials`` does the same without
+    the lock, and drops the retry of a trial it failed when the database fails before the retry
+    is queued (the trial is no longer running, so a second call never finds it).
+
+    Args:
+        study: The study.
+        storage: The storage it was loaded from.
+        trial_ids: Its trials to fail (``stale_trial_ids``, ``unbeaten_trial_ids``); one
+            another worker finished or failed first is left to it.
+        failed: The trials this caller failed so far, kept across ``with_retry``'s attempts:
+            each attempt queues their retries again, which ``RetryKilledTrials`` stores once.
+    """
+    newly = set()
+    for trial_id in set(trial_ids) - failed:
         try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:  # another worker failed it first
-            continue
-        log.warning("trial %d never beat (its worker died as it took it): failed, and retried", old[trial_id].number)
-        callback = storage.get_heartbeat_stale_trial_callback()
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.add(trial_id)
+                newly.add(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker finished or failed it first
+            pass
+    callback = storage.get_heartbeat_stale_trial_callback() if _heartbeat_enabled(storage) else None  # type: ignore[attr-defined]
+    for trial_id in sorted(failed):
+        trial = storage.get_trial(trial_id)
+        if trial_id in newly:
+            log.warning("trial %d: its worker died (its heartbeat is stale, or it never beat): failed, and retried", trial.number)
         if callback is not None:
-            callback(study, storage.get_trial(trial_id))
+            callback(study, trial)
 
 
 def counts_toward_budget(trial: optuna.trial.FrozenTrial) -> bool:

@@ -13,6 +13,7 @@ transaction for many writes, where Optuna makes one each.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, fail_stale_trials
+from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
 from kilotune.search.attrs import STATUS
@@ -34,8 +35,10 @@ from kilotune.search.study import (
     StudySettings,
     budget_lock,
     claim_trial,
-    fail_unbeaten_trials,
+    fail_and_retry,
+    stale_trial_ids,
     study_timed_out,
+    unbeaten_trial_ids,
     with_retry,
 )
 from kilotune.search import optuna_internals
@@ -131,7 +134,7 @@ class TrialSource:
             running = with_retry(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
             if not running:
                 return None
-            with_retry(lambda: fail_unbeaten_trials(self.study, self.storage, running), what="failing trials that never beat")
+            self._fail_and_retry(with_retry(lambda: unbeaten_trial_ids(self.study, self.storage, running), what="reading running trials"))
             if not told:
                 told = True
                 log.info("budget of study %r is spent but %d trials run: waiting for them to finish or go stale (%ds)",
@@ -146,10 +149,10 @@ class TrialSource:
 
     def _claim(self, started: float) -> optuna.Trial | None:
         """Fails stale trials (queuing their retries), then asks within the budget, under its lock."""
-        with_retry(lambda: fail_stale_trials(self.study), what="failing stale trials")
+        self._fail_and_retry(with_retry(lambda: stale_trial_ids(self.study, self.storage), what="reading stale trials"))
 
         def ask() -> optuna.Trial | None:
-            with budget_lock(self.url, self.study.study_name, self.storage):
+            with self._budget_lock():
                 locked = time.perf_counter()
                 try:
                     return claim_trial(self.study, self.settings, self.storage, started)
@@ -170,9 +173,35 @@ class TrialSource:
             with_retry(lambda: store(buffer.storage, optuna_internals.trial_id(trial), buffer.take()), what="storing the trial's params")
         return config
 
-    def retry(self, trial: optuna.Trial) -> None:
-        """Queues a WAITING copy of a failed trial (same params and reports) for any worker."""
-        with_retry(lambda: self.retry_callback(self.study, self.storage.get_trial(optuna_internals.trial_id(trial))), what="retry")
+    def _budget_lock(self) -> contextlib.AbstractContextManager[None]:
+        return budget_lock(self.url, self.study.study_name, self.storage)
+
+    def _fail_and_retry(self, trial_ids: list[int]) -> None:
+        """Fails dead workers' trials and queues their retries under the budget lock
+        (``fail_and_retry``); the lock is taken only when there are some (rarely)."""
+        if not trial_ids:
+            return
+        failed: set[int] = set()
+
+        def locked() -> None:
+            with self._budget_lock():
+                fail_and_retry(self.study, self.storage, trial_ids, failed)
+
+        with_retry(locked, what="failing and retrying dead workers' trials")
+
+    def fail_and_retry(self, trial: optuna.Trial, tell: Callable[[], None]) -> None:
+        """Fails a trial with ``tell`` and queues its WAITING copy (same params and reports) for any worker.
+
+        Both under the budget lock, so no claim counts the study between them (``fail_and_retry``
+        in search/study.py). ``tell`` must be idempotent (``skip_if_finished``): a database error
+        repeats both, and the copy is queued once.
+        """
+        def locked() -> None:
+            with self._budget_lock():
+                tell()
+                self.retry_callback(self.study, self.storage.get_trial(optuna_internals.trial_id(trial)))
+
+        with_retry(locked, what="retry")
 
     def hand_back(self, taken: TakenTrial, *, requeue: bool = True) -> None:
         """Gives back a trial taken but not trained: FAIL "returned" (outside the budget).
@@ -183,9 +212,11 @@ class TrialSource:
         """
         trial = taken.trial
         with_retry(lambda: trial.set_user_attr(STATUS, "returned"), what="set_user_attr")
-        with_retry(lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True), what="tell")
+        tell = lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # noqa: E731
         if requeue:
-            self.retry(trial)
+            self.fail_and_retry(trial, tell)
+        else:
+            with_retry(tell, what="tell")
         taken.heartbeat.stop()
         log.info("trial %d returned to the study untrained", trial.number)
 

@@ -77,7 +77,7 @@ class Worker:
         # worker joining a study with finished trials (a resumed run) another one: the same stream
         # again would repeat the start-up trials it sampled before.
         stream = f"{worker_id or self.name}@{finished_trials(self.storage, study_name)}"
-        self.study, self.settings = load_study(study_name, self.storage, sampler_stream=stream)
+        self.study, self.settings = with_retry(lambda: load_study(study_name, self.storage, sampler_stream=stream), what="loading the study")
         self.stop = stop or threading.Event()
         self.worker_id, self.device = worker_id, device
         self.source = TrialSource(self.url, self.storage, self.study, self.settings, stop=self.stop)
@@ -168,8 +168,7 @@ class Worker:
             return "pruned"
         except TrainingInterrupted:
             # Not a result: fail it now and queue its retry, which resumes from the checkpoint.
-            self._finish(trial, recorder, TrialState.FAIL, "interrupted", epoch_seconds)
-            self.source.retry(trial)
+            self._finish(trial, recorder, TrialState.FAIL, "interrupted", epoch_seconds, retry=True)
             return "interrupted"
         except Exception as e:  # one bad trial must not end the worker
             reason = "out of memory" if is_out_of_memory(e) else " ".join(f"{type(e).__name__}: {e}".split())[:500]
@@ -193,11 +192,17 @@ class Worker:
         status: str,
         epoch_seconds: list[float],
         value: float | None = None,
+        *,
+        retry: bool = False,
     ) -> None:
         recorder.set_user_attr(STATUS, status)
         recorder.set_user_attr(EPOCH_SECONDS, [round(s, 3) for s in epoch_seconds])
         if epoch_seconds:
             recorder.set_user_attr(IMAGES_PER_SECOND, round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
         recorder.flush()  # a finished trial takes no more writes
-        with_retry(lambda: self.study.tell(trial, value, state=state, skip_if_finished=True), what="tell")
+        tell = lambda: self.study.tell(trial, value, state=state, skip_if_finished=True)  # noqa: E731
+        if retry:
+            self.source.fail_and_retry(trial, tell)  # with its retry, under the budget lock
+        else:
+            with_retry(tell, what="tell")
         log.info("trial %d %s%s", trial.number, status, f" value={value:.4f}" if value is not None else "")

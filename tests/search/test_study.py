@@ -399,3 +399,23 @@ def test_a_configuration_killed_after_training_too_often_is_given_up_with_a_reas
     assert "[0, 1, 2, 3]" in record.user_attrs["fail_reason"] and counts_toward_budget(record)
     assert not [t for t in study.trials if t.state == TrialState.WAITING]
     assert sum(counts_toward_budget(t) for t in study.trials) == 1, "one configuration, one trial of the budget"
+
+
+def test_opening_a_restarting_server_waits_for_it(monkeypatch, pg_url):
+    # A worker that compose starts while PostgreSQL restarts met "server closed the connection
+    # unexpectedly" and exited 2 (the chaos test, issue 17).
+    import sqlalchemy
+
+    import kilotune.search.study as study_module
+
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    answers = ["server closed the connection unexpectedly", "the database system is starting up"]
+    real = study_module.RDBStorage
+
+    def restarting(*args, **kwargs):
+        if answers:
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception(answers.pop(0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", restarting)
+    assert isinstance(open_storage(pg_url), real) and answers == []

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from kilotune.search.study import RetryKilledTrials, StudySettings, create_study, open_storage
+from kilotune.search.study import RetryKilledTrials, StudySettings, create_study, open_storage, stale_trial_ids
 from kilotune.search.trial_writes import BufferedWrites, store
 from tests.conftest import wait_for
 from kilotune.workers.config import TrainConfig
@@ -269,3 +269,107 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(beating
     assert retry is not None and RetryKilledTrials.retry_history(retry.trial._cached_frozen_trial) == [never_beat.number]
     assert source.storage.get_trial(never_beat._trial_id).state == TrialState.FAIL
     retry.heartbeat.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def two_workers(request, tmp_path, monkeypatch) -> tuple[TrialSource, TrialSource]:
+    """Two workers' sources (each its own storage, as two processes) on one study of 2 trials,
+    whose trials go stale 1 s after their last heartbeat (the workers beat every 0.2 s)."""
+    monkeypatch.setattr("kilotune.search.study.HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr("kilotune.search.study.GRACE_SECONDS", 1)
+    monkeypatch.setattr("kilotune.workers.protocol.HEARTBEAT_SECONDS", 0.2)
+    url = f"sqlite:///{tmp_path / 'two.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_server")()
+    settings = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json",
+                             subset_checksum="sha256:bb", epochs=3, n_trials=2, space={"arch": ["vgg8", "resnet9"]})
+    sources = []
+    for _ in range(2):
+        storage = open_storage(url)
+        study, _ = create_study("two", settings, storage)
+        sources.append(TrialSource(url, storage, study, settings))
+    yield tuple(sources)
+    for source in sources:
+        source.storage.engine.dispose()
+
+
+def budgeted(source: TrialSource) -> list[tuple[int, str, list[int] | None]]:
+    from kilotune.search.study import counts_toward_budget
+
+    return [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in source.study.get_trials() if counts_toward_budget(t)]
+
+
+@pytest.mark.parametrize("failed_by", ["a stale heartbeat", "a hand-back"])
+def test_a_claim_while_another_worker_fails_and_retries_a_trial_takes_the_retry_not_a_new_trial(two_workers, failed_by, monkeypatch):
+    # Issue 17: a worker failed a trial (stale, interrupted or handed back), and before it queued
+    # the retry another worker's claim counted neither (a FAIL trial does not count, its retry
+    # was not there yet) and took a new trial: 13 budgeted trials for 12 once the retry ran.
+    a, b = two_workers
+    started = time.time()
+    failing = a.take(started)
+    done = b.take(started)
+    b.study.tell(done.trial, 0.5)
+    done.heartbeat.stop()
+    if failed_by == "a stale heartbeat":
+        failing.heartbeat.stop()  # its worker died: RUNNING, and stale a grace period after its last beat
+        # SQLite's clock, which judges heartbeats, counts whole seconds: 1-2 s from the last beat.
+        wait_for(lambda: stale_trial_ids(a.study, a.storage) == [failing.trial._trial_id], 10.0, "trial 0 to go stale", poll_s=0.1)
+
+    queue_retry, claims = RetryKilledTrials.__call__, []
+
+    def retry_while_b_claims(self, study, trial) -> None:
+        if not claims:  # b claims between a's fail of trial 0 and a's retry of it
+            claiming = threading.Thread(target=lambda: claims.append(b._claim(started)))
+            claims.append(claiming)
+            claiming.start()
+            claiming.join(timeout=2.0)  # b's claim takes ~10 ms; with the fix it waits for a's retry
+        queue_retry(self, study, trial)
+
+    monkeypatch.setattr(RetryKilledTrials, "__call__", retry_while_b_claims)
+    if failed_by == "a stale heartbeat":
+        ours = a._claim(started)
+    else:
+        a.hand_back(failing)
+        ours = None
+    claims[0].join(timeout=30)
+    theirs = claims[1]
+    monkeypatch.undo()
+    taken = [t for t in (ours, theirs) if t is not None]
+    assert budgeted(a) == [(1, "COMPLETE", None), (2, "RUNNING", [0])], "one retry of trial 0, and no new trial in its place"
+    assert [t.number for t in taken] == [2], "one of the two workers takes the retry; the budget is spent for the other"
+    failing.heartbeat.stop()
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["before the retry is stored", "as it is committed"])
+def test_a_database_error_between_failing_a_stale_trial_and_queuing_its_retry_loses_no_retry_and_doubles_none(two_workers, stored, monkeypatch):
+    # Optuna's fail_stale_trials, run again after the error, no longer finds the failed trial (it
+    # is not running): the retry was lost, and a new trial took its place. And a retry whose
+    # commit's answer was lost must not be queued twice when the worker tries again.
+    a, b = two_workers
+    started = time.time()
+    dead = a.take(started)
+    dead.heartbeat.stop()
+    wait_for(lambda: stale_trial_ids(a.study, a.storage) == [dead.trial._trial_id], 10.0, "trial 0 to go stale", poll_s=0.1)
+    monkeypatch.setattr("kilotune.search.study.time.sleep", lambda s: None)
+    queue_retry, errors = RetryKilledTrials.__call__, [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
+
+    def lose_the_connection(self, study, trial) -> None:
+        if stored:
+            queue_retry(self, study, trial)
+        if errors:
+            raise errors.pop()
+        queue_retry(self, study, trial)
+
+    monkeypatch.setattr(RetryKilledTrials, "__call__", lose_the_connection)
+    retry = a.take(started)
+    monkeypatch.undo()
+    assert errors == [] and RetryKilledTrials.retry_history(retry.trial._cached_frozen_trial) == [0]
+    assert budgeted(a) == [(1, "RUNNING", [0])], "the retry queued once, and taken"
+    retry.heartbeat.stop()
+
+
+def test_a_retry_is_queued_once_however_often_it_is_asked_for(two_workers):
+    a, _ = two_workers
+    taken = a.take(time.time())
+    a.hand_back(taken)
+    a.retry_callback(a.study, a.storage.get_trial(taken.trial._trial_id))  # a second worker, or a second attempt
+    assert [(t.number, t.state.name) for t in a.study.get_trials()] == [(0, "FAIL"), (1, "WAITING")]
+    taken.heartbeat.stop()

@@ -156,8 +156,6 @@ def test_worker_on_an_unknown_study_is_a_clear_error(pg_url, worker_env):
     assert worker.returncode == 2 and "unknown study 'no-such-study'" in out and "Traceback" not in out
 
 
-@pytest.mark.xfail(strict=False, reason="open (issue 17): intermittent, 3 of 6 runs on 2026-12-03 (the issue-17 branch alone "
-                   "too) ended with 13 budgeted trials for a budget of 12: a race that queues one retry too many?")
 def test_chaos_random_kills_and_a_database_restart_lose_no_trial(make_study, private_pg, fashion_subset, tmp_path):
     """Issue 17 at a small scale: three real workers on the private PostgreSQL, SIGKILLs at random
     moments (mid-epoch, untrained, and one after the budget is all taken, whose worker is not
