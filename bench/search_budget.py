@@ -221,7 +221,7 @@ def default_subset(runs_dir: Path) -> Path:
     """The class-balanced random subset, built once by the product's own command (no extractor)."""
     path = runs_dir / "subset-random-100-seed0.json"
     if not path.is_file():
-        from kilotune.search.cli import main as kilotune
+        from kilotune.cli.main import main as kilotune
 
         _check(kilotune(["subset", "build", "--dataset", DATASET, "--method", "random", "--per-class", "100", "--seed", "0", "--out", str(path)]),
                "kilotune subset build")
@@ -269,7 +269,7 @@ def retrain_winner(export: dict[str, Any], retrain_dir: Path, subset: Path) -> d
     """``kilotune retrain`` of the export (once per directory: a resumed cell reuses it)."""
     results = retrain_dir / "results.json"
     if not results.is_file():
-        from kilotune.search.cli import main as kilotune
+        from kilotune.cli.main import main as kilotune
 
         export_path = retrain_dir / "export.json"
         write_json_atomic(export_path, export)
@@ -288,7 +288,7 @@ def retrain_winner(export: dict[str, Any], retrain_dir: Path, subset: Path) -> d
 def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     """A study made by ``kilotune study create`` (its defaults), trained by the product's Worker one
     trial at a time until the budget is spent; the winner is what ``kilotune export`` writes."""
-    from kilotune.search.cli import main as kilotune
+    from kilotune.cli.main import main as kilotune
 
     url, name = f"sqlite:///{cell_dir / 'study.db'}", cell.key
     os.environ["KILOTUNE_CHECKPOINT_DIR"] = str(cell_dir / "checkpoints")
@@ -535,7 +535,7 @@ def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tup
     where it enqueues none, PRESETS narrowed to the space here (the bench's own stand-in)."""
     from optuna.trial import TrialState
 
-    from kilotune.search.cli import main as kilotune
+    from kilotune.cli.main import main as kilotune
     from kilotune.search.space import PRESETS, SearchSpace
     from kilotune.search.study import load_study, open_storage
     from kilotune.workers.config import TrainConfig
@@ -582,7 +582,7 @@ def _holdout(bench: Bench) -> tuple[Any, Any, Any]:
 
 def _export(bench: Bench, cell: Cell, config: dict[str, Any], trial: Any, value: float | None) -> dict[str, Any]:
     """What ``kilotune export`` would write for a baseline's winner, so ``kilotune retrain`` reads it."""
-    from kilotune.search.cli import version
+    from kilotune.cli.main import version
     from kilotune.search.study import StudySettings
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
@@ -623,7 +623,7 @@ def environment() -> dict[str, Any]:
     """Machine, backend and versions, recorded in every row."""
     import keras
 
-    from kilotune.search.cli import version
+    from kilotune.cli.main import version
     from kilotune.search.export import library_versions
 
     cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), "?")
@@ -718,12 +718,17 @@ def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> 
                       xaxis_title="search budget (training epochs a run)", yaxis_title="test accuracy (10,000 images)", template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
-    written = [path]
-    with contextlib.suppress(Exception):  # PNG only where kaleido (and its browser) is installed
+    written, png = [path], path.with_suffix(".png")
+    with contextlib.suppress(Exception):  # PNG where kaleido (and its browser) is installed
         import kaleido  # noqa: F401
 
-        fig.write_image(path.with_suffix(".png"))
-        written.append(path.with_suffix(".png"))
+        fig.write_image(png)
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not png.is_file() and browser:  # or a headless browser's screenshot of the HTML (the docs show it)
+        subprocess.run([browser, "--headless", "--no-sandbox", "--hide-scrollbars", "--window-size=1000,560",
+                        f"--screenshot={png.resolve()}", path.resolve().as_uri()], capture_output=True, timeout=120, check=False)
+    if png.is_file():
+        written.append(png)
     return written
 
 
