@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -211,10 +210,9 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+    from kilotune.subset.files import write_json
+
+    write_json(data, path, indent=1)  # a reader sees the old file or the new one, never half of one
 
 
 def default_subset(runs_dir: Path) -> Path:
@@ -512,7 +510,9 @@ def search_preset(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     shared.mkdir(parents=True, exist_ok=True)
     data, _, _ = _holdout(bench)
     started = time.perf_counter()
-    with _locked(shared / ".lock"):
+    from kilotune.subset.files import file_lock
+
+    with file_lock(shared / ".lock"):
         results = json.loads((shared / "presets.json").read_text()) if (shared / "presets.json").is_file() else []
         for name, config in fits[len(results):]:
             import keras
@@ -635,16 +635,6 @@ def environment() -> dict[str, Any]:
     return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or None}, "backend": keras.backend.backend(),
             "tensorflow_loaded": "tensorflow" in sys.modules,
             "kilotune_version": version(), "commit": commit or None, "commit_dirty": dirty, "libraries": library_versions()}
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _check(code: int, what: str) -> None:
