@@ -269,7 +269,7 @@ def shared_storage(url: str) -> optuna.storages.RDBStorage:
     the server's 100 connections. Its pool pings before use, so it survives a server restart."""
     import optuna
 
-    return optuna.storages.RDBStorage(url)
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
 def study_progress(url: str, study: str) -> Callable[[], object]:
