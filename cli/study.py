@@ -52,6 +52,7 @@ def run_create(args: argparse.Namespace) -> int:
 def run_list(args: argparse.Namespace) -> int:
     import optuna
 
+    from kilotune.search.attrs import DATASET
     from kilotune.search.study import open_storage
     from kilotune.search.winner import cross_validated_best
 
@@ -63,7 +64,7 @@ def run_list(args: argparse.Namespace) -> int:
         # The winner export writes (a fold trial's value on another fold is not a study's best).
         winner = cross_validated_best(optuna.load_study(study_name=s.study_name, storage=storage))
         best = f"{winner.mean:.4f}" if winner is not None else "-"
-        print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tdataset={s.user_attrs.get('dataset', '?')}")
+        print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tdataset={s.user_attrs.get(DATASET, '?')}")
     return 0
 
 
@@ -101,13 +102,14 @@ def run_enqueue(args: argparse.Namespace) -> int:
 
 
 def run_extend(args: argparse.Namespace) -> int:
+    from kilotune.search.attrs import N_TRIALS, TIMEOUT_S
     from kilotune.search.study import extend_budget, load_study, open_storage
 
     study, _ = load_study(args.study, open_storage(args.storage))
     change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)
     before, after = change["from"], change["to"]
-    print(f"study {args.study!r}: budget {before['n_trials'] or '-'} -> {after['n_trials'] or '-'} trials, "
-          f"{before['timeout_s'] or '-'} -> {after['timeout_s'] or '-'} s; running workers follow at their next trial")
+    print(f"study {args.study!r}: budget {before[N_TRIALS] or '-'} -> {after[N_TRIALS] or '-'} trials, "
+          f"{before[TIMEOUT_S] or '-'} -> {after[TIMEOUT_S] or '-'} s; running workers follow at their next trial")
     return 0
 
 

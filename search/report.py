@@ -19,6 +19,7 @@ import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from kilotune.search import attrs as keys
 from kilotune.search.attrs import CONFIG, STATUS, WORKER
 from kilotune.search.winner import cross_validated_best, is_fold_trial, ranking
 from kilotune.models.names import ARCHITECTURES
@@ -81,7 +82,7 @@ def render_report(study: optuna.Study, *, top: int = 10) -> str:
         Section("curves", "Learning curves", learning_curves(study), "<p>Validation accuracy per epoch; pruned trials dashed.</p>"),
         _guarded("importance", "Parameter importances", lambda: parameter_importances(study)),
         Section("arch", "Accuracy by architecture", accuracy_by_architecture(trials)),
-        pruning_savings(trials, study.user_attrs.get("epochs")),
+        pruning_savings(trials, study.user_attrs.get(keys.EPOCHS)),
         Section("workers", "Trials over time per worker", worker_timeline(study)),
     ]
     return _page(study, trials, sections)
@@ -253,17 +254,17 @@ def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
     winner = cross_validated_best(study)
     best = f"{winner.describe()} (trial {winner.trial.number})" if winner else "-"
     rows: list[tuple[str, Any]] = [
-        ("dataset", attrs.get("dataset", "?")),
-        ("subset", f"{attrs.get('subset_path', '?')} ({str(attrs.get('subset_checksum', ''))[:19]})"),
-        ("epochs per trial", attrs.get("epochs", "?")),
-        ("validation fraction", attrs.get("val_fraction", "?")),
-        ("sampler / pruner", f"{attrs.get('sampler', '?')} / {attrs.get('pruner', '?')}"),
-        ("budget", f"{attrs.get('n_trials') or '-'} trials, {attrs.get('timeout_s') or '-'} s"),
+        ("dataset", attrs.get(keys.DATASET, "?")),
+        ("subset", f"{attrs.get(keys.SUBSET_PATH, '?')} ({str(attrs.get(keys.SUBSET_CHECKSUM, ''))[:19]})"),
+        ("epochs per trial", attrs.get(keys.EPOCHS, "?")),
+        ("validation fraction", attrs.get(keys.VAL_FRACTION, "?")),
+        ("sampler / pruner", f"{attrs.get(keys.SAMPLER, '?')} / {attrs.get(keys.PRUNER, '?')}"),
+        ("budget", f"{attrs.get(keys.N_TRIALS) or '-'} trials, {attrs.get(keys.TIMEOUT_S) or '-'} s"),
         ("trials", f"{len(trials)}: {counts}"),
-        ("workers", len({t.user_attrs[WORKER] for t in trials if 'worker' in t.user_attrs})),
-        ("objective", f"mean validation accuracy of the last {attrs.get('objective_epochs', 1)} epoch(s)"),
+        ("workers", len({t.user_attrs[WORKER] for t in trials if WORKER in t.user_attrs})),
+        ("objective", f"mean validation accuracy of the last {attrs.get(keys.OBJECTIVE_EPOCHS, 1)} epoch(s)"),
         ("best (cross-validated mean ± std. error)", best),
-        ("created", attrs.get("created_at", "?")),
+        ("created", attrs.get(keys.CREATED_AT, "?")),
         ("report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)

@@ -26,7 +26,8 @@ from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDB
 from optuna.trial import TrialState
 
 from kilotune.search.attrs import (
-    BUDGET_HISTORY, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, WORKER, WORKER_ID,
+    BUDGET_HISTORY, CREATED_AT, CV_OF, DATASET, DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, KILOTUNE_VERSION, N_TRIALS,
+    PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, SUBSET_PATH, TIMEOUT_S, WORKER, WORKER_ID,
 )
 from kilotune.search import optuna_internals, pruners
 from kilotune.search.samplers import tpe_sampler
@@ -198,7 +199,7 @@ class StudySettings:
         Only what decides the search is compared: not where the subset file is on this host
         (its checksum is compared), the version or the creation time.
         """
-        ignored = {"subset_path", "kilotune_version", "created_at", "dataset"}
+        ignored = {SUBSET_PATH, KILOTUNE_VERSION, CREATED_AT, DATASET}
         mine, theirs = (_as_json({**asdict(s), "space": s.space or {}}) for s in (self, given))
         return [f"{k}={mine[k]!r} (given {theirs[k]!r})" for k in mine if k not in ignored and mine[k] != theirs[k]]
 
@@ -206,7 +207,7 @@ class StudySettings:
     def from_study(cls, study: optuna.Study) -> StudySettings:
         attrs = study.user_attrs
         names = {f.name for f in fields(cls)}
-        missing = {"dataset", "subset_path"} - set(attrs)
+        missing = {DATASET, SUBSET_PATH} - set(attrs)
         if missing:
             raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
         # Studies from before the noise-aware objective valued a trial by its last epoch alone.
@@ -328,7 +329,7 @@ def create_study(
     check_same_data(recorded, settings.dataset_checksum, settings.subset_checksum, name)
     differ = recorded.differences(settings)
     if differ and not keep_settings:
-        hint = " or `kilotune study extend` to change its budget" if {d.split("=")[0] for d in differ} <= {"n_trials", "timeout_s"} else ""
+        hint = " or `kilotune study extend` to change its budget" if {d.split("=")[0] for d in differ} <= {N_TRIALS, TIMEOUT_S} else ""
         raise ValueError(
             f"study {name!r} exists with other settings: {', '.join(differ)}; pass the recorded values, "
             f"--keep-settings to continue it as recorded{hint}, or another --study name"
@@ -358,12 +359,12 @@ def extend_budget(study: optuna.Study, *, n_trials: int | None = None, timeout_s
     )  # validates the new values
     entry = {
         "at": now_iso(),
-        "from": {"n_trials": before.n_trials, "timeout_s": before.timeout_s},
-        "to": {"n_trials": after.n_trials, "timeout_s": after.timeout_s},
+        "from": {N_TRIALS: before.n_trials, TIMEOUT_S: before.timeout_s},
+        "to": {N_TRIALS: after.n_trials, TIMEOUT_S: after.timeout_s},
     }
     study.set_user_attr(BUDGET_HISTORY, [*study.user_attrs.get(BUDGET_HISTORY, []), entry])
-    study.set_user_attr("n_trials", after.n_trials)
-    study.set_user_attr("timeout_s", after.timeout_s)
+    study.set_user_attr(N_TRIALS, after.n_trials)
+    study.set_user_attr(TIMEOUT_S, after.timeout_s)
     return entry
 
 
@@ -376,7 +377,7 @@ def _wait_for_settings(study: optuna.Study, timeout_s: float = 30.0) -> bool:
     """Waits while another process finishes recording the settings; False if it never does
     (its creator died), so the caller records them."""
     deadline = time.monotonic() + timeout_s
-    while "created_at" not in study.user_attrs:
+    while CREATED_AT not in study.user_attrs:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.2)
@@ -572,7 +573,7 @@ def study_timed_out(study: optuna.Study, settings: StudySettings, started: float
     applies to running workers, whose ``settings`` were loaded when they started.
     """
     attrs = study.user_attrs
-    timeout_s = attrs.get("timeout_s", settings.timeout_s)
+    timeout_s = attrs.get(TIMEOUT_S, settings.timeout_s)
     return timeout_s is not None and _study_age(attrs, started) >= timeout_s
 
 
@@ -580,7 +581,7 @@ def current_budget(study: optuna.Study, settings: StudySettings) -> StudySetting
     """``settings`` with the budget the study records now (``kilotune study extend`` changes it):
     one read of the study's attributes, a single indexed query on an RDB storage."""
     attrs = study.user_attrs
-    return replace(settings, n_trials=attrs.get("n_trials", settings.n_trials), timeout_s=attrs.get("timeout_s", settings.timeout_s))
+    return replace(settings, n_trials=attrs.get(N_TRIALS, settings.n_trials), timeout_s=attrs.get(TIMEOUT_S, settings.timeout_s))
 
 
 def budget_left(study: optuna.Study, settings: StudySettings, started: float) -> bool:
@@ -646,7 +647,7 @@ def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
 
 def _study_age(attrs: dict[str, Any], fallback: float) -> float:
     """Seconds since the study was created (the timeout is for the study as a whole)."""
-    created = attrs.get("created_at")
+    created = attrs.get(CREATED_AT)
     if not created:
         return time.time() - fallback
     return (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds()

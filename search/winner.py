@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from kilotune.search.attrs import CONFIG, CV_OF, FOLD, PRESET_CONFIG, STATUS
+from kilotune.search.attrs import CONFIG, CV_OF, CV_TOP_K, FOLD, PRESET_CONFIG, STATUS
 
 DEFAULT_OBJECTIVE_EPOCHS = 3
 DEFAULT_CV_TOP_K = 3
@@ -95,7 +95,7 @@ def cv_candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
     return ranked_trials(study)[:k]
 
 
-def ranking(study: optuna.Study, k: int | None = None) -> list[CrossValidated]:
+def ranking(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial] | None = None) -> list[CrossValidated]:
     """Every complete search trial, best first: the cross-validated ones by their mean over folds,
     then the others by their own value.
 
@@ -105,9 +105,10 @@ def ranking(study: optuna.Study, k: int | None = None) -> list[CrossValidated]:
     Args:
         study: The study.
         k: How many top trials are cross-validated; default the study's ``cv_top_k``.
+        trials: The study's trials, where the caller has just read them; default read here.
     """
     k = _top_k(study) if k is None else k
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     ranked = _ranked(trials, study.direction)
     folds: dict[int, dict[int, float]] = {}
     for t in trials:
@@ -121,9 +122,9 @@ def ranking(study: optuna.Study, k: int | None = None) -> list[CrossValidated]:
     return validated + [c for c in evaluated if c.trial.number not in numbers]
 
 
-def cross_validated_best(study: optuna.Study, k: int | None = None) -> CrossValidated | None:
+def cross_validated_best(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial] | None = None) -> CrossValidated | None:
     """The study's winner: the best cross-validated mean among its top trials; None if none completed."""
-    ranked = ranking(study, k)
+    ranked = ranking(study, k, trials)
     return ranked[0] if ranked else None
 
 
@@ -153,17 +154,19 @@ def enqueue_fold_trials(study: optuna.Study, k: int, folds: int) -> int:
     return queued
 
 
-def winner_line(study: optuna.Study, k: int | None = None) -> str:
+def winner_line(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial] | None = None) -> str:
     """One line for a progress display: the winner so far and how far cross-validation is.
 
     E.g. ``best 0.8120 ± 0.0110 over 5 folds (trial 7, resnet9); cross-validation 12/12 fold trials done``.
+    ``trials``: as in ``ranking``, so a display's poll reads the study once.
     """
-    best = cross_validated_best(study, k)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    best = cross_validated_best(study, k, trials)
     if best is None:
         return "best -"
     line = f"best {best.describe()} (trial {best.trial.number}, {trial_arch(best.trial)})"
     # A fold trial's retries carry its attributes: count folds, not attempts.
-    fold_trials = [t for t in study.get_trials(deepcopy=False) if is_fold_trial(t)]
+    fold_trials = [t for t in trials if is_fold_trial(t)]
     if fold_trials:
         done = {_fold_key(t) for t in fold_trials if _settled(t)}
         line += f"; cross-validation {len(done)}/{len({_fold_key(t) for t in fold_trials})} fold trials done"
@@ -185,4 +188,4 @@ def _settled(trial: FrozenTrial) -> bool:
 
 
 def _top_k(study: optuna.Study) -> int:
-    return int(study.user_attrs.get("cv_top_k", DEFAULT_CV_TOP_K))
+    return int(study.user_attrs.get(CV_TOP_K, DEFAULT_CV_TOP_K))

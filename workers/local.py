@@ -28,7 +28,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from kilotune.search.attrs import FAIL_REASON, STATUS, WORKER, WORKER_ID
+from kilotune.search.attrs import DATASET, FAIL_REASON, STATUS, WORKER, WORKER_ID
 from kilotune.search.create import create_from_args
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
@@ -64,7 +64,7 @@ def run_local(args: argparse.Namespace) -> int:
     study, created = create_from_args(args)
     url = storage_url(args.storage)
     dashboard = "kilotune dashboard" + (f" --storage {redact(url)}" if args.storage else "")
-    print(f"study {study.study_name!r} on {study.user_attrs['dataset']} in {redact(url)}: {args.workers} workers, "
+    print(f"study {study.study_name!r} on {study.user_attrs[DATASET]} in {redact(url)}: {args.workers} workers, "
           f"budget {args.n_trials or '-'} trials / {args.timeout or '-'} s; dashboard: {dashboard}", flush=True)
 
     display = Display(Console())
@@ -139,7 +139,8 @@ class Snapshot:
 
     @classmethod
     def read(cls, study: optuna.Study, settings: StudySettings, elapsed: float) -> Snapshot:
-        return cls(study.get_trials(deepcopy=False), settings, elapsed, winner_line(study))
+        trials = study.get_trials(deepcopy=False)  # one read a poll: the winner line ranks the same trials
+        return cls(trials, settings, elapsed, winner_line(study, trials=trials))
 
     @property
     def counted(self) -> list[FrozenTrial]:
@@ -223,7 +224,7 @@ def events(before: dict[int, str], now: Snapshot) -> tuple[dict[int, str], list[
         else:
             value = f" {t.value:.4f}" if t.value is not None else ""
             reason = f": {t.user_attrs[FAIL_REASON]}" if FAIL_REASON in t.user_attrs else ""
-            lines.append(f"trial {t.number} {t.user_attrs.get('status', shown)}{value} "
+            lines.append(f"trial {t.number} {t.user_attrs.get(STATUS, shown)}{value} "
                          f"({trial_arch(t)}, {len(t.intermediate_values)}/{now.settings.epochs} epochs{', ' + who if who else ''}){reason}")
     return seen, lines
 

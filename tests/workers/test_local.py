@@ -268,3 +268,13 @@ def test_the_estimate_counts_the_cross_validation_still_to_train():
         t.user_attrs.update(cv_of=0, fold=number + 1)
     snapshot = Snapshot([trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), *folds], SETTINGS, 600.0)
     assert snapshot.fold_epochs == (EPOCHS + 2, 3 * 4 * EPOCHS - EPOCHS - 2)
+
+
+def test_a_progress_poll_reads_the_trials_once(tmp_path, monkeypatch):
+    """The display polls every few seconds; each poll reads the study's trials once, winner line included."""
+    study = study_of(tmp_path, [trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), trial(1, TrialState.RUNNING, "running", 4)])
+    reads = []
+    original = study.get_trials
+    monkeypatch.setattr(study, "get_trials", lambda *a, **k: reads.append(1) or original(*a, **k))
+    snapshot = Snapshot.read(study, SETTINGS, 60.0)
+    assert len(reads) == 1 and "best 0.8000" in snapshot.best, (reads, snapshot.best)
