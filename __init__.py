@@ -17,6 +17,9 @@ __all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "repo
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
+        from kilotune.models.quiet import quiet_tensorflow
+
+        quiet_tensorflow()  # before the API's imports can load TensorFlow
         from kilotune.workers import api
 
         return getattr(api, name)

@@ -12,6 +12,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from kilotune.models.quiet import quiet_tensorflow
+
 
 def build_parser() -> argparse.ArgumentParser:
     from kilotune.cli import search as search_commands
@@ -39,10 +41,7 @@ def version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; user errors become one line on stderr and exit status 2."""
-    if not os.environ.get("KILOTUNE_DEBUG"):
-        # TensorFlow's start-up chatter stays off the terminal, "failed call to cuInit" on a host
-        # without a GPU included (an ERROR to TensorFlow); errors still reach Python as exceptions.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
     try:

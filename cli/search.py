@@ -17,12 +17,10 @@ def register_report(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from kilotune.search.report import write_report
-    from kilotune.search.study import load_study, open_storage
+    from kilotune.workers.api import report
 
-    study, _ = load_study(args.study, open_storage(args.storage))
-    path = write_report(study, args.out, top=args.top)
-    print(f"wrote {path}: report of study {args.study!r} ({len(study.trials)} trials)")
+    path = report(args.study, args.out, storage=args.storage, top=args.top)
+    print(f"wrote {path}: report of study {args.study!r}")
     return 0
 
 
@@ -36,9 +34,10 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from kilotune.search.export import export_study, validation_text, write_json
+    from kilotune.search.export import validation_text, write_json
+    from kilotune.workers.api import best
 
-    export = export_study(args.study, args.storage, args.rank)  # kilotune.best() in Python
+    export = best(args.study, storage=args.storage, rank=args.rank)
     path = write_json(export, args.out, sort_keys=True)
     p = export["provenance"]
     print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {validation_text(p)} "

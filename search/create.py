@@ -14,10 +14,16 @@ from typing import Any
 from kilotune.search.attrs import N_TRIALS, PRESET, PRESET_CONFIG, TIMEOUT_S
 
 
-def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
-    """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``."""
+def create_from_args(args: argparse.Namespace, default_trials: int | None = None) -> tuple[Any, bool]:
+    """Creates (or joins) the study described by ``args``; shared by ``study create`` and ``run``.
+
+    Args:
+        args: The command's options.
+        default_trials: Where ``args`` give no budget: a new study's trial budget, while an
+            existing study continues with the budget it records (``run`` must end by itself).
+    """
     from kilotune.search.space import PRESETS, SearchSpace
-    from kilotune.search.study import StudySettings, create_study, open_storage
+    from kilotune.search.study import StudySettings, create_study, open_storage, recorded_budget
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.features import DEFAULT_METHOD, cache_dir, default_subset_path, ensure_default_subset
     from kilotune.subset.files import installed_version, now_iso
@@ -45,6 +51,10 @@ def create_from_args(args: argparse.Namespace) -> tuple[Any, bool]:
         kilotune_version=installed_version("kilotune"),
     )
     storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
+    if default_trials is not None and args.n_trials is None and args.timeout is None:
+        recorded = recorded_budget(args.study, storage)
+        args.n_trials, args.timeout = recorded if recorded and any(v is not None for v in recorded) else (default_trials, None)
+        settings = dataclasses.replace(settings, n_trials=args.n_trials, timeout_s=args.timeout)
     dataset = load_dataset(args.dataset, args.data_dir)
     if not args.subset and DEFAULT_METHOD != "random" and not default_subset_path(dataset.name).is_file():
         # The first run on a machine is silent for minutes otherwise (random needs no features).

@@ -384,6 +384,15 @@ def _wait_for_settings(study: optuna.Study, timeout_s: float = 30.0) -> bool:
     return True
 
 
+def recorded_budget(name: str, storage: BaseStorage) -> tuple[int | None, float | None] | None:
+    """The budget study ``name`` records, ``(n_trials, timeout_s)``; None if there is no such study."""
+    try:
+        attrs = optuna.load_study(study_name=name, storage=storage).user_attrs
+    except KeyError:
+        return None
+    return attrs.get(N_TRIALS), attrs.get(TIMEOUT_S)
+
+
 def load_study(name: str, storage: BaseStorage, *, sampler_stream: str = "") -> tuple[optuna.Study, StudySettings]:
     """Loads a kilotune study with its sampler and pruner; unknown names list the known ones.
 

@@ -175,13 +175,29 @@ def load_extractor(path: str | Path) -> Extractor:
     return Extractor(features, mean, std, metadata, path)
 
 
-def extract_features(extractor: Extractor, images: np.ndarray, *, batch_size: int = 1000) -> np.ndarray:
-    """Feature vectors of uint8 images, L2-normalised rows, ``float32`` of shape (N, D)."""
+def extract_features(extractor: Extractor, images: np.ndarray, *, batch_size: int = 1000, every_s: float | None = 30.0) -> np.ndarray:
+    """Feature vectors of uint8 images, L2-normalised rows, ``float32`` of shape (N, D).
+
+    Args:
+        extractor: From :func:`load_extractor`.
+        images: uint8 images, (N, H, W, C).
+        batch_size: Images a forward pass.
+        every_s: Print a progress line (images done, elapsed, estimate) to stderr when this
+            long has passed since the last one; None: silent. 50,000 images take minutes on a busy CPU.
+    """
+    from kilotune.models.progress import duration
+
     chunks = []
+    started = last = time.perf_counter()
     # Normalising chunk by chunk keeps a float copy of the whole training set out of memory.
     for start in range(0, len(images), batch_size):
         x = normalize(images[start : start + batch_size], extractor.mean, extractor.std)
         chunks.append(np.asarray(extractor.model.predict_on_batch(x), np.float32).reshape(len(x), -1))
+        done, now = start + len(x), time.perf_counter()
+        if every_s is not None and now - last >= every_s and done < len(images):
+            last, elapsed = now, now - started
+            print(f"features: {done}/{len(images)} images, {duration(elapsed)} elapsed, "
+                  f"about {duration(elapsed / done * (len(images) - done))} left", file=sys.stderr, flush=True)  # fmt: skip
     features = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     return features / np.maximum(norms, 1e-12)  # An all-zero vector stays zero instead of NaN.

@@ -308,3 +308,8 @@ def _poll_studies(url: str, process: subprocess.Popen) -> list[dict]:
 
 def _logs(log_dir: Path) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(log_dir.glob("*.log")))
+
+
+def test_the_image_leaves_tensorflows_log_level_to_kilotune():
+    """An image-wide TF_CPP_MIN_LOG_LEVEL=2 let every CPU-only worker print "failed call to cuInit"."""
+    assert "TF_CPP_MIN_LOG_LEVEL" not in DOCKERFILE.read_text()

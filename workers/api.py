@@ -15,6 +15,7 @@ from typing import Any
 
 import optuna
 
+from kilotune.models.quiet import quiet_tensorflow
 from kilotune.search.export import export_study as _export_study
 from kilotune.search.export import read_export
 from kilotune.search.study import load_study, open_storage
@@ -22,7 +23,7 @@ from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, data
 from kilotune.subset.features import cache_dir
 from kilotune.workers.options import run_arguments
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # as the command does: TensorFlow's start-up chatter off
+quiet_tensorflow()  # as the command does, before anything loads TensorFlow
 __all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "report", "retrain", "run", "save_dataset"]
 
 DatasetLike = str | os.PathLike | ImageDataset
@@ -59,7 +60,7 @@ def run(
         epochs: Epochs per trial.
         workers: Local worker processes.
         subset: A subset file, or ``"all"`` to train on every training image (your own 1000);
-            default: the cached max-sum subset, built on first use.
+            default: the cached default subset (random, 100 a class), built on first use.
         space: A YAML/JSON file narrowing the search space, or ``"small"``.
         presets: Known good configurations to try first.
         keep_settings: Join an existing study whose recorded settings differ from these.

@@ -56,12 +56,10 @@ def run_local(args: argparse.Namespace) -> int:
     spent, shows their progress and prints the best configuration; 0 if every worker exited 0."""
     if args.workers < 1:
         raise ValueError(f"--workers={args.workers} must be at least 1")
-    if args.n_trials is None and args.timeout is None:
-        args.n_trials = DEFAULT_TRIALS  # a local run must end by itself
     unknown = [p for p in args.preset if p not in PRESETS]
     if unknown:
         raise ValueError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
-    study, created = create_from_args(args)
+    study, created = create_from_args(args, default_trials=DEFAULT_TRIALS)  # a local run must end by itself
     url = storage_url(args.storage)
     dashboard = "kilotune dashboard" + (f" --storage {redact(url)}" if args.storage else "")
     print(f"study {study.study_name!r} on {study.user_attrs[DATASET]} in {redact(url)}: {args.workers} workers, "

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
-from kilotune.models.progress import EpochProgress
+from kilotune.models.progress import EpochProgress, duration
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
 from kilotune.subset.files import now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, load_subset
@@ -162,6 +163,7 @@ def retrain(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
+    started = time.perf_counter()
     for i in range(seeds):
         seed_config = config.replace(seed=config.seed + i)
         if progress:
@@ -171,6 +173,10 @@ def retrain(
         if progress:
             extras = "".join(f", {k.removesuffix('_test_accuracy')} {run[k]:.4f}" for k in ("tta_test_accuracy", "snapshot_test_accuracy") if run.get(k) is not None)
             print(f"seed {seed_config.seed}: test accuracy {run['test_accuracy']:.4f}{extras} ({run['status']})", flush=True)
+            if i + 1 < seeds:  # each seed's own lines estimate that seed; this one, the whole retrain
+                elapsed = time.perf_counter() - started
+                print(f"retrain: {i + 1}/{seeds} seeds, {duration(elapsed)} elapsed, "
+                      f"about {duration(elapsed / (i + 1) * (seeds - i - 1))} left", flush=True)  # fmt: skip
         keras.backend.clear_session()  # free the graph before the next seed's model
 
     results: dict[str, Any] = {

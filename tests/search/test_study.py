@@ -356,6 +356,27 @@ def test_study_create_again_with_another_budget_is_one_line_naming_it(tmp_path, 
     assert optuna.load_study(study_name="s", storage=url).user_attrs["n_trials"] == 12
 
 
+def test_a_run_given_no_budget_continues_the_studys_own(tmp_path, fashion_subset):
+    """``kilotune run`` without --n-trials/--timeout joins a study with its recorded budget; a new one gets the default."""
+    from kilotune.search.create import create_from_args
+    from kilotune.workers.options import run_arguments
+
+    def args(**given):
+        return run_arguments({"study": "s", "storage": f"sqlite:///{tmp_path}/run.db", "dataset": "fashion-mnist",
+                              "subset": str(fashion_subset), "epochs": 4, "warm_start": False, **given})  # fmt: skip
+
+    _, created = create_from_args(args(n_trials=12), default_trials=30)
+    joined = args()
+    study, again = create_from_args(joined, default_trials=30)
+    assert created and not again and (joined.n_trials, joined.timeout) == (12, None), "the recorded budget, not 30"
+    assert study.user_attrs["n_trials"] == 12
+    new = args(study="fresh")
+    create_from_args(new, default_trials=30)
+    assert new.n_trials == 30
+    with pytest.raises(ValueError, match=r"n_trials=12 \(given 24\)"):  # a budget given is still checked
+        create_from_args(args(n_trials=24), default_trials=30)
+
+
 def attempt_killed(study: optuna.Study, *, trains: bool) -> optuna.trial.FrozenTrial:
     """The next attempt (a queued retry, else a new trial) dies running: FAIL, as ``fail_stale_trials`` leaves it."""
     trial = study.ask()

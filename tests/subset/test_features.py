@@ -9,6 +9,7 @@ import pytest
 from kilotune.subset.datasets import ImageDataset
 from kilotune.subset.features import (
     DEFAULT_METHOD,
+    Extractor,
     default_extractor_path,
     default_subset_path,
     ensure_default_subset,
@@ -121,3 +122,20 @@ def test_training_prints_a_line_per_epoch_with_an_estimate(tmp_path, capsys):
     train_extractor(tiny_images(40), tmp_path / "p.keras", epochs=2, seed=0, batch_size=20)
     err = capsys.readouterr().err
     assert re.findall(r"feature extractor \(40 cifar10 images\): epoch (\d)/2, \d+ s elapsed, about \d+ s left \(", err) == ["1", "2"], err[-2000:]
+
+
+def test_feature_extraction_reports_its_progress(capsys):
+    """Issue 20: a long step says how far it is, the elapsed time and an estimate of what is left."""
+
+    class Model:  # stands in for the cut backbone: an 8-d vector of each image's mean
+        def predict_on_batch(self, x):
+            return np.repeat(x.mean(axis=(1, 2, 3))[:, None], 8, axis=1) + 1.0
+
+    extractor = Extractor(Model(), np.zeros(3, np.float32), np.ones(3, np.float32), {}, Path("x.keras"))
+    images = np.random.default_rng(0).integers(0, 255, (50, 4, 4, 3), dtype=np.uint8)
+    assert extract_features(extractor, images, batch_size=10, every_s=0.0).shape == (50, 8)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [f"features: {n}/50 images" for n in (10, 20, 30, 40)], lines
+    assert all("elapsed, about" in line and line.endswith("left") for line in lines), lines
+    extract_features(extractor, images, batch_size=10, every_s=None)
+    assert capsys.readouterr().err == ""

@@ -73,6 +73,15 @@ def test_retrain_trains_on_all_chosen_images_and_tests_once_per_seed(exported, t
     assert "test accuracy" in printed and "snapshot ensemble" in printed
 
 
+@pytest.mark.slow
+def test_a_retrain_of_several_seeds_estimates_what_is_left_of_all_of_them(exported, tmp_path, capsys):
+    """Issue 20: each seed's epoch lines estimate that seed; a line between seeds estimates the whole retrain."""
+    best, _ = exported
+    assert main(["retrain", str(best), "--seeds", "2", "--epochs", "1", "--out-dir", str(tmp_path / "out")]) == 0
+    between = [line for line in capsys.readouterr().out.splitlines() if line.startswith("retrain: ")]
+    assert len(between) == 1 and between[0].startswith("retrain: 1/2 seeds, ") and between[0].endswith(" left"), between
+
+
 def test_retrain_refuses_a_subset_of_other_data(exported, dataset, fashion_subset, tmp_path, capsys):
     best, _ = exported
     other = json.loads(fashion_subset.read_text())
