@@ -76,11 +76,12 @@ def render_report(study: optuna.Study, *, top: int = 10) -> str:
     trials = study.get_trials(deepcopy=False)
     if not any(t.state in FINISHED for t in trials):
         raise ValueError(f"study {study.study_name!r} has no finished trials (complete or pruned) to report yet")
+    search = search_trials(study, trials)
     sections = [
         Section("top", f"Top {top} configurations", body=top_table(study, top)),
-        Section("history", "Optimization history", optuna.visualization.plot_optimization_history(study, target_name="validation accuracy")),
-        Section("curves", "Learning curves", learning_curves(study), "<p>Validation accuracy per epoch; pruned trials dashed.</p>"),
-        _guarded("importance", "Parameter importances", lambda: parameter_importances(study)),
+        Section("history", "Optimization history", optuna.visualization.plot_optimization_history(search, target_name="validation accuracy")),
+        Section("curves", "Learning curves", learning_curves(search), "<p>Validation accuracy per epoch; pruned trials dashed.</p>"),
+        _guarded("importance", "Parameter importances", lambda: parameter_importances(search)),
         Section("arch", "Accuracy by architecture", accuracy_by_architecture(trials)),
         pruning_savings(trials, study.user_attrs.get(keys.EPOCHS)),
         Section("workers", "Trials over time per worker", worker_timeline(study)),
@@ -89,6 +90,19 @@ def render_report(study: optuna.Study, *, top: int = 10) -> str:
 
 
 # --- sections -------------------------------------------------------------------------------
+
+
+def search_trials(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
+    """The study's search trials, without its cross-validation, in an in-memory copy for Optuna's plots.
+
+    A fold trial trains a configuration already searched on another split: in the history its
+    value would read as a new best, and in the importances its parameters would count again.
+    """
+    view = optuna.create_study(study_name=study.study_name, direction=study.direction)
+    view.add_trials([t for t in trials if not is_fold_trial(t)])
+    return view
+
+
 
 
 def top_table(study: optuna.Study, top: int) -> str:

@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.cli.main import main
-from kilotune.search.report import render_report, worker_timeline, write_report
+from kilotune.search.report import learning_curves, render_report, search_trials, worker_timeline, write_report
 from kilotune.workers.config import TrainConfig
 
 EPOCHS = 10
@@ -221,3 +221,18 @@ def test_report_shows_the_cross_validated_winner_with_its_mean_and_standard_erro
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.-]+)</td><td>(\d+)</td>", table)
     assert rows[0] == ("1", str(second.number), f"{mean:.4f}", f"{stderr:.4f}", "5")
     assert rows[1][1] == str(first.number) and rows[1][4] == "5" and rows[2][3:] == ("-", "1")
+
+
+def test_the_plots_show_the_search_not_the_cross_validation(tmp_path):
+    """A fold trial retrains a searched configuration: in the history its value read as a new best."""
+    study = make_study(f"sqlite:///{tmp_path / 'folds.db'}", trials=make_trials(6))
+    best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.COMPLETE, value=best.value + 0.05, params=best.params, distributions=best.distributions,
+        intermediate_values={1: 0.99}, user_attrs={**best.user_attrs, "cv_of": best.number, "fold": 1}))  # fmt: skip
+    search = search_trials(study, study.trials)
+    assert [t.number for t in search.trials] == [t.number for t in study.trials[:-1]]
+    history = optuna.visualization.plot_optimization_history(search)
+    assert max(v for trace in history.data for v in (trace.y if trace.y is not None else ())) == pytest.approx(best.value), "the fold's value is not a best"
+    curves = [trace.name for trace in learning_curves(search).data]
+    assert len(curves) == sum(1 for t in study.trials[:-1] if t.intermediate_values)
