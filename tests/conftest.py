@@ -44,16 +44,21 @@ def _reachable(url: str) -> str | None:
     return None
 
 
+def _shown(url: str) -> str:
+    """The URL with its password masked, for a line or a skip reason (CI's has one)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def pytest_sessionstart(session) -> None:
     """One line at the start of every run (``-q`` too) on the services the tests find, so tests
     that skip for a missing PostgreSQL do not go unnoticed."""
-    from sqlalchemy.engine import make_url
-
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return
     outcome = "FAIL (CI is set)" if os.environ.get("CI") else "SKIP"
-    where = make_url(TEST_PG).render_as_string(hide_password=True)
+    where = _shown(TEST_PG)
     why = _reachable(TEST_PG)
     pg = f"PostgreSQL at {where}" if why is None else (
         f"PostgreSQL at {where} NOT reachable ({why}): its tests {outcome}; set KILOTUNE_TEST_PG")
@@ -120,7 +125,7 @@ def pg_server():
     them after it. Tests never stop, restart or reconfigure that server: others use it."""
     why = _reachable(TEST_PG)
     if why is not None:
-        _unavailable(f"PostgreSQL is not reachable at {TEST_PG} ({why}); set KILOTUNE_TEST_PG")
+        _unavailable(f"PostgreSQL is not reachable at {_shown(TEST_PG)} ({why}); set KILOTUNE_TEST_PG")
     databases = Databases(TEST_PG)
     _open_databases.append(databases)
     yield databases
@@ -299,6 +304,71 @@ def cpu_progress(procs: list[subprocess.Popen]) -> Callable[[], object]:
         return ticks
 
     return progress
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (Linux /proc): a ``kilotune run`` trains in its children."""
+    parents: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo.extend(parents.get(found[-1], []))
+    return found
+
+
+def tree_cpu_progress(procs: list[subprocess.Popen]) -> Callable[[], object]:
+    """The CPU time the processes and all their descendants used so far: unlike ``cpu_progress``,
+    it grows while a parent waits on children that train."""
+
+    class Tree:
+        def __init__(self) -> None:
+            self.seen: dict[int, int] = {}  # pid -> its last ticks, so an exited child's time still counts
+
+        def __call__(self) -> object:
+            for p in procs:
+                for pid in _descendants(p.pid):
+                    try:
+                        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                        self.seen[pid] = sum(int(f) for f in stat[11:13])
+                    except (OSError, ValueError):
+                        pass
+            return sum(self.seen.values())
+
+    return Tree()
+
+
+def run_bounded(argv: list[str], *, stall_s: float = 300.0, progress: Callable[[], object] | None = None,
+                **popen_kwargs) -> subprocess.CompletedProcess:  # fmt: skip
+    """``subprocess.run(argv, capture_output=True, text=True)`` bounded by progress, not by the clock.
+
+    It fails (and kills the process group) only after ``stall_s`` seconds in which neither the CPU
+    time of the process and its descendants nor ``progress()`` changed: a loaded machine makes a
+    test slower, not failed.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **popen_kwargs)
+    outs: list[str] = ["", ""]
+
+    def read() -> None:
+        outs[:] = proc.communicate()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    tree = tree_cpu_progress([proc])
+    watched = (lambda: (tree(), progress())) if progress else tree
+    try:
+        wait_for(lambda: not reader.is_alive(), stall_s, " ".join(map(str, argv[:5])), progress=watched)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        reader.join()
+    return subprocess.CompletedProcess(argv, proc.returncode, outs[0] or "", outs[1] or "")
 
 
 def wait_for_exit(procs: list[subprocess.Popen], stall_s: float, what: str, progress: Callable[[], object] | None = None) -> list[str]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_bounded
 
 BENCH = REPO / "bench" / "search_budget.py"
 
@@ -55,7 +54,7 @@ def test_rows_of_another_protocol_are_refused(tmp_path):
 
 
 def run_bench(*args):
-    return subprocess.run([sys.executable, str(BENCH), *args], cwd=REPO, capture_output=True, text=True, timeout=1200)
+    return run_bounded([sys.executable, str(BENCH), *args], cwd=REPO)
 
 
 @pytest.mark.slow

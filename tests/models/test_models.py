@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 from kilotune.models import ARCHITECTURES, BUILDERS, build_model
+from tests.conftest import run_bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -219,9 +219,6 @@ def test_trains_under_jax_backend():
     )
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=300,
-    )
+    result = run_bounded([sys.executable, "-c", code], env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backend jax" in result.stdout

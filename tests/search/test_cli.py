@@ -10,7 +10,7 @@ import pytest
 
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial
-from tests.conftest import REPO
+from tests.conftest import REPO, run_bounded
 
 SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
 
@@ -53,9 +53,8 @@ def test_bad_config_file_is_one_line(tmp_path, capsys, config, message):
 def test_train_command_on_real_fashion_mnist(tmp_path, fashion_subset):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"arch": "vgg8", "width": 0.125, "epochs": 1, "batch_size": 32}))
-    out = subprocess.run([sys.executable, "-m", "kilotune", "train", "--config", str(cfg), "--dataset", "fashion-mnist",
-                          "--train-size", "100", "--save", str(tmp_path / "m.keras")],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = run_bounded([sys.executable, "-m", "kilotune", "train", "--config", str(cfg), "--dataset", "fashion-mnist",
+                       "--train-size", "100", "--save", str(tmp_path / "m.keras")], cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     last = out.stdout.strip().splitlines()[-1]
     accuracy = float(last.split("test accuracy ")[1].split()[0])
@@ -71,9 +70,8 @@ def test_train_names_the_presets_for_an_unknown_one(capsys):
 @pytest.mark.slow
 def test_train_a_preset_on_a_subset_with_every_image(tmp_path, fashion_subset):
     """Issue 19.5: no --preset, no --subset, and "validation accuracy nan" with --val-fraction 0."""
-    out = subprocess.run([sys.executable, "-m", "kilotune", "train", "--preset", "vgg8-reference", "--subset", str(fashion_subset),
-                          "--dataset", "fashion-mnist", "--val-fraction", "0", "--epochs", "1"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = run_bounded([sys.executable, "-m", "kilotune", "train", "--preset", "vgg8-reference", "--subset", str(fashion_subset),
+                       "--dataset", "fashion-mnist", "--val-fraction", "0", "--epochs", "1"], cwd=REPO)  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "training vgg8 on 100 fashion-mnist images, no validation hold-out" in out.stdout
     last = out.stdout.strip().splitlines()[-1]
@@ -84,11 +82,11 @@ def test_train_a_preset_on_a_subset_with_every_image(tmp_path, fashion_subset):
 def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none"}))
-    out = subprocess.run(
+    out = run_bounded(
         [sys.executable, "-m", "kilotune", "run", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
          "--space", str(space), "--epochs", "2", "--n-trials", "3", "--workers", "2", "--preset", "vgg8-reference",
          "--cv-top-k", "0"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best configuration (trial" in out.stdout and '"arch": "vgg8"' in out.stdout

@@ -25,7 +25,7 @@ from kilotune.search.study import (
 )
 from kilotune.search.space import PRESETS
 from kilotune.workers.config import TrainConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_for_exit
 
 
 def settings(**changes) -> StudySettings:
@@ -85,7 +85,7 @@ def test_many_processes_creating_one_study_at_once(pg_url):
         f"s, c = create_study('race', settings(), open_storage({pg_url!r})); print(int(c))"
     )
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(6)]
-    outs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    outs = [out.strip() for out in wait_for_exit(procs, 120, "six processes creating one study")]
     assert all(p.returncode == 0 for p in procs), outs
     assert sorted(outs) == ["0"] * 5 + ["1"]
     assert [s.study_name for s in optuna.get_all_study_summaries(open_storage(pg_url))].count("race") == 1

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 import kilotune
 from kilotune.workers.api import dataset_name
-from tests.conftest import FASHION, REPO
+from tests.conftest import FASHION, REPO, run_bounded
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -62,7 +62,7 @@ def finished(tmp_path_factory):
     where = tmp_path_factory.mktemp("notebook")
     env = {**os.environ, "KILOTUNE_CACHE_DIR": str(where / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KILOTUNE_STORAGE", None)
-    out = subprocess.run([sys.executable, "-c", readme_example()], cwd=where, env=env, capture_output=True, text=True, timeout=1200)
+    out = run_bounded([sys.executable, "-c", readme_example()], cwd=where, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return where, out
 

@@ -23,7 +23,7 @@ from kilotune.search.export import export_trial
 from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.workers.config import TrainConfig
 from kilotune.workers.local import QUIET, Display, Snapshot, print_best
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
 
 EPOCHS = 10
 SETTINGS = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json", subset_checksum="sha256:bb",
@@ -208,8 +208,8 @@ def test_training_is_quiet_about_cuda_unless_debugging(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KILOTUNE_DEBUG")}
     command = [sys.executable, "-m", "kilotune", "train", "--config", str(config), "--dataset", "fashion-mnist",
                "--train-size", "10", "--val-fraction", "0"]  # fmt: skip
-    quiet = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    debug = subprocess.run(command, cwd=REPO, env=env | {"KILOTUNE_DEBUG": "1"}, capture_output=True, text=True, timeout=300)
+    quiet = run_bounded(command, cwd=REPO, env=env)
+    debug = run_bounded(command, cwd=REPO, env=env | {"KILOTUNE_DEBUG": "1"})
     assert quiet.returncode == debug.returncode == 0, quiet.stderr[-2000:] + debug.stderr[-2000:]
     assert "cuInit" not in quiet.stderr, quiet.stderr
     assert "cuInit" in debug.stderr, "KILOTUNE_DEBUG=1 shows the backend's logs"
@@ -232,12 +232,13 @@ def test_run_keeps_the_password_out_of_its_output_and_the_workers_command_lines(
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        children = wait_for(lambda: _children(run.pid) if len(_children(run.pid)) == 2 else None, 120, "two workers")
+        children = wait_for(lambda: _children(run.pid) if len(_children(run.pid)) == 2 else None, 120, "two workers",
+                            progress=tree_cpu_progress([run]))  # fmt: skip
         for pid in children:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
             assert "worker" in cmdline and password not in cmdline and "postgresql" not in cmdline, cmdline
             assert Path(f"/proc/{pid}/environ").read_bytes().decode().count(password) == 1, "the URL goes in the environment"
-        out = run.communicate(timeout=600)[0]
+        out = wait_for_exit([run], 300, "kilotune run", progress=tree_cpu_progress([run]))[0]
     finally:
         if run.poll() is None:
             run.kill()

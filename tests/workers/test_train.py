@@ -5,6 +5,7 @@ import pytest
 
 from kilotune.workers.config import TrainConfig
 from kilotune.workers.train import EpochReport, TrainData, evaluate, train
+from tests.conftest import run_bounded
 
 pytestmark = pytest.mark.slow  # every test here trains a model
 TINY = TrainConfig(arch="vgg8", width=0.125, epochs=2, batch_size=16, seed=1)
@@ -74,7 +75,6 @@ def test_resumes_from_checkpoint_without_repeating_epochs(data, tmp_path):
 def test_the_training_core_runs_under_jax(tmp_path):
     """The same config, augmentation, mixing and checkpoint-resume code under KERAS_BACKEND=jax."""
     import os
-    import subprocess
     import sys
 
     pytest.importorskip("jax")
@@ -92,6 +92,6 @@ result = train(config.replace(epochs=2), data, checkpoint_dir={str(tmp_path)!r})
 print(keras.backend.backend(), result.status, [r.epoch for r in result.history])
 """
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    out = run_bounded([sys.executable, "-c", code], env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "jax complete [1, 2]"
