@@ -699,16 +699,19 @@ def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> 
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for method in dict.fromkeys(m for m, _ in summary):
+    methods = list(dict.fromkeys(m for m, _ in summary))
+    for i, method in enumerate(methods):
         points = sorted((b, s) for (m, b), s in summary.items() if m == method)
-        fig.add_trace(go.Scatter(x=[b for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers", name=method,
+        dodge = 1 + 0.015 * (i - (len(methods) - 1) / 2)  # side by side, so each error bar shows
+        fig.add_trace(go.Scatter(x=[b * dodge for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers", name=method,
                                  error_y={"type": "data", "array": [s["std"] for _, s in points], "visible": True},
-                                 hovertext=[f"n={s['n']} seeds" for _, s in points]))
+                                 hovertext=[f"{b} epochs, n={s['n']} seeds" for b, s in points]))
     fig.update_layout(title="Retrained winner's test accuracy against the search budget (mean ± std over seeds)",
                       xaxis_title="search budget (training epochs a run)", yaxis_title="test accuracy (10,000 images)", template="plotly_white")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True)  # self-contained: opens offline
     written, png = [path], path.with_suffix(".png")
+    png.unlink(missing_ok=True)  # a PNG of older rows must not stand in for this one
     with contextlib.suppress(Exception):  # PNG where kaleido (and its browser) is installed
         import kaleido  # noqa: F401
 
