@@ -581,7 +581,7 @@ def study_timed_out(study: optuna.Study, settings: StudySettings, started: float
     The timeout is read from the study (the read that gives its age), so a ``study extend``
     applies to running workers, whose ``settings`` were loaded when they started.
     """
-    attrs = study.user_attrs
+    attrs = with_retry(lambda: study.user_attrs, what="reading the study's timeout")  # a worker asks between trials
     timeout_s = attrs.get(TIMEOUT_S, settings.timeout_s)
     return timeout_s is not None and _study_age(attrs, started) >= timeout_s
 
@@ -589,7 +589,7 @@ def study_timed_out(study: optuna.Study, settings: StudySettings, started: float
 def current_budget(study: optuna.Study, settings: StudySettings) -> StudySettings:
     """``settings`` with the budget the study records now (``kilotune study extend`` changes it):
     one read of the study's attributes, a single indexed query on an RDB storage."""
-    attrs = study.user_attrs
+    attrs = with_retry(lambda: study.user_attrs, what="reading the study's budget")
     return replace(settings, n_trials=attrs.get(N_TRIALS, settings.n_trials), timeout_s=attrs.get(TIMEOUT_S, settings.timeout_s))
 
 

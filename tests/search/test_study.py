@@ -18,10 +18,12 @@ from kilotune.search.study import (
     claim_trial,
     counts_toward_budget,
     create_study,
+    current_budget,
     extend_budget,
     load_study,
     open_storage,
     storage_url,
+    study_timed_out,
 )
 from kilotune.search.space import PRESETS
 from kilotune.workers.config import TrainConfig
@@ -440,3 +442,27 @@ def test_opening_a_restarting_server_waits_for_it(monkeypatch, pg_url):
 
     monkeypatch.setattr(study_module, "RDBStorage", restarting)
     assert isinstance(open_storage(pg_url), real) and answers == []
+
+
+def test_the_budget_reads_wait_out_a_restarting_database(monkeypatch):
+    """The slow suite's restart test: a worker read the study's timeout between trials while the
+    server restarted and exited with a traceback (StorageInternalError)."""
+    from kilotune.search import study as study_module
+
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage)
+    study.set_user_attr("timeout_s", 60.0)
+    study.set_user_attr("n_trials", 7)
+    real, calls = storage.get_study_user_attrs, []
+
+    def restarting(study_id):
+        calls.append(study_id)
+        if len(calls) % 2:  # every other read finds the server down
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+        return real(study_id)
+
+    monkeypatch.setattr(storage, "get_study_user_attrs", restarting)
+    assert study_timed_out(study, settings(), time.time()) is False
+    assert current_budget(study, settings()).n_trials == 7
+    assert len(calls) == 4
