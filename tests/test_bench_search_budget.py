@@ -53,6 +53,21 @@ def test_rows_of_another_protocol_are_refused(tmp_path):
         bench.run_grid([bench.Cell("random", 4, 0)], bench.Bench(2, subset, tmp_path / "runs"), out, 1)
 
 
+def test_the_startup_ablation_is_the_kilotune_arm_with_optunas_default_startup(tmp_path, monkeypatch):
+    from kilotune.search import study as study_module
+
+    bench = load_bench()
+    monkeypatch.setattr(study_module, "TPE_STARTUP_TRIALS", study_module.TPE_STARTUP_TRIALS)  # undone after the test
+    seen = []
+    monkeypatch.setattr(bench, "search_kilotune", lambda cell, b, d: seen.append((cell, study_module.TPE_STARTUP_TRIALS)))
+    cell = bench.Cell.parse("kilotune-startup10-b60-s2")
+
+    bench.SEARCHES[cell.method](cell, None, tmp_path)
+
+    assert cell == bench.Cell("kilotune-startup10", 60, 2)
+    assert seen == [(cell, 10)]
+
+
 def run_bench(*args):
     return run_bounded([sys.executable, str(BENCH), *args], cwd=REPO)
 
