@@ -91,7 +91,10 @@ def run_show(args: argparse.Namespace) -> int:
     print(f"{args.file}: {subset.dataset}, {subset.method}{params}, seed {subset.seed}, {len(subset.indices)} images")
     print(f"  checksum {subset.checksum}  dataset {subset.dataset_checksum[:19]}...  created {subset.created}")
     if subset.extractor:
-        print(f"  extractor {subset.extractor.get('arch')} (test accuracy {subset.extractor.get('test_accuracy', float('nan')):.4f}) {subset.extractor.get('path')}")
+        # Older subset files recorded the extractor's test accuracy; it now reads only training images.
+        label, accuracy = next(((label, subset.extractor[key]) for key, label in (("train_accuracy", "training accuracy"), ("test_accuracy", "test accuracy"))
+                                if subset.extractor.get(key) is not None), ("accuracy", float("nan")))
+        print(f"  extractor {subset.extractor.get('arch')} ({label} {accuracy:.4f}) {subset.extractor.get('path')}")
     print("  per class: " + ", ".join(f"{_name(label, class_names)}={count}" for label, count in subset.counts().items()))
     _print_objectives(subset.objectives)
     for label, row in ((subset.objectives or {}).get("per_class") or {}).items():

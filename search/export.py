@@ -69,7 +69,8 @@ def validation_text(provenance: dict[str, Any]) -> str:
     """An export's validation accuracy as users read it: the cross-validated mean with its
     standard error, e.g. ``0.8120 ± 0.0110 over 5 folds``, or ``0.8120 on fold 0 only`` (as ``search.winner.CrossValidated.describe``)."""
     if provenance["cv_stderr"] is None:
-        return f"{provenance['cv_mean']:.4f} on fold 0 only"
+        why = f" ({provenance['cv_note']})" if provenance.get("cv_note") else ""
+        return f"{provenance['cv_mean']:.4f} on fold 0 only{why}"
     return f"{provenance['cv_mean']:.4f} ± {provenance['cv_stderr']:.4f} over {len(provenance['cv_folds'])} folds"
 
 
@@ -85,6 +86,7 @@ def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]
         "cv_mean": evaluated.mean,
         "cv_stderr": evaluated.stderr,
         "cv_folds": sorted(evaluated.values),
+        "cv_note": None if evaluated.stderr is not None else single_fold_reason(settings, evaluated),
         "dataset": settings.dataset,
         "dataset_checksum": settings.dataset_checksum,
         "subset_path": settings.subset_path,
@@ -98,6 +100,16 @@ def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]
         "seed": trial.user_attrs[CONFIG].get("seed", 0),
         "exported_at": now_iso(),
     }
+
+
+def single_fold_reason(settings: StudySettings, evaluated: CrossValidated) -> str:
+    """Why a winner was validated on one fold only, for a user who expected a cross-validated mean."""
+    if settings.cv_top_k == 0:
+        return "the study does not cross-validate: cv_top_k=0"
+    if settings.n_trials is None:
+        return "the study has no trial budget (--n-trials), and its top trials are cross-validated once that is spent"
+    return (f"the top {settings.cv_top_k} complete trials are cross-validated once the {settings.n_trials} budgeted trials "
+            "are spent, and this one's fold trials have not run")
 
 
 def library_versions() -> dict[str, str]:

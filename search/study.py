@@ -192,6 +192,9 @@ class StudySettings:
             raise ValueError(f"objective_epochs={self.objective_epochs} must be at least 1")
         if self.cv_top_k < 0:
             raise ValueError(f"cv_top_k={self.cv_top_k} must be 0 (no cross-validation) or more")
+        if self.cv_top_k > 0 and self.folds < 2:  # else the study would silently not cross-validate
+            raise ValueError(f"val_fraction={self.val_fraction} leaves {self.folds} fold, too few to cross-validate "
+                             f"the top {self.cv_top_k}: give val_fraction <= 0.5, or cv_top_k=0 for no cross-validation")
 
     def differences(self, given: StudySettings) -> list[str]:
         """The settings that ``given`` changes, as ``name=recorded (given new)``.
@@ -211,7 +214,10 @@ class StudySettings:
         if missing:
             raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
         # Studies from before the noise-aware objective valued a trial by its last epoch alone.
-        return cls(**{"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}})
+        recorded = {"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}}
+        if fold_count(recorded.get("val_fraction", 0.2)) < 2:  # made before that was refused: it never cross-validated
+            recorded["cv_top_k"] = 0
+        return cls(**recorded)
 
     @property
     def folds(self) -> int:

@@ -3,7 +3,7 @@
     {"format": "kilotune-subset/1", "dataset": "fashion-mnist", "dataset_checksum": "sha256:...",
      "method": "max-sum", "params": {}, "seed": 0, "per_class": 100,
      "indices": [...], "labels": [...],   # into the official training set
-     "extractor": {"path": ..., "test_accuracy": ..., "arch": ...} or null,
+     "extractor": {"path": ..., "train_accuracy": ..., "arch": ...} or null,
      "objectives": {"total": {...}, "per_class": {...}} or null,
      "created": "2025-...Z", "kilotune_version": "0.1.0"}
 
@@ -104,7 +104,7 @@ def write_subset(
         params: Its parameters.
         seed: Selection seed.
         per_class: Images per class.
-        extractor: ``{"path", "test_accuracy", "arch"}`` of the feature extractor, or None.
+        extractor: ``{"path", "train_accuracy", "arch"}`` of the feature extractor, or None.
         objectives: What :func:`subset.selection.objectives` returned, or None.
 
     Returns:

@@ -138,3 +138,21 @@ def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_err
     assert [t.number for t in ranked_trials(study)] == [lucky, steady], "fold trials are not search results"
     assert main(["study", "list", "--storage", url]) == 0
     assert f"cv\ttrials=10\tbest={p['cv_mean']:.4f}\t" in capsys.readouterr().out, "the list shows the winner, not the best fold"
+
+
+@pytest.mark.parametrize(("attrs", "reason"), [
+    ({"cv_top_k": 0}, "the study does not cross-validate: cv_top_k=0"),
+    ({"n_trials": None}, "the study has no trial budget (--n-trials)"),
+    ({}, "once the 5 budgeted trials are spent, and this one's fold trials have not run"),
+])
+def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, reason):
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    study = new_study(url, "one")
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    add(study, TrainConfig(arch="vgg8", epochs=3), [0.5, 0.7, 0.8])
+    out = tmp_path / "best.json"
+    assert main(["export", "--study", "one", "--storage", url, "--out", str(out)]) == 0
+    p = read_export(out)["provenance"]
+    assert p["cv_stderr"] is None and reason in p["cv_note"]
+    assert f"validation accuracy 0.8000 on fold 0 only ({p['cv_note']})" in capsys.readouterr().out

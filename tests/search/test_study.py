@@ -119,11 +119,19 @@ def test_budget_counts_finished_and_queued_trials_but_not_dead_workers(tmp_path)
 @pytest.mark.parametrize(
     ("changes", "message"),
     [({"sampler": "grid"}, "sampler='grid' is not allowed"), ({"pruner": "x"}, "pruner='x'"), ({"n_trials": 0}, "n_trials=0"),
-     ({"epochs": 0}, "epochs=0 must be at least 1")],
+     ({"epochs": 0}, "epochs=0 must be at least 1"),
+     ({"val_fraction": 0.6}, r"val_fraction=0.6 leaves 1 fold, too few to cross-validate the top 3: give val_fraction <= 0.5, or cv_top_k=0")],
 )
 def test_bad_settings(changes, message):
     with pytest.raises(ValueError, match=message):
         settings(**changes)
+
+
+def test_a_hold_out_over_half_is_allowed_without_cross_validation(tmp_path):
+    assert settings(val_fraction=0.6, cv_top_k=0).folds == 1
+    study, _ = create_study("half", settings(val_fraction=0.6, cv_top_k=0), open_storage(f"sqlite:///{tmp_path}/h.db"))
+    study.set_user_attr("cv_top_k", 3)  # as a study made before such settings were refused recorded them
+    assert StudySettings.from_study(study).cv_top_k == 0, "it still loads, as the study it was: never cross-validated"
 
 
 def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path):

@@ -20,7 +20,7 @@ def written(tmp_path):
     dataset = tiny_dataset()
     objectives = {"total": {"sum_distance": 1.5}, "per_class": {}}
     subset = write_subset(tmp_path / "sub" / "s.json", dataset, [9, 1, 2, 3], method="max-sum", params={"max_swaps": 5},
-                          seed=3, per_class=1, extractor={"path": "x.keras", "test_accuracy": 0.9, "arch": "resnet9"}, objectives=objectives)
+                          seed=3, per_class=1, extractor={"path": "x.keras", "train_accuracy": 0.9, "arch": "resnet9"}, objectives=objectives)
     return dataset, subset
 
 

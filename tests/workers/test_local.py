@@ -172,7 +172,7 @@ def test_print_best_prints_what_export_writes(tmp_path, capsys):
         study.set_user_attr(key, value)
     print_best(study)
     out = capsys.readouterr().out
-    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only):")
+    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only (the top 3 complete trials are cross-validated")
     printed = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert printed == export_trial(study)["config"] and printed["arch"] == "resnet9"
 
