@@ -107,7 +107,7 @@ def single_fold_reason(settings: StudySettings, evaluated: CrossValidated) -> st
     if settings.cv_top_k == 0:
         return "the study does not cross-validate: cv_top_k=0"
     if settings.n_trials is None:
-        return "the study has no trial budget (--n-trials), and its top trials are cross-validated once that is spent"
+        return "the study has no trial budget: its top trials are cross-validated once an --n-trials budget is spent"
     return (f"the top {settings.cv_top_k} complete trials are cross-validated once the {settings.n_trials} budgeted trials "
             "are spent, and this one's fold trials have not run")
 

@@ -142,7 +142,7 @@ def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_err
 
 @pytest.mark.parametrize(("attrs", "reason"), [
     ({"cv_top_k": 0}, "the study does not cross-validate: cv_top_k=0"),
-    ({"n_trials": None}, "the study has no trial budget (--n-trials)"),
+    ({"n_trials": None}, "the study has no trial budget: its top trials are cross-validated once an --n-trials budget is spent"),
     ({}, "once the 5 budgeted trials are spent, and this one's fold trials have not run"),
 ])
 def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, reason):
