@@ -64,7 +64,8 @@ def run_list(args: argparse.Namespace) -> int:
         # The winner export writes (a fold trial's value on another fold is not a study's best).
         winner = cross_validated_best(optuna.load_study(study_name=s.study_name, storage=storage))
         best = f"{winner.mean:.4f}" if winner is not None else "-"
-        print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tdataset={s.user_attrs.get(DATASET, '?')}")
+        stderr = f"{winner.stderr:.4f}" if winner is not None and winner.stderr is not None else "-"  # "-": one fold
+        print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tse={stderr}\tdataset={s.user_attrs.get(DATASET, '?')}")
     return 0
 
 

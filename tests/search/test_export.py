@@ -137,7 +137,7 @@ def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_err
     assert runner_up["trial"] == lucky and math.isclose(runner_up["cv_mean"], 0.696)
     assert [t.number for t in ranked_trials(study)] == [lucky, steady], "fold trials are not search results"
     assert main(["study", "list", "--storage", url]) == 0
-    assert f"cv\ttrials=10\tbest={p['cv_mean']:.4f}\t" in capsys.readouterr().out, "the list shows the winner, not the best fold"
+    assert f"cv\ttrials=10\tbest={p['cv_mean']:.4f}\tse={p['cv_stderr']:.4f}\t" in capsys.readouterr().out, "the list shows the winner, not the best fold"
 
 
 @pytest.mark.parametrize(("attrs", "reason"), [
