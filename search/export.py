@@ -105,9 +105,9 @@ def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]
 def single_fold_reason(settings: StudySettings, evaluated: CrossValidated) -> str:
     """Why a winner was validated on one fold only, for a user who expected a cross-validated mean."""
     if settings.cv_top_k == 0:
-        return "the study does not cross-validate: cv_top_k=0"
+        return "the study does not cross-validate, cv_top_k=0"
     if settings.n_trials is None:
-        return "the study has no trial budget: its top trials are cross-validated once an --n-trials budget is spent"
+        return "the study has no trial budget, and its top trials are cross-validated once an --n-trials budget is spent"
     return (f"the top {settings.cv_top_k} complete trials are cross-validated once the {settings.n_trials} budgeted trials "
             "are spent, and this one's fold trials have not run")
 

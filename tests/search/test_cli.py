@@ -91,7 +91,7 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "best configuration (trial" in out.stdout and '"arch": "vgg8"' in out.stdout
     study = optuna.load_study(study_name="kilotune", storage=f"sqlite:///{tmp_path}/kilotune.db")
-    printed = json.loads(out.stdout[out.stdout.index("best configuration") :].split(":", 1)[1].rsplit("export it", 1)[0])
+    printed = json.loads(out.stdout[out.stdout.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
     assert printed == export_trial(study)["config"], "the closing best configuration is the one export writes"
     trials = study.trials
     assert len(trials) == 3 and trials[0].user_attrs["preset"] == "vgg8-reference"

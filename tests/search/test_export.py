@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from kilotune.cli.main import main
-from kilotune.search.export import export_trial, ranked_trials, read_export
+from kilotune.search.export import export_trial, ranked_trials, read_export, validation_text
 from kilotune.workers.config import TrainConfig
 
 ATTRS = {
@@ -141,8 +141,8 @@ def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_err
 
 
 @pytest.mark.parametrize(("attrs", "reason"), [
-    ({"cv_top_k": 0}, "the study does not cross-validate: cv_top_k=0"),
-    ({"n_trials": None}, "the study has no trial budget: its top trials are cross-validated once an --n-trials budget is spent"),
+    ({"cv_top_k": 0}, "the study does not cross-validate, cv_top_k=0"),
+    ({"n_trials": None}, "the study has no trial budget, and its top trials are cross-validated once an --n-trials budget is spent"),
     ({}, "once the 5 budgeted trials are spent, and this one's fold trials have not run"),
 ])
 def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, reason):
@@ -156,3 +156,4 @@ def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, reason):
     p = read_export(out)["provenance"]
     assert p["cv_stderr"] is None and reason in p["cv_note"]
     assert f"validation accuracy 0.8000 on fold 0 only ({p['cv_note']})" in capsys.readouterr().out
+    assert ":" not in validation_text(p), "the run's 'best configuration (...):' line ends at its only colon"

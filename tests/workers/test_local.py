@@ -251,7 +251,7 @@ def test_run_keeps_the_password_out_of_its_output_and_the_workers_command_lines(
     for number in range(3):
         assert sum(line.startswith("[") and f"] trial {number} " in line and "training" not in line for line in out.splitlines()) == 1, out
     study, _ = load_study("masked", open_storage(url))
-    printed = json.loads(out[out.index("best configuration") :].split(":", 1)[1].rsplit("export it", 1)[0])
+    printed = json.loads(out[out.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
     assert printed == export_trial(study)["config"]
     params = [t.params for t in study.trials]
     assert len(params) == 3 and len({json.dumps(p, sort_keys=True) for p in params}) == 3, "seeded workers sampled alike"
