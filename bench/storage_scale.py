@@ -625,7 +625,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(done: bool) -> None:
-        payload = {"args": vars(args), "cpu": cpu, "nproc": os.cpu_count(), "optuna": optuna.__version__,
+        payload = {"args": vars(args) | {"out": out.name}, "cpu": cpu, "nproc": os.cpu_count(), "optuna": optuna.__version__,
                    "sqlalchemy": sqlalchemy.__version__, "postgresql": pg, "heartbeat_seconds": kilotune.search.study.HEARTBEAT_SECONDS,
                    "load_before": load_before, "parent_heavy_modules": heavy_here,
                    "pool": {"spawn_seconds": pool.spawn_seconds, "workers": pool.info} if pool else None, "results": rows, "done": done}
