@@ -19,7 +19,7 @@ def register_retrain(sub: argparse._SubParsersAction) -> None:
 
 
 def run_retrain(args: argparse.Namespace) -> int:
-    from kilotune.search.export import read_export
+    from kilotune.search.export import read_export, validation_text
     from kilotune.workers.api import retrain
 
     export = read_export(args.export)
@@ -33,7 +33,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         if key in results and results[key]["mean"] is not None:
             s = results[key]
             print(f"{label}: {s['mean']:.4f} ± {s['std']:.4f} over {len(s['values'])} seed(s)")
-    print(f"wrote {out_dir}/results.json (search validation accuracy was {p.get('value', float('nan')):.4f})")
+    print(f"wrote {out_dir}/results.json (the search's validation accuracy was {validation_text(p)})")
     return 0
 
 

@@ -53,19 +53,25 @@ def run_list(args: argparse.Namespace) -> int:
     import optuna
 
     from kilotune.search.attrs import DATASET
-    from kilotune.search.study import open_storage
-    from kilotune.search.winner import cross_validated_best
+    from kilotune.search.study import StudySettings, open_storage
+    from kilotune.search.winner import StudyTrials, cross_validated_best, is_cv_study
 
-    storage = open_storage(args.storage)
-    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    storage = open_storage(args.storage, must_exist=True)
+    # A study's fold trials (its companion ``<name>.cv``) are listed with it, as its winner.
+    summaries = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False) if not is_cv_study(s.user_attrs)]
     if not summaries:
         print("no studies")
     for s in summaries:
-        # The winner export writes (a fold trial's value on another fold is not a study's best).
-        winner = cross_validated_best(optuna.load_study(study_name=s.study_name, storage=storage))
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        try:
+            top_k = StudySettings.from_study(study).cv_top_k
+        except ValueError:  # not a kilotune study: its best by value
+            top_k = 0
+        trials = StudyTrials.read(study, storage)
+        winner = cross_validated_best(trials, top_k)  # the winner export writes
         best = f"{winner.mean:.4f}" if winner is not None else "-"
         stderr = f"{winner.stderr:.4f}" if winner is not None and winner.stderr is not None else "-"  # "-": one fold
-        print(f"{s.study_name}\ttrials={s.n_trials}\tbest={best}\tse={stderr}\tdataset={s.user_attrs.get(DATASET, '?')}")
+        print(f"{s.study_name}\ttrials={len(trials.search) + len(trials.folds)}\tbest={best}\tse={stderr}\tdataset={s.user_attrs.get(DATASET, '?')}")
     return 0
 
 
@@ -73,11 +79,15 @@ def run_delete(args: argparse.Namespace) -> int:
     import optuna
 
     from kilotune.search.study import load_study, open_storage
+    from kilotune.search.winner import load_cv_study
 
-    storage = open_storage(args.storage)
-    load_study(args.study, storage)  # unknown names get the listing error
+    storage = open_storage(args.storage, must_exist=True)
+    study, _ = load_study(args.study, storage)  # unknown names get the listing error
+    cv_study = load_cv_study(study, storage)
     optuna.delete_study(study_name=args.study, storage=storage)
-    print(f"deleted: study {args.study!r}")
+    if cv_study is not None:
+        optuna.delete_study(study_name=cv_study.study_name, storage=storage)
+    print(f"deleted: study {args.study!r}" + (f" and its fold trials, study {cv_study.study_name!r}" if cv_study else ""))
     return 0
 
 
@@ -86,7 +96,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
     from kilotune.search.study import load_study, open_storage
     from kilotune.workers.config import TrainConfig
 
-    study, settings = load_study(args.study, open_storage(args.storage))
+    study, settings = load_study(args.study, open_storage(args.storage, must_exist=True))
     configs: list[tuple[str, TrainConfig]] = []
     for name in args.preset:
         if name not in PRESETS:
@@ -106,7 +116,7 @@ def run_extend(args: argparse.Namespace) -> int:
     from kilotune.search.attrs import N_TRIALS, TIMEOUT_S
     from kilotune.search.study import extend_budget, load_study, open_storage
 
-    study, _ = load_study(args.study, open_storage(args.storage))
+    study, _ = load_study(args.study, open_storage(args.storage, must_exist=True))
     change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)
     before, after = change["from"], change["to"]
     print(f"study {args.study!r}: budget {before[N_TRIALS] or '-'} -> {after[N_TRIALS] or '-'} trials, "

@@ -24,8 +24,10 @@ TIMEOUT_S = "timeout_s"
 SEED = "seed"
 OBJECTIVE_EPOCHS = "objective_epochs"
 CV_TOP_K = "cv_top_k"
+CV_FOLDS = "cv_folds"  # folds each cross-validated trial is validated on; absent: before fold trials counted in the budget
 BUDGET_HISTORY = "budget_history"
 CREATED_AT = "created_at"
+CV_STUDY_OF = "cv_study_of"  # on a companion study of fold trials (``<study>.cv``): the study it cross-validates
 
 # -- Trial user attributes (``trial.user_attrs``) ---------------------------------------------
 CONFIG = "config"  # the TrainConfig trained, as a dict
@@ -45,6 +47,7 @@ CV_OF = "cv_of"  # a fold trial: the candidate trial's number
 FOLD = "fold"
 
 STUDY_KEYS = (KILOTUNE_VERSION, DATASET, DATASET_CHECKSUM, SUBSET_PATH, SUBSET_CHECKSUM, VAL_FRACTION, SPLIT_SEED, EPOCHS,
-              SPACE, SAMPLER, PRUNER, N_TRIALS, TIMEOUT_S, SEED, OBJECTIVE_EPOCHS, CV_TOP_K, BUDGET_HISTORY, CREATED_AT)
+              SPACE, SAMPLER, PRUNER, N_TRIALS, TIMEOUT_S, SEED, OBJECTIVE_EPOCHS, CV_TOP_K, CV_FOLDS, BUDGET_HISTORY, CREATED_AT,
+              CV_STUDY_OF)
 TRIAL_KEYS = (CONFIG, WORKER, WORKER_ID, DEVICE, PARAMS_COUNT, EPOCH_SECONDS, IMAGES_PER_SECOND, STATUS, FAIL_REASON,
               RESUMED_FROM_EPOCH, RETRY_OF, PRESET, PRESET_CONFIG, CV_OF, FOLD)

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from kilotune.search.attrs import N_TRIALS, PRESET, PRESET_CONFIG, TIMEOUT_S
+from kilotune.search.attrs import PRESET, PRESET_CONFIG
 
 
 def create_from_args(args: argparse.Namespace, default_trials: int | None = None) -> tuple[Any, bool]:
@@ -23,8 +23,8 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
             existing study continues with the budget it records (``run`` must end by itself).
     """
     from kilotune.search.space import PRESETS, SearchSpace
-    from kilotune.search.study import StudySettings, create_study, open_storage, recorded_budget
-    from kilotune.subset.datasets import load_dataset
+    from kilotune.search.study import StudySettings, create_study, open_storage, recorded_budget, storage_url
+    from kilotune.subset.datasets import check_dataset_name, load_dataset
     from kilotune.subset.features import DEFAULT_METHOD, cache_dir, default_subset_path, ensure_default_subset
     from kilotune.subset.files import installed_version, now_iso
     from kilotune.subset.subsetfile import load_subset, whole_training_set
@@ -32,7 +32,13 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
     space_spec: dict = {}
     if args.space:
         _, space_spec = SearchSpace.from_file(args.space)
-    # Every setting is checked before the storage is opened or data loaded (minutes on a first run).
+    check_dataset_name(args.dataset)
+    url = storage_url(args.storage)
+    if default_trials is not None and args.n_trials is None and args.timeout is None:
+        # An existing study continues with the budget it records; only a new one takes the default.
+        recorded = recorded_budget(args.study, open_storage(url)) if not _new_file(url) else None
+        args.n_trials, args.timeout = recorded if recorded and any(v is not None for v in recorded) else (default_trials, None)
+    # Every setting is checked before the storage is made or data loaded (minutes on a first run).
     settings = StudySettings(
         dataset=args.dataset,
         dataset_checksum="",
@@ -50,11 +56,8 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
         cv_top_k=args.cv_top_k,
         kilotune_version=installed_version("kilotune"),
     )
-    storage = open_storage(args.storage)  # fail fast on a bad URL before loading data
-    if default_trials is not None and args.n_trials is None and args.timeout is None:
-        recorded = recorded_budget(args.study, storage)
-        args.n_trials, args.timeout = recorded if recorded and any(v is not None for v in recorded) else (default_trials, None)
-        settings = dataclasses.replace(settings, n_trials=args.n_trials, timeout_s=args.timeout)
+    if not _new_file(url):
+        open_storage(url)  # fail fast on a bad URL or an unreachable server, before loading data
     dataset = load_dataset(args.dataset, args.data_dir)
     if not args.subset and DEFAULT_METHOD != "random" and not default_subset_path(dataset.name).is_file():
         # The first run on a machine is silent for minutes otherwise (random needs no features).
@@ -73,14 +76,21 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
         subset_checksum=subset.checksum,
         created_at=now_iso(),
     )
+    storage = open_storage(url)  # a new SQLite file is made only now, when the data is there
     study, created = create_study(args.study, settings, storage, keep_settings=args.keep_settings)
     if created:
         first = getattr(args, "preset", [])  # ``run --preset``: those first
         for line in warm_start(study, settings, [*first, *(p for p in PRESETS if p not in first)] if args.warm_start else first):
             print(line, file=sys.stderr, flush=True)
-    else:  # with --keep-settings, what the study records is what runs (and `run` prints)
-        args.n_trials, args.timeout = study.user_attrs.get(N_TRIALS), study.user_attrs.get(TIMEOUT_S)
     return study, created
+
+
+def _new_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite or journal file that does not exist yet (opening it makes it)."""
+    from kilotune.search.study import local_path
+
+    path = local_path(url)
+    return path is not None and not path.exists()
 
 
 def warm_start(study: Any, settings: Any, names: list[str]) -> list[str]:

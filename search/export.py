@@ -17,21 +17,27 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 
 from kilotune.search.attrs import CONFIG
 from kilotune.search.study import StudySettings, load_study, open_storage
-from kilotune.search.winner import CrossValidated, ranked_trials, ranking
+from kilotune.search.winner import CrossValidated, StudyTrials, ranking
 from kilotune.subset.files import installed_version, now_iso, write_json
 from kilotune.workers.config import TrainConfig
 
-__all__ = ["export_trial", "provenance", "ranked_trials", "read_export", "write_json"]
+__all__ = ["export_trial", "provenance", "read_export", "write_json"]
 
 LIBRARIES = ("keras", "tensorflow", "jax", "optuna", "numpy")
 
 
-def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
+def export_trial(study: optuna.Study, storage: BaseStorage, rank: int = 1) -> dict[str, Any]:
     """The ``rank``-th best complete trial's config and provenance (rank 1 is the winner: the
     best mean over folds among the cross-validated trials; ``winner.ranking``).
+
+    Args:
+        study: The study.
+        storage: The storage it was loaded from (its fold trials are in a companion study there).
+        rank: 1 for the winner, 2 for the runner-up, ...
 
     Raises:
         ValueError: if the study has no complete trials, fewer than ``rank``, or the trial
@@ -39,7 +45,8 @@ def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
     """
     if rank < 1:
         raise ValueError(f"rank must be at least 1, got {rank=}")
-    ranked = ranking(study, StudySettings.from_study(study).cv_top_k)
+    settings = StudySettings.from_study(study)
+    ranked = ranking(StudyTrials.read(study, storage), settings.cv_top_k)
     if not ranked:
         raise ValueError(f"study {study.study_name!r} has no complete trials to export")
     if rank > len(ranked):
@@ -50,7 +57,7 @@ def export_trial(study: optuna.Study, rank: int = 1) -> dict[str, Any]:
         raise ValueError(f"trial {trial.number} of study {study.study_name!r} has no 'config' user attribute")
     # Validate now: an export that retrain cannot read should fail here, not later.
     config = TrainConfig.from_dict(trial.user_attrs[CONFIG])
-    return {"config": config.to_dict(), "provenance": provenance(study, evaluated)}
+    return {"config": config.to_dict(), "provenance": provenance(study, settings, evaluated)}
 
 
 def export_study(study: str, storage: str | None = None, rank: int = 1) -> dict[str, Any]:
@@ -61,22 +68,22 @@ def export_study(study: str, storage: str | None = None, rank: int = 1) -> dict[
         storage: Its storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
         rank: 1 for the best complete trial, 2 for the runner-up, ...
     """
-    loaded, _ = load_study(study, open_storage(storage))
-    return export_trial(loaded, rank)
+    opened = open_storage(storage, must_exist=True)
+    loaded, _ = load_study(study, opened)
+    return export_trial(loaded, opened, rank)
 
 
 def validation_text(provenance: dict[str, Any]) -> str:
     """An export's validation accuracy as users read it: the cross-validated mean with its
     standard error, e.g. ``0.8120 ± 0.0110 over 5 folds``, or ``0.8120 on fold 0 only`` (as ``search.winner.CrossValidated.describe``)."""
-    if provenance["cv_stderr"] is None:
+    if provenance.get("cv_stderr") is None:  # (exports from before cross-validation have no cv_ keys)
         why = f" ({provenance['cv_note']})" if provenance.get("cv_note") else ""
-        return f"{provenance['cv_mean']:.4f} on fold 0 only{why}"
+        return f"{provenance.get('cv_mean', provenance['value']):.4f} on fold 0 only{why}"
     return f"{provenance['cv_mean']:.4f} ± {provenance['cv_stderr']:.4f} over {len(provenance['cv_folds'])} folds"
 
 
-def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]:
+def provenance(study: optuna.Study, settings: StudySettings, evaluated: CrossValidated) -> dict[str, Any]:
     """Where the trial's value came from: the study, its data and subset, its folds, and the versions."""
-    settings = StudySettings.from_study(study)
     trial = evaluated.trial
     return {
         "study": study.study_name,
@@ -104,12 +111,12 @@ def provenance(study: optuna.Study, evaluated: CrossValidated) -> dict[str, Any]
 
 def single_fold_reason(settings: StudySettings, evaluated: CrossValidated) -> str:
     """Why a winner was validated on one fold only, for a user who expected a cross-validated mean."""
-    if settings.cv_top_k == 0:
-        return "the study does not cross-validate, cv_top_k=0"
     if settings.n_trials is None:
-        return "the study has no trial budget, and its top trials are cross-validated once an --n-trials budget is spent"
-    return (f"the top {settings.cv_top_k} complete trials are cross-validated once the {settings.n_trials} budgeted trials "
-            "are spent, and this one's fold trials have not run")
+        return "the study has no trial budget, and only a trial budget (--n-trials) sets some aside for cross-validation"
+    if settings.fold_trials == 0:
+        return f"the study does not cross-validate, cv_top_k={settings.cv_top_k} for a budget of {settings.n_trials} trials"
+    return (f"the top {settings.cv_top_k} {'is' if settings.cv_top_k == 1 else 'are'} cross-validated once the "
+            f"{settings.search_trials} search trials are done, and this one's fold trials have not run")
 
 
 def library_versions() -> dict[str, str]:

@@ -17,11 +17,14 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search import attrs as keys
-from kilotune.search.attrs import CONFIG, STATUS, WORKER
-from kilotune.search.winner import cross_validated_best, is_fold_trial, ranking
+from kilotune.search.attrs import CONFIG, STATUS, WORKER, WORKER_ID
+from kilotune.search.study import StudySettings
+from kilotune.search.winner import CrossValidated, StudyTrials, cross_validated_best, ranking
+from kilotune.subset.files import count_of
 from kilotune.models.names import ARCHITECTURES
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -56,16 +59,16 @@ class Section:
     body: str = ""  # HTML, already escaped
 
 
-def write_report(study: optuna.Study, path: str | Path, *, top: int = 10) -> Path:
-    """Writes the report of ``study`` to ``path`` (parent directories are created)."""
+def write_report(study: optuna.Study, storage: BaseStorage, path: str | Path, *, top: int = 10) -> Path:
+    """Writes the report of ``study`` (loaded from ``storage``) to ``path`` (parent directories are created)."""
     path = Path(path)
-    text = render_report(study, top=top)
+    text = render_report(study, storage, top=top)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
 
-def render_report(study: optuna.Study, *, top: int = 10) -> str:
+def render_report(study: optuna.Study, storage: BaseStorage, *, top: int = 10) -> str:
     """The report as one HTML document.
 
     Raises:
@@ -73,42 +76,43 @@ def render_report(study: optuna.Study, *, top: int = 10) -> str:
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, got {top=}")
-    trials = study.get_trials(deepcopy=False)
-    if not any(t.state in FINISHED for t in trials):
+    trials, settings = StudyTrials.read(study, storage), StudySettings.from_study(study)
+    if not any(t.state in FINISHED for t in trials.search):
         raise ValueError(f"study {study.study_name!r} has no finished trials (complete or pruned) to report yet")
-    search = search_trials(study, trials)
+    search = trials_view(study, trials.search)
+    ranked = ranking(trials, settings.cv_top_k)[:top]
     sections = [
-        Section("top", f"Top {top} configurations", body=top_table(study, top)),
+        Section("top", f"Top {count_of(len(ranked), 'configuration')}", body=top_table(ranked)),
         Section("history", "Optimization history", optuna.visualization.plot_optimization_history(search, target_name="validation accuracy")),
         Section("curves", "Learning curves", learning_curves(search), "<p>Validation accuracy per epoch; pruned trials dashed.</p>"),
         _guarded("importance", "Parameter importances", lambda: parameter_importances(search)),
-        Section("arch", "Accuracy by architecture", accuracy_by_architecture(trials)),
-        pruning_savings(trials, study.user_attrs.get(keys.EPOCHS)),
-        Section("workers", "Trials over time per worker", worker_timeline(study)),
+        Section("arch", "Accuracy by architecture", accuracy_by_architecture(trials.search)),
+        pruning_savings(trials.search, settings.epochs),
+        Section("workers", "Trials over time per worker", worker_timeline(study, [*trials.search, *trials.folds])),
     ]
-    return _page(study, trials, sections)
+    return _page(study, trials, settings, sections)
 
 
 # --- sections -------------------------------------------------------------------------------
 
 
-def search_trials(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
-    """The study's search trials, without its cross-validation, in an in-memory copy for Optuna's plots.
+def trials_view(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
+    """``trials`` in an in-memory study for Optuna's plots, numbered 0, 1, ... in their order.
 
-    A fold trial trains a configuration already searched on another split: in the history its
-    value would read as a new best, and in the importances its parameters would count again.
+    The search trials alone, for the history and importances: a fold trial trains a configuration
+    already searched on another split, so its value would read as a new best, and its parameters
+    would count again.
     """
     view = optuna.create_study(study_name=study.study_name, direction=study.direction)
-    view.add_trials([t for t in trials if not is_fold_trial(t)])
+    view.add_trials(trials)
     return view
 
 
 
 
-def top_table(study: optuna.Study, top: int) -> str:
-    """The ``top`` best complete trials as an HTML table, ranked as export ranks them: the
-    cross-validated ones by their mean over folds (with its standard error), then the rest."""
-    ranked = ranking(study)[:top]
+def top_table(ranked: list[CrossValidated]) -> str:
+    """The best complete trials as an HTML table, ranked as export ranks them (``winner.ranking``):
+    the cross-validated ones by their mean over folds (with its standard error), then the rest."""
     if not ranked:
         return "<p class=note>No trial has completed yet.</p>"
     headers = ("rank", "trial", "CV mean", "CV std. error", "folds", "val accuracy (fold 0)", "arch", "key params", "epochs", "status")
@@ -160,7 +164,7 @@ def accuracy_by_architecture(trials: list[FrozenTrial]) -> go.Figure:
     """A box with every trial's point per architecture, over complete trials."""
     by_arch: dict[str, list[FrozenTrial]] = {}
     for t in trials:
-        if t.state == TrialState.COMPLETE and not is_fold_trial(t) and t.value is not None and math.isfinite(t.value):
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
             by_arch.setdefault(t.user_attrs.get(CONFIG, {}).get("arch", t.params.get("arch", "?")), []).append(t)
     order = sorted(by_arch, key=lambda a: (ARCHITECTURES.index(a) if a in ARCHITECTURES else len(ARCHITECTURES), a))
     fig = go.Figure(
@@ -182,7 +186,7 @@ def accuracy_by_architecture(trials: list[FrozenTrial]) -> go.Figure:
 
 
 def pruning_savings(trials: list[FrozenTrial], study_epochs: int | None) -> Section:
-    """Epochs that pruning did not spend: per pruned trial, its budget less the epochs it ran."""
+    """Epochs that pruning did not spend: per pruned search trial, its budget less the epochs it ran."""
     finished = [t for t in trials if t.state in FINISHED]
     budget = {t.number: int(t.user_attrs.get(CONFIG, {}).get("epochs") or study_epochs or (t.last_step or 0)) for t in finished}
     saved = {t.number: max(0, budget[t.number] - (t.last_step or 0)) for t in finished if t.state == TrialState.PRUNED}
@@ -200,12 +204,12 @@ def pruning_savings(trials: list[FrozenTrial], study_epochs: int | None) -> Sect
     return Section("pruning", title, fig, summary)
 
 
-def worker_timeline(study: optuna.Study) -> go.Figure:
-    """Optuna's timeline with one row per worker (user attribute ``worker``) instead of per trial."""
-    fig = optuna.visualization.plot_timeline(study)
-    trials = study.get_trials(deepcopy=False)
-    worker = {t.number: t.user_attrs.get(WORKER, "(no worker)") for t in trials}
-    handed_back = {t.number for t in trials if outcome(t) == HANDED_BACK}
+def worker_timeline(study: optuna.Study, trials: list[FrozenTrial]) -> go.Figure:
+    """Optuna's timeline of ``trials`` (search and fold trials) with one row per worker, named as
+    ``kilotune run`` names it (``worker_id``, else host:pid), instead of one per trial."""
+    fig = optuna.visualization.plot_timeline(trials_view(study, trials))
+    worker = {i: worker_name(t) for i, t in enumerate(trials)}
+    handed_back = {i for i, t in enumerate(trials) if outcome(t) == HANDED_BACK}
     mixed = [trace for trace in fig.data if trace.name == "FAIL" and handed_back & set(trace.y)]
     if mixed:
         # Handed-back trials are not failures: grey bars of their own, not red FAIL ones.
@@ -241,7 +245,7 @@ def _guarded(key: str, title: str, make: Callable[[], go.Figure]) -> Section:
         return Section(key, title, body=f"<p class=note>Not available: {html.escape(str(e))}</p>")
 
 
-def _page(study: optuna.Study, trials: list[FrozenTrial], sections: list[Section]) -> str:
+def _page(study: optuna.Study, trials: StudyTrials, settings: StudySettings, sections: list[Section]) -> str:
     parts, plots = [], 0
     for s in sections:
         parts.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>')
@@ -256,33 +260,43 @@ def _page(study: optuna.Study, trials: list[FrozenTrial], sections: list[Section
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
-        f"<body><h1>{html.escape(title)}</h1>{_summary(study, trials)}{''.join(parts)}</body></html>\n"
+        f"<body><h1>{html.escape(title)}</h1>{_summary(study, trials, settings)}{''.join(parts)}</body></html>\n"
     )
 
 
-def _summary(study: optuna.Study, trials: list[FrozenTrial]) -> str:
+def _summary(study: optuna.Study, trials: StudyTrials, settings: StudySettings) -> str:
     attrs = study.user_attrs
-    outcomes = [outcome(t) for t in trials]
-    order = [s.name.lower() for s in TrialState] + [HANDED_BACK]
-    counts = ", ".join(f"{outcomes.count(o)} {o}" for o in order if o in outcomes)
-    winner = cross_validated_best(study)
+    winner = cross_validated_best(trials, settings.cv_top_k)
     best = f"{winner.describe()} (trial {winner.trial.number})" if winner else "-"
     rows: list[tuple[str, Any]] = [
         ("dataset", attrs.get(keys.DATASET, "?")),
-        ("subset", f"{attrs.get(keys.SUBSET_PATH, '?')} ({str(attrs.get(keys.SUBSET_CHECKSUM, ''))[:19]})"),
-        ("epochs per trial", attrs.get(keys.EPOCHS, "?")),
-        ("validation fraction", attrs.get(keys.VAL_FRACTION, "?")),
-        ("sampler / pruner", f"{attrs.get(keys.SAMPLER, '?')} / {attrs.get(keys.PRUNER, '?')}"),
-        ("budget", f"{attrs.get(keys.N_TRIALS) or '-'} trials, {attrs.get(keys.TIMEOUT_S) or '-'} s"),
-        ("trials", f"{len(trials)}: {counts}"),
-        ("workers", len({t.user_attrs[WORKER] for t in trials if WORKER in t.user_attrs})),
-        ("objective", f"mean validation accuracy of the last {attrs.get(keys.OBJECTIVE_EPOCHS, 1)} epoch(s)"),
+        ("subset", f"{settings.subset_path} ({settings.subset_checksum[:19]})"),
+        ("epochs per trial", settings.epochs),
+        ("validation fraction", settings.val_fraction),
+        ("sampler / pruner", f"{settings.sampler} / {settings.pruner}"),
+        ("budget", settings.budget_text()),
+        ("search trials", _counts(trials.search)),
+        ("fold trials", _counts(trials.folds) if trials.folds else "none"),
+        ("workers", len({worker_name(t) for t in [*trials.search, *trials.folds] if WORKER in t.user_attrs})),
+        ("objective", f"mean validation accuracy of the last {count_of(settings.objective_epochs, 'epoch')}"),
         ("best (cross-validated mean ± std. error)", best),
         ("created", attrs.get(keys.CREATED_AT, "?")),
         ("report written", datetime.now(timezone.utc).isoformat(timespec="seconds")),
     ]
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
     return f'<section id="summary"><table class=summary>{body}</table></section>'
+
+
+def _counts(trials: list[FrozenTrial]) -> str:
+    """``12: 8 complete, 4 pruned``."""
+    outcomes = [outcome(t) for t in trials]
+    order = [s.name.lower() for s in TrialState] + [HANDED_BACK]
+    return f"{len(trials)}: " + ", ".join(f"{outcomes.count(o)} {o}" for o in order if o in outcomes)
+
+
+def worker_name(trial: FrozenTrial) -> str:
+    """The worker as ``kilotune run`` names it (``--worker-id``), else its host:pid."""
+    return str(trial.user_attrs.get(WORKER_ID) or trial.user_attrs.get(WORKER, "(no worker)"))
 
 
 def _short(value: Any) -> str:

@@ -26,13 +26,15 @@ from optuna.storages import BaseStorage, JournalFileStorage, JournalStorage, RDB
 from optuna.trial import TrialState
 
 from kilotune.search.attrs import (
-    BUDGET_HISTORY, CREATED_AT, CV_OF, DATASET, DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, KILOTUNE_VERSION, N_TRIALS,
+    BUDGET_HISTORY, CREATED_AT, CV_FOLDS, CV_OF, CV_TOP_K, DATASET, DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, KILOTUNE_VERSION, N_TRIALS,
     PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, SUBSET_PATH, TIMEOUT_S, WORKER, WORKER_ID,
 )
 from kilotune.search import optuna_internals, pruners
 from kilotune.search.samplers import tpe_sampler
-from kilotune.search.winner import DEFAULT_CV_TOP_K, DEFAULT_OBJECTIVE_EPOCHS, enqueue_fold_trials, is_fold_trial
-from kilotune.subset.files import file_lock, now_iso
+from kilotune.search.winner import (
+    DEFAULT_OBJECTIVE_EPOCHS, StudyTrials, enqueue_fold_trials, is_fold_trial, load_cv_study, plan_cross_validation,
+)
+from kilotune.subset.files import count_of, file_lock, now_iso
 from kilotune.subset.splits import fold_count
 
 log = logging.getLogger("kilotune.study")
@@ -63,8 +65,15 @@ def storage_url(url: str | None = None) -> str:
     return url or os.environ.get("KILOTUNE_STORAGE") or DEFAULT_STORAGE
 
 
-def open_storage(url: str | None = None) -> BaseStorage:
+def open_storage(url: str | None = None, *, must_exist: bool = False, patient: bool = False) -> BaseStorage:
     """Opens the storage, checking that it is reachable; one clear ValueError if not.
+
+    Args:
+        url: The storage URL (``storage_url`` resolves it).
+        must_exist: Refuse a SQLite or journal file that does not exist, rather than create it:
+            for commands that only read or join a study, where a typo must not leave a new file.
+        patient: Wait up to ``RESTART_WAIT_SECONDS`` for a server that refuses connections too
+            (a worker started while PostgreSQL restarts), not only for one that says it restarts.
 
     RDB storages get heartbeats and Optuna's retry of stale trials (inheriting the reported
     epochs), and a small pre-pinged pool: one idle connection, at most four open. A worker's
@@ -73,6 +82,10 @@ def open_storage(url: str | None = None) -> BaseStorage:
     256, below the 300 that docker-compose.yml gives PostgreSQL.
     """
     url = _with_driver(storage_url(url))
+    path = local_path(url)
+    if must_exist and path is not None and not path.is_file():
+        raise ValueError(f"no storage at {redact(url)}: {path} does not exist (a study's database is made by "
+                         "`kilotune run` or `kilotune study create`); give --storage of an existing one")
     retry = RetryKilledTrials(max_retry=3)
     if url.endswith((".log", ".journal")) and "://" not in url:
         return JournalStorage(JournalFileStorage(url))
@@ -103,7 +116,8 @@ def open_storage(url: str | None = None) -> BaseStorage:
         except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, ImportError) as e:
             # A server that answers while it restarts is waited for (a worker that compose starts
             # during a restart must not exit); one that is not there, or refuses us, is an error now.
-            if not any(sign in _reason(e) for sign in RESTARTING) or time.monotonic() > restart_deadline:
+            restarting = patient or any(sign in _reason(e) for sign in RESTARTING)
+            if not restarting or isinstance(e, ImportError) or time.monotonic() > restart_deadline:
                 raise ValueError(f"cannot open storage {redact(url)}: {_reason(e)}") from None
             log.warning("storage %s is restarting (%s); retrying in 1s", redact(url), _reason(e)[:100])
             time.sleep(1.0)
@@ -170,8 +184,11 @@ class StudySettings:
     seed: int | None = None
     # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py).
     objective_epochs: int = DEFAULT_OBJECTIVE_EPOCHS
-    # How many top trials are re-trained on the other folds before the winner is picked; 0: none.
-    cv_top_k: int = DEFAULT_CV_TOP_K
+    # The top trials re-trained on other folds before the winner is picked (0: none), and the folds
+    # each is validated on, fold 0 included. Their fold trials count in n_trials. None and None:
+    # as the budget allows, resolved on construction (search.winner.plan_cross_validation).
+    cv_top_k: int | None = None
+    cv_folds: int | None = None
     kilotune_version: str = ""
     created_at: str = ""
 
@@ -190,11 +207,40 @@ class StudySettings:
             raise ValueError(f"timeout_s={self.timeout_s} must be positive")
         if self.objective_epochs < 1:
             raise ValueError(f"objective_epochs={self.objective_epochs} must be at least 1")
-        if self.cv_top_k < 0:
-            raise ValueError(f"cv_top_k={self.cv_top_k} must be 0 (no cross-validation) or more")
-        if self.cv_top_k > 0 and self.folds < 2:  # else the study would silently not cross-validate
+        if self.cv_top_k and self.folds < 2:  # else the study would silently not cross-validate
             raise ValueError(f"val_fraction={self.val_fraction} leaves {self.folds} fold, too few to cross-validate "
                              f"the top {self.cv_top_k}: give val_fraction <= 0.5, or cv_top_k=0 for no cross-validation")
+        if self.cv_folds is None:
+            top_k, folds = plan_cross_validation(self.n_trials, self.folds, self.cv_top_k)
+            object.__setattr__(self, "cv_top_k", top_k)  # frozen: resolved once, as recorded
+            object.__setattr__(self, "cv_folds", folds)
+        elif self.cv_top_k is None or self.cv_top_k < 0 or not 1 <= self.cv_folds <= self.folds:
+            raise ValueError(f"cv_top_k={self.cv_top_k} and cv_folds={self.cv_folds} must be 0 or more, and 1 to {self.folds} folds")
+        if self.search_trials is not None and self.search_trials < 1:
+            raise ValueError(f"n_trials={self.n_trials} leaves no search trial beside the {self.fold_trials} fold trials of "
+                             f"cv_top_k={self.cv_top_k} on cv_folds={self.cv_folds}; give more trials")
+
+    @property
+    def fold_trials(self) -> int:
+        """The trials of cross-validation: the top ``cv_top_k`` each on ``cv_folds - 1`` other folds."""
+        return (self.cv_top_k or 0) * ((self.cv_folds or 1) - 1)
+
+    @property
+    def search_trials(self) -> int | None:
+        """The search's share of ``n_trials`` (the rest is cross-validation); None without a trial budget."""
+        return None if self.n_trials is None else self.n_trials - self.fold_trials
+
+    def budget_text(self) -> str:
+        """What the budget buys, for a header: ``12 trials of 10 epochs (at most 120 epochs): 8 search
+        trials, then the top 2 re-trained on 2 more folds each (4 fold trials)``."""
+        time = f"; stops after {self.timeout_s:g} s" if self.timeout_s else ""
+        if self.n_trials is None:
+            return f"trials of {self.epochs} epochs until {self.timeout_s:g} s have passed, not cross-validated"
+        text = f"{count_of(self.n_trials, 'trial')} of {self.epochs} epochs (at most {self.n_trials * self.epochs} epochs): "
+        if not self.fold_trials:
+            return text + f"{count_of(self.n_trials, 'search trial')}, not cross-validated{time}"
+        return (text + f"{count_of(self.search_trials, 'search trial')}, then the top {self.cv_top_k} re-trained on "
+                f"{count_of(self.cv_folds - 1, 'more fold')} each ({count_of(self.fold_trials, 'fold trial')}){time}")
 
     def differences(self, given: StudySettings) -> list[str]:
         """The settings that ``given`` changes, as ``name=recorded (given new)``.
@@ -203,6 +249,8 @@ class StudySettings:
         (its checksum is compared), the version or the creation time.
         """
         ignored = {SUBSET_PATH, KILOTUNE_VERSION, CREATED_AT, DATASET}
+        if self.n_trials != given.n_trials:
+            ignored |= {CV_TOP_K, CV_FOLDS}  # the cross-validation's share follows from the budget, the difference named
         mine, theirs = (_as_json({**asdict(s), "space": s.space or {}}) for s in (self, given))
         return [f"{k}={mine[k]!r} (given {theirs[k]!r})" for k in mine if k not in ignored and mine[k] != theirs[k]]
 
@@ -215,8 +263,14 @@ class StudySettings:
             raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
         # Studies from before the noise-aware objective valued a trial by its last epoch alone.
         recorded = {"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}}
-        if fold_count(recorded.get("val_fraction", 0.2)) < 2:  # made before that was refused: it never cross-validated
-            recorded["cv_top_k"] = 0
+        if CV_FOLDS not in attrs:
+            # From before fold trials counted in the budget: the top cv_top_k (3 if unrecorded) were
+            # validated on every fold beyond the n_trials search trials, which the total now includes.
+            folds = fold_count(recorded.get("val_fraction", 0.2))
+            top_k = recorded.get(CV_TOP_K, 3) if folds > 1 and recorded.get(N_TRIALS) is not None else 0
+            recorded.update(cv_top_k=top_k, cv_folds=folds if top_k else 1)
+            if top_k:
+                recorded[N_TRIALS] += top_k * (folds - 1)
         return cls(**recorded)
 
     @property
@@ -362,13 +416,16 @@ def extend_budget(study: optuna.Study, *, n_trials: int | None = None, timeout_s
         before,
         n_trials=before.n_trials if n_trials is None else n_trials,
         timeout_s=before.timeout_s if timeout_s is None else timeout_s,
-    )  # validates the new values
+    )  # validates the new values; the cross-validation's share stays as recorded
     entry = {
         "at": now_iso(),
         "from": {N_TRIALS: before.n_trials, TIMEOUT_S: before.timeout_s},
         "to": {N_TRIALS: after.n_trials, TIMEOUT_S: after.timeout_s},
     }
     study.set_user_attr(BUDGET_HISTORY, [*study.user_attrs.get(BUDGET_HISTORY, []), entry])
+    # A study from before fold trials counted in the budget records its total from now on (from_study).
+    study.set_user_attr(CV_TOP_K, after.cv_top_k)
+    study.set_user_attr(CV_FOLDS, after.cv_folds)
     study.set_user_attr(N_TRIALS, after.n_trials)
     study.set_user_attr(TIMEOUT_S, after.timeout_s)
     return entry
@@ -603,13 +660,13 @@ def budget_left(study: optuna.Study, settings: StudySettings, started: float) ->
     settings = current_budget(study, settings)
     if study_timed_out(study, settings, started):
         return False
-    if settings.n_trials is None:
+    if settings.search_trials is None:
         return True
     trials = study.get_trials(deepcopy=False)
     # A queued trial (a retry, an enqueued preset) is already inside the budget: ask() pops it.
     if any(t.state == TrialState.WAITING for t in trials):
         return True
-    return sum(counts_toward_budget(t) for t in trials) < settings.n_trials
+    return sum(counts_toward_budget(t) for t in trials) < settings.search_trials
 
 
 def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStorage, started: float) -> optuna.Trial | None:
@@ -632,27 +689,34 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
     if not isinstance(storage, RDBStorage) or not optuna_internals.fast_paths():  # (outside Optuna's tested range: its public API)
         if budget_left(study, settings, started):
             return study.ask()
-        return _cross_validation_trial(study, settings, started)
+        return _cross_validation_trial(study, settings, storage, started)
     if study_timed_out(study, settings, started):
         return None
     counted, waiting = _budget_rows(storage, optuna_internals.study_id(study, storage))
     if waiting:
-        # A queued trial (a retry, an enqueued preset, a fold trial) is already inside the budget;
-        # Study.ask takes it (and reads the study, which is rare enough here).
+        # A queued trial (a retry, an enqueued preset, an old study's fold trial) is already inside
+        # the budget; Study.ask takes it (and reads the study, which is rare enough here).
         return study.ask()
-    if settings.n_trials is not None and counted >= settings.n_trials:
-        return _cross_validation_trial(study, settings, started)
+    if settings.search_trials is not None and counted >= settings.search_trials:
+        return _cross_validation_trial(study, settings, storage, started)
     return optuna_internals.new_trial(study, storage)
 
 
-def _cross_validation_trial(study: optuna.Study, settings: StudySettings, started: float) -> optuna.Trial | None:
-    """Once the trial budget is spent: a fold trial of a top candidate, queued now if it is
-    missing; None when every fold is queued (or the study is not cross-validated)."""
-    if settings.n_trials is None or settings.cv_top_k == 0 or settings.folds < 2 or study_timed_out(study, settings, started):
+def _cross_validation_trial(study: optuna.Study, settings: StudySettings, storage: BaseStorage, started: float) -> optuna.Trial | None:
+    """Once the search's trials are spent: a fold trial of a top candidate from the companion
+    study (``search.winner``), queued now if it is missing. None while a search trial still runs
+    (it may enter the top, and folds queued for it then would overrun the budget), when every fold
+    is taken, or when the study is not cross-validated."""
+    if not settings.fold_trials or study_timed_out(study, settings, started):
         return None
-    if enqueue_fold_trials(study, settings.cv_top_k, settings.folds) == 0:
+    trials = StudyTrials.read(study, storage)
+    if any(not t.state.is_finished() for t in trials.search):
         return None
-    return study.ask()
+    cv_study = load_cv_study(study, storage, create=True)
+    enqueue_fold_trials(trials, cv_study, settings.cv_top_k, settings.cv_folds)
+    if not cv_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return None
+    return cv_study.ask()
 
 
 def _budget_rows(storage: RDBStorage, study_id: int) -> tuple[int, list[int]]:
@@ -687,7 +751,7 @@ def budget_lock(url: str, study_name: str, storage: BaseStorage) -> Iterator[Non
             finally:
                 conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)" % key)
         return
-    path = _local_path(url)
+    path = local_path(url)
     if path is None:
         yield
         return
@@ -695,8 +759,9 @@ def budget_lock(url: str, study_name: str, storage: BaseStorage) -> Iterator[Non
         yield
 
 
-def _local_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///"):
+def local_path(url: str) -> Path | None:
+    """The file of a SQLite URL or a journal file's path; None for a server's URL (or in-memory SQLite)."""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         return Path(url[len("sqlite:///") :])
     if "://" not in url:
         return Path(url)

@@ -1,16 +1,20 @@
 """The study's winner: the noise-aware objective, and the top trials cross-validated on other folds.
 
 A trial's value is the mean validation accuracy of its last few epochs (``objective_value``):
-one epoch on 200 images moves by several points. Before a study declares its best, its top-k
-complete trials are trained again on the other folds of the subset, as "fold trials": ordinary
-Optuna trials, enqueued with the candidate's params and exact config and the user attributes
-``cv_of`` (the candidate's number) and ``fold``. Workers take them once the search budget is
-spent (``search.study.claim_trial``), with the fault tolerance of any trial; they do not count
-against the budget and are never pruned. The winner is the candidate with the best mean over
-its folds (fold 0 is its own search trial).
+one epoch on 200 images moves by several points. Before a study declares its winner, its top
+``cv_top_k`` complete search trials are trained again on ``cv_folds - 1`` other folds of the
+subset, as "fold trials". They are Optuna trials of a companion study, ``<study>.cv``
+(``cv_study_name``), so that the study itself holds only search trials: its best trial (Optuna's
+``study.best_trial``, optuna-dashboard's "Best Trial") is a search trial, and TPE models the
+search alone. A fold trial carries the candidate's params and exact config, and the user
+attributes ``cv_of`` (the candidate's number) and ``fold``. Workers take fold trials once the
+search's share of the trial budget is spent and every search trial has finished
+(``search.study.claim_trial``), with the fault tolerance of any trial; they are never pruned. The
+winner is the candidate with the best mean over its folds (fold 0 is its own search trial), and
+the study's note in optuna-dashboard says which it is (``winner_note``).
 
-TPE sees fold trials as the real observations they are (the same params, another validation
-fold); they arrive after the search budget is spent, so at most a straggler's sampling reads them.
+Studies made before the companion study kept their fold trials among their own trials, outside
+the budget; ``StudyTrials.read`` reads those as fold trials too.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from kilotune.search.attrs import CONFIG, CV_OF, CV_TOP_K, FOLD, PRESET_CONFIG, STATUS
+from kilotune.search.attrs import CONFIG, CV_OF, CV_STUDY_OF, FOLD, PRESET_CONFIG, STATUS
 
 DEFAULT_OBJECTIVE_EPOCHS = 3
-DEFAULT_CV_TOP_K = 3
+MAX_CV_TOP_K = 3  # the top trials cross-validated when the budget allows (``plan_cross_validation``)
+CV_SHARE = 3  # cross-validation takes at most 1/CV_SHARE of a trial budget
+CV_STUDY_SUFFIX = ".cv"
 
 
 def objective_value(val_accuracies: Sequence[float], last: int) -> float:
@@ -40,25 +47,104 @@ def objective_value(val_accuracies: Sequence[float], last: int) -> float:
     return statistics.fmean(finite[-last:]) if finite else 0.0
 
 
+def plan_cross_validation(n_trials: int | None, folds: int, top_k: int | None = None) -> tuple[int, int]:
+    """How a trial budget is split: ``(cv_top_k, cv_folds)``, the top trials cross-validated and
+    the folds each is validated on (its own fold 0 included). Fold trials take
+    ``cv_top_k * (cv_folds - 1)`` of the ``n_trials``, at most a third (``CV_SHARE``); the
+    search takes the rest.
+
+    Args:
+        n_trials: The study's trial budget; None (a time budget only): no cross-validation.
+        folds: The subset's folds (5 for a validation fraction of 0.2).
+        top_k: The top trials to cross-validate; None: up to ``MAX_CV_TOP_K``, each on at
+            least 2 more folds, as the budget allows; 0: none.
+
+    Raises:
+        ValueError: if ``top_k`` trials cannot each take one more fold within the share.
+
+    Example: 12 trials, 5 folds: ``(2, 3)``, the top 2 on 2 more folds (4 fold trials, 8 search
+    trials); 30 trials: ``(3, 4)``; 45 trials: ``(3, 5)``.
+    """
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"cv_top_k={top_k} must be 0 (no cross-validation) or more")
+    if n_trials is None or folds < 2 or top_k == 0:
+        return 0, 1
+    share = n_trials // CV_SHARE
+    k = min(MAX_CV_TOP_K, share // 2) if top_k is None else top_k
+    if k == 0:
+        return 0, 1
+    extra = min(folds - 1, share // k)
+    if extra == 0:
+        raise ValueError(f"cv_top_k={k} needs at least {k * CV_SHARE} trials (cross-validation takes at most "
+                         f"a third of n_trials={n_trials}); give more trials, a smaller cv_top_k, or cv_top_k=0 for none")
+    return k, 1 + extra
+
+
 def is_fold_trial(trial: FrozenTrial) -> bool:
     """Whether ``trial`` re-evaluates a candidate on another fold (user attribute ``cv_of``)."""
     return CV_OF in trial.user_attrs
 
 
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """COMPLETE search trials that finished training, best value first (fold trials left out).
+def cv_study_name(study_name: str) -> str:
+    """The name of the companion study that holds the fold trials of study ``study_name``."""
+    return study_name + CV_STUDY_SUFFIX
 
-    A diverged run is told COMPLETE with its last finite accuracy so the sampler learns from
-    it, but it is not a configuration anyone should retrain, so it is left out here.
+
+def is_cv_study(user_attrs: dict) -> bool:
+    """Whether a study with these user attributes is a companion study of fold trials."""
+    return CV_STUDY_OF in user_attrs
+
+
+def load_cv_study(study: optuna.Study, storage: BaseStorage, *, create: bool = False) -> optuna.Study | None:
+    """The companion study of ``study``'s fold trials; None if it has none yet (and not ``create``).
+
+    Its sampler is random: a fold trial's params are all fixed by its candidate's.
     """
-    return _ranked(study.get_trials(deepcopy=False), study.direction)
+    name = cv_study_name(study.study_name)
+    sampler, pruner = optuna.samplers.RandomSampler(), optuna.pruners.NopPruner()
+    try:
+        cv = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        if not create:
+            return None
+        cv = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                 direction=study.direction, load_if_exists=True)
+        cv.set_user_attr(CV_STUDY_OF, study.study_name)
+    if cv.user_attrs.get(CV_STUDY_OF, study.study_name) != study.study_name:
+        raise ValueError(f"study {name!r} exists and is not the cross-validation of study {study.study_name!r}")
+    return cv
 
 
-def _ranked(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> list[FrozenTrial]:
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and not is_fold_trial(t) and _finished_training(t)]
-    sign = -1 if direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    # Ties go to the earlier trial, so the ranking does not change as the study grows.
-    return sorted(complete, key=lambda t: (sign * t.value, t.number))
+@dataclass(frozen=True)
+class StudyTrials:
+    """A study's trials in one read: its search trials, and the fold trials of its cross-validation."""
+
+    search: list[FrozenTrial]
+    folds: list[FrozenTrial]
+    direction: optuna.study.StudyDirection = optuna.study.StudyDirection.MAXIMIZE
+
+    @classmethod
+    def read(cls, study: optuna.Study, storage: BaseStorage) -> StudyTrials:
+        """Reads ``study`` and its companion study of fold trials (``load_cv_study``)."""
+        trials = study.get_trials(deepcopy=False)
+        cv = load_cv_study(study, storage)
+        folds = [t for t in trials if is_fold_trial(t)]  # a study from before the companion study
+        folds += cv.get_trials(deepcopy=False) if cv is not None else []
+        return cls([t for t in trials if not is_fold_trial(t)], folds, study.direction)
+
+    def ranked(self) -> list[FrozenTrial]:
+        """COMPLETE search trials that finished training, best value first.
+
+        A diverged run is told COMPLETE with its last finite accuracy so the sampler learns from
+        it, but it is not a configuration anyone should retrain, so it is left out here.
+        """
+        complete = [t for t in self.search if t.state == TrialState.COMPLETE and _finished_training(t)]
+        # Ties go to the earlier trial, so the ranking does not change as the study grows.
+        return sorted(complete, key=lambda t: (self._sign * t.value, t.number))
+
+    @property
+    def _sign(self) -> int:
+        return -1 if self.direction == optuna.study.StudyDirection.MAXIMIZE else 1
 
 
 def _finished_training(trial: FrozenTrial) -> bool:
@@ -90,12 +176,7 @@ class CrossValidated:
         return f"{self.mean:.4f} ± {self.stderr:.4f} over {len(self.values)} folds"
 
 
-def cv_candidates(study: optuna.Study, k: int) -> list[FrozenTrial]:
-    """The ``k`` best complete search trials: the ones to cross-validate."""
-    return ranked_trials(study)[:k]
-
-
-def ranking(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial] | None = None) -> list[CrossValidated]:
+def ranking(trials: StudyTrials, k: int) -> list[CrossValidated]:
     """Every complete search trial, best first: the cross-validated ones by their mean over folds,
     then the others by their own value.
 
@@ -103,79 +184,102 @@ def ranking(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial]
     ``k`` when they were queued), so no fold trial is wasted.
 
     Args:
-        study: The study.
-        k: How many top trials are cross-validated; default the study's ``cv_top_k``.
-        trials: The study's trials, where the caller has just read them; default read here.
+        trials: The study's trials (``StudyTrials.read``).
+        k: How many top trials are cross-validated (the study's ``cv_top_k``).
     """
-    k = _top_k(study) if k is None else k
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    ranked = _ranked(trials, study.direction)
+    ranked = trials.ranked()
     folds: dict[int, dict[int, float]] = {}
-    for t in trials:
-        if is_fold_trial(t) and t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
+    for t in trials.folds:
+        if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value):
             folds.setdefault(t.user_attrs[CV_OF], {})[t.user_attrs[FOLD]] = t.value
     evaluated = [CrossValidated(t, {0: t.value, **folds.get(t.number, {})}) for t in ranked]
     validated = [c for i, c in enumerate(evaluated) if i < k or c.trial.number in folds]
-    sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-    validated.sort(key=lambda c: sign * c.mean)  # stable: equal means keep the search's order
+    validated.sort(key=lambda c: trials._sign * c.mean)  # stable: equal means keep the search's order
     numbers = {c.trial.number for c in validated}
     return validated + [c for c in evaluated if c.trial.number not in numbers]
 
 
-def cross_validated_best(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial] | None = None) -> CrossValidated | None:
+def cross_validated_best(trials: StudyTrials, k: int) -> CrossValidated | None:
     """The study's winner: the best cross-validated mean among its top trials; None if none completed."""
-    ranked = ranking(study, k, trials)
+    ranked = ranking(trials, k)
     return ranked[0] if ranked else None
 
 
-def enqueue_fold_trials(study: optuna.Study, k: int, folds: int) -> int:
-    """Queues the fold trials the current top ``k`` still lack; returns how many it queued.
+def enqueue_fold_trials(trials: StudyTrials, cv_study: optuna.Study, k: int, cv_folds: int) -> int:
+    """Queues in ``cv_study`` the fold trials the current top ``k`` still lack; returns how many.
 
     Call it under the study's budget lock (``claim_trial`` does), so no two workers queue the
     same fold. A fold trial that exists in any state (a retry carries the attributes) is not
     queued again.
 
     Args:
-        study: The study.
+        trials: The study's trials, just read.
+        cv_study: Its companion study (``load_cv_study``).
         k: How many top trials to cross-validate.
-        folds: The subset's fold count; folds 1 to ``folds - 1`` are queued.
+        cv_folds: The folds each is validated on: folds 1 to ``cv_folds - 1`` are queued.
     """
-    trials = study.get_trials(deepcopy=False)
-    existing = {(t.user_attrs[CV_OF], t.user_attrs[FOLD]) for t in trials if is_fold_trial(t)}
+    existing = {_fold_key(t) for t in trials.folds}
     queued = 0
-    for candidate in _ranked(trials, study.direction)[:k]:
-        for fold in range(1, folds):
+    for candidate in trials.ranked()[:k]:
+        for fold in range(1, cv_folds):
             if (candidate.number, fold) in existing or CONFIG not in candidate.user_attrs:
                 continue
             # preset_config makes the fold trial train the candidate's exact config (search/space.py).
             attrs = {CV_OF: candidate.number, FOLD: fold, PRESET_CONFIG: candidate.user_attrs[CONFIG]}
-            study.enqueue_trial(candidate.params, user_attrs=attrs)
+            cv_study.enqueue_trial(candidate.params, user_attrs=attrs)
             queued += 1
     return queued
 
 
-def winner_line(study: optuna.Study, k: int | None = None, trials: list[FrozenTrial] | None = None) -> str:
+def winner_line(trials: StudyTrials, k: int) -> str:
     """One line for a progress display: the winner so far and how far cross-validation is.
 
     E.g. ``best 0.8120 ± 0.0110 over 5 folds (trial 7, resnet9); cross-validation 12/12 fold trials done``.
-    ``trials``: as in ``ranking``, so a display's poll reads the study once.
     """
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
-    best = cross_validated_best(study, k, trials)
+    best = cross_validated_best(trials, k)
     if best is None:
         return "best -"
     line = f"best {best.describe()} (trial {best.trial.number}, {trial_arch(best.trial)})"
     # A fold trial's retries carry its attributes: count folds, not attempts.
-    fold_trials = [t for t in trials if is_fold_trial(t)]
-    if fold_trials:
-        done = {_fold_key(t) for t in fold_trials if _settled(t)}
-        line += f"; cross-validation {len(done)}/{len({_fold_key(t) for t in fold_trials})} fold trials done"
+    if trials.folds:
+        done = {_fold_key(t) for t in trials.folds if _settled(t)}
+        line += f"; cross-validation {len(done)}/{len({_fold_key(t) for t in trials.folds})} fold trials done"
     return line
+
+
+def winner_note(trials: StudyTrials, k: int, study_name: str) -> str:
+    """The study's note in optuna-dashboard (Markdown): the cross-validated winner, the top
+    trials' means, and why the dashboard's "Best Trial" (the best on fold 0 alone) may differ.
+
+    Kept under optuna-dashboard's 2,045 characters, so a note is one stored attribute.
+    """
+    ranked = ranking(trials, k)
+    if not ranked:
+        return f"## kilotune: {study_name}\n\nNo trial has completed yet."
+    best, validated = ranked[0], [c for c in ranked if c.stderr is not None][:5]
+    lines = [f"## kilotune winner: trial {best.trial.number} ({trial_arch(best.trial)})", "",
+             f"Validation accuracy **{best.describe()}**: what `kilotune export` writes and `kilotune retrain` trains."]
+    top = trials.ranked()[0]
+    if top.number != best.trial.number:
+        lines += ["", f"The Best Trial card shows trial {top.number}, the best on fold 0 alone ({top.value:.4f}); "
+                      "on the other folds it did worse than the winner."]
+    if validated:
+        lines += ["", "| trial | arch | mean | std. error | folds |", "| ---: | --- | ---: | ---: | ---: |"]
+        lines += [f"| {c.trial.number} | {trial_arch(c.trial)} | {c.mean:.4f} | {c.stderr:.4f} | {len(c.values)} |" for c in validated]
+        lines += ["", f"Fold trials: study `{cv_study_name(study_name)}`."]
+    else:
+        lines += ["", "Not cross-validated yet: this is the best on fold 0 (200 images, about 3 points of noise)."]
+    return "\n".join(lines)
 
 
 def trial_arch(trial: FrozenTrial) -> str:
     """The architecture a trial trained: its recorded config's, else its sampled param."""
     return str(trial.user_attrs.get(CONFIG, {}).get("arch") or trial.params.get("arch", "?"))
+
+
+def fold_label(trial: FrozenTrial) -> str:
+    """How a display names a fold trial: ``fold trial 2 (trial 3 on fold 2)``."""
+    return f"fold trial {trial.number} (trial {trial.user_attrs[CV_OF]} on fold {trial.user_attrs[FOLD]})"
 
 
 def _fold_key(trial: FrozenTrial) -> tuple[int, int]:
@@ -185,7 +289,3 @@ def _fold_key(trial: FrozenTrial) -> tuple[int, int]:
 def _settled(trial: FrozenTrial) -> bool:
     """Complete, or failed for good (a failure the worker did not queue a retry for)."""
     return trial.state == TrialState.COMPLETE or trial.user_attrs.get(STATUS) == "failed"
-
-
-def _top_k(study: optuna.Study) -> int:
-    return int(study.user_attrs.get(CV_TOP_K, DEFAULT_CV_TOP_K))

@@ -62,3 +62,8 @@ def installed_version(name: str = "kilotune", default: str | None = "0+unknown")
 def now_iso() -> str:
     """Now in UTC, ISO 8601 to the second: the time stamp subset files, studies and exports record."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def count_of(n: int, noun: str) -> str:
+    """``1 trial``, ``2 trials``: a count with its noun in the right number (nouns taking -s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

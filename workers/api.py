@@ -145,8 +145,9 @@ def report(study: str, out: str | os.PathLike, *, storage: str | None = None, to
     """Writes the HTML report of ``study`` (``kilotune report``) and returns its path."""
     from kilotune.search.report import write_report
 
-    loaded, _ = load_study(study, open_storage(storage))
-    return write_report(loaded, out, top=top)
+    opened = open_storage(storage, must_exist=True)
+    loaded, _ = load_study(study, opened)
+    return write_report(loaded, opened, out, top=top)
 
 
 def dataset_name(dataset: DatasetLike, data_dir: str | None = None) -> str:

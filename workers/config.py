@@ -18,6 +18,7 @@ from kilotune.models.names import ACTIVATIONS, ARCHITECTURES
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "onecycle")
+ONECYCLE_WARMUP = 0.3  # the share of training a one-cycle schedule warms up for, unless warmup_epochs says
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class TrainConfig:
     learning_rate: float = 0.1  # peak learning rate
     momentum: float = 0.9  # SGD momentum; AdamW beta_1
     schedule: str = "onecycle"  # one of SCHEDULES
-    warmup_epochs: int = 0  # linear warm-up (constant/cosine); onecycle: 0 means 30% of epochs
+    warmup_epochs: int = 0  # linear warm-up (constant/cosine); onecycle: 0 means ONECYCLE_WARMUP of the epochs
     batch_size: int = 128
     epochs: int = 40
     # --- augmentation and regularisation ---
@@ -84,6 +85,13 @@ class TrainConfig:
             raise ValueError(
                 f"warmup_epochs applies to constant, cosine and onecycle, not {self.schedule=}"
             )
+
+    @property
+    def peak_epoch(self) -> int:
+        """The epoch at whose end the learning rate has warmed up to its peak (0: it starts there)."""
+        if self.schedule == "onecycle":
+            return self.warmup_epochs or math.ceil(ONECYCLE_WARMUP * self.epochs)
+        return self.warmup_epochs if self.schedule in ("constant", "cosine") else 0
 
     # --- serialisation ---
     def to_dict(self) -> dict[str, Any]:

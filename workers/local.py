@@ -14,6 +14,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -22,22 +23,25 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console, Group
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from kilotune.search.attrs import DATASET, FAIL_REASON, STATUS, WORKER, WORKER_ID
+from kilotune.search.attrs import CV_OF, DATASET, EPOCH_SECONDS, FAIL_REASON, STATUS, WORKER, WORKER_ID
 from kilotune.search.create import create_from_args
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.space import PRESETS
-from kilotune.search.study import StudySettings, counts_toward_budget, load_study, open_storage, redact, storage_url
-from kilotune.search.winner import is_fold_trial, trial_arch, winner_line
+from kilotune.search.study import StudySettings, load_study, open_storage, redact, storage_url
+from kilotune.search.winner import StudyTrials, fold_label, is_fold_trial, ranking, trial_arch, winner_line
+from kilotune.subset.files import count_of
 
 DEFAULT_TRIALS = 30
 POLL_SECONDS = 2.0
+QUIET_LINE_SECONDS = 30.0  # without a terminal, a line at least this often (a fold trial runs minutes)
 # What a worker prints that a user of ``kilotune run`` need not see (KILOTUNE_DEBUG=1 shows it):
 # the backends' native start-up logs (on a CPU-only host "Could not find cuda drivers", "failed
 # call to cuInit"), INFO logs, and each worker's closing count (the display shows every trial).
@@ -61,9 +65,11 @@ def run_local(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
     study, created = create_from_args(args, default_trials=DEFAULT_TRIALS)  # a local run must end by itself
     url = storage_url(args.storage)
+    storage = open_storage(url)
+    study, settings = load_study(study.study_name, storage)  # as recorded (--keep-settings keeps the study's)
     dashboard = "kilotune dashboard" + (f" --storage {redact(url)}" if args.storage else "")
-    print(f"study {study.study_name!r} on {study.user_attrs[DATASET]} in {redact(url)}: {args.workers} workers, "
-          f"budget {args.n_trials or '-'} trials / {args.timeout or '-'} s; dashboard: {dashboard}", flush=True)
+    print(f"study {study.study_name!r} on {study.user_attrs[DATASET]} in {redact(url)}, {count_of(args.workers, 'worker')}; "
+          f"budget {settings.budget_text()}; dashboard: {dashboard}", flush=True)
 
     display = Display(Console())
     # The URL goes to the workers in their environment: on their command lines `ps` would show its password.
@@ -82,15 +88,14 @@ def run_local(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
-    study, settings = load_study(study.study_name, open_storage(url))
     started = time.time()
     with display:
         while any(w.poll() is None for w in workers):
-            display.update(Snapshot.read(study, settings, time.time() - started))
+            display.update(Snapshot.read(study, storage, settings, time.time() - started))
             time.sleep(POLL_SECONDS)
-        display.update(Snapshot.read(study, settings, time.time() - started), final=True)
+        display.update(Snapshot.read(study, storage, settings, time.time() - started), final=True)
     # A fresh read, as `kilotune export` makes: the best configuration is the one it writes.
-    print_best(optuna.load_study(study_name=study.study_name, storage=open_storage(url)))
+    print_best(optuna.load_study(study_name=study.study_name, storage=storage), storage)
     return 0 if all(w.returncode == 0 for w in workers) else 1
 
 
@@ -111,10 +116,10 @@ def start_worker(command: list[str], env: dict[str, str], name: str, display: Di
 
 @dataclass(frozen=True)
 class Running:
-    """A trial a worker is training: who, which, and its epoch (of the study's epochs)."""
+    """A trial a worker is training: who, which (``search.winner.fold_label`` for a fold trial), and its epoch."""
 
     worker: str
-    trial: int
+    trial: str
     epoch: int
 
 
@@ -123,27 +128,27 @@ class Snapshot:
     """The study as the display shows it, from one read of its trials.
 
     Args:
-        trials: Every trial of the study.
+        trials: The study's search trials and fold trials.
         settings: The study's settings (its budget and epochs per trial).
         elapsed: Seconds since this run started its workers.
         best: The winner as ``kilotune export`` picks it (the cross-validated mean once its
             folds are in) and how far cross-validation is: ``search.winner.winner_line``.
     """
 
-    trials: list[FrozenTrial]
+    trials: StudyTrials
     settings: StudySettings
     elapsed: float
     best: str = "best -"
 
     @classmethod
-    def read(cls, study: optuna.Study, settings: StudySettings, elapsed: float) -> Snapshot:
-        trials = study.get_trials(deepcopy=False)  # one read a poll: the winner line ranks the same trials
-        return cls(trials, settings, elapsed, winner_line(study, trials=trials))
+    def read(cls, study: optuna.Study, storage: BaseStorage, settings: StudySettings, elapsed: float) -> Snapshot:
+        trials = StudyTrials.read(study, storage)  # one read a poll: the winner line ranks the same trials
+        return cls(trials, settings, elapsed, winner_line(trials, settings.cv_top_k))
 
     @property
     def counted(self) -> list[FrozenTrial]:
-        """Trials inside the budget: a retried attempt's copy counts, the attempt does not."""
-        return [t for t in self.trials if counts_toward_budget(t)]
+        """Trials inside the budget, search and fold trials: a retried attempt's copy counts, the attempt does not."""
+        return [t for t in [*self.trials.search, *self.trials.folds] if _counts(t)]
 
     @property
     def finished(self) -> int:
@@ -162,40 +167,51 @@ class Snapshot:
     @property
     def running(self) -> list[Running]:
         """Trials being trained (a worker wrote its status), not those only taken ahead."""
-        return [Running(str(t.user_attrs.get(WORKER_ID) or t.user_attrs.get(WORKER, "?")), t.number, len(t.intermediate_values))
-                for t in self.trials if t.state == TrialState.RUNNING and t.user_attrs.get(STATUS) == "running"]
-
-    @property
-    def fold_epochs(self) -> tuple[int, int]:
-        """Epochs of cross-validation trained so far, and still to train: once the trial budget is
-        spent, the top ``cv_top_k`` trials train again on every other fold (search/winner.py)."""
-        s = self.settings
-        folds = [t for t in self.trials if is_fold_trial(t)]
-        done = sum(s.epochs if t.state == TrialState.COMPLETE else len(t.intermediate_values) for t in folds
-                   if t.state in (TrialState.COMPLETE, TrialState.RUNNING))
-        wanted = s.cv_top_k * (s.folds - 1) * s.epochs if s.n_trials and s.folds > 1 else 0
-        return done, max(0, wanted - done)
+        return [Running(str(t.user_attrs.get(WORKER_ID) or t.user_attrs.get(WORKER, "?")), _label(t), len(t.intermediate_values))
+                for t in [*self.trials.search, *self.trials.folds] if t.state == TrialState.RUNNING and t.user_attrs.get(STATUS) == "running"]
 
     @property
     def seconds_left(self) -> float | None:
-        """An estimate: the epochs the trials left need (cross-validation's too), at the fleet's
-        epochs per second so far, and never past the study's timeout. None while there is nothing
-        to go by."""
+        """An estimate: the training the budget has left, in each trial's own seconds an epoch,
+        over the rate the run trained at so far; never past the study's timeout. None while
+        there is nothing to go by."""
         estimates = []
-        fold_done, fold_left = self.fold_epochs
-        if self.settings.n_trials and self.epochs_done:
-            finished = [t for t in self.counted if t.state.is_finished()]
-            per_trial = sum(len(t.intermediate_values) for t in finished) / len(finished) if finished else self.settings.epochs
-            running = [t for t in self.counted if not t.state.is_finished()]
-            left = max(0, self.settings.n_trials - len(finished) - len(running)) * per_trial
-            left += sum(max(0.0, per_trial - len(t.intermediate_values)) for t in running) + fold_left
-            estimates.append(left * self.elapsed / (self.epochs_done + fold_done))
+        done, left = self._work()
+        if self.settings.n_trials and done:
+            estimates.append(self.elapsed * left / done)
         if self.settings.timeout_s:
             # The timeout is for the study as a whole, from its creation.
             created = self.settings.created_at
             age = (datetime.now(timezone.utc) - datetime.fromisoformat(created)).total_seconds() if created else self.elapsed
             estimates.append(max(0.0, self.settings.timeout_s - age))
         return min(estimates) if estimates else None
+
+    def _work(self) -> tuple[float, float]:
+        """Training done and left, in epoch-seconds (an epoch of a trial weighs its own seconds an
+        epoch, as its worker recorded them; 1 before any trial recorded them).
+
+        A search trial not yet trained is expected to run the mean epochs of the finished ones,
+        with two full-length trials of prior (pruning ends many early, but not yet known how
+        many); a fold trial runs every epoch, at its candidate's seconds an epoch.
+        """
+        s, search = self.settings, [t for t in self.trials.search if _counts(t)]
+        finished = [t for t in search if t.state.is_finished()]
+        timed = [t for t in finished if t.user_attrs.get(EPOCH_SECONDS)]
+        epoch_s = statistics.fmean(x for t in timed for x in t.user_attrs[EPOCH_SECONDS]) if timed else 1.0
+        own_s = {t.number: statistics.fmean(t.user_attrs[EPOCH_SECONDS]) for t in timed}
+        expected = (sum(len(t.intermediate_values) for t in finished) + 2 * s.epochs) / (len(finished) + 2)
+        done = sum(len(t.intermediate_values) * own_s.get(t.number, epoch_s) for t in search)
+        left = sum(max(0.0, expected - len(t.intermediate_values)) * epoch_s for t in search if not t.state.is_finished())
+        left += max(0, (s.search_trials or 0) - len(search)) * expected * epoch_s
+        folds = [t for t in self.trials.folds if _counts(t)]
+        for t in folds:
+            weight = own_s.get(t.user_attrs[CV_OF], epoch_s)
+            done += len(t.intermediate_values) * weight
+            left += 0 if t.state.is_finished() else (s.epochs - len(t.intermediate_values)) * weight
+        if s.fold_trials > len(folds):  # not queued yet: the top trials so far will be
+            top = [own_s.get(c.trial.number, epoch_s) for c in ranking(self.trials, s.cv_top_k)[: s.cv_top_k]] or [epoch_s]
+            left += (s.fold_trials - len(folds)) * s.epochs * statistics.fmean(top)
+        return done, left
 
     def summary(self) -> str:
         """One line: the budget, the best so far, the times."""
@@ -205,24 +221,34 @@ class Snapshot:
         return f"{trials}, {epochs}; {self.best}; {_clock(self.elapsed)} elapsed, " + (f"~{_clock(left)} left" if left is not None else "time left -")
 
 
-def events(before: dict[int, str], now: Snapshot) -> tuple[dict[int, str], list[str]]:
-    """What changed since ``before`` (trial number -> what was shown): a trial started training or ended."""
+def _counts(trial: FrozenTrial) -> bool:
+    """Inside the budget: any trial but a failed attempt whose retry was queued (its copy counts)."""
+    return trial.state != TrialState.FAIL or trial.user_attrs.get(STATUS) == "failed"
+
+
+def _label(trial: FrozenTrial) -> str:
+    return fold_label(trial) if is_fold_trial(trial) else f"trial {trial.number}"
+
+
+def events(before: dict[str, str], now: Snapshot) -> tuple[dict[str, str], list[str]]:
+    """What changed since ``before`` (a trial's label -> what was shown): a trial started training or ended."""
     seen, lines = dict(before), []
-    running = {r.trial: r for r in now.running}
-    for t in now.trials:
-        shown = "training" if t.number in running else outcome(t) if t.state.is_finished() else None
-        if shown is None or seen.get(t.number) == shown:
+    running = {r.trial for r in now.running}
+    for t in [*now.trials.search, *now.trials.folds]:
+        label = _label(t)
+        shown = "training" if label in running else outcome(t) if t.state.is_finished() else None
+        if shown is None or seen.get(label) == shown:
             continue
-        seen[t.number] = shown
+        seen[label] = shown
         who = t.user_attrs.get(WORKER_ID) or t.user_attrs.get(WORKER)
         if shown == "training":
-            lines.append(f"trial {t.number} training on {who} ({trial_arch(t)})")
+            lines.append(f"{label} training on {who} ({trial_arch(t)})")
         elif shown == HANDED_BACK:
-            lines.append(f"trial {t.number} handed back (taken ahead, never trained)")
+            lines.append(f"{label} handed back (taken ahead, never trained)")
         else:
             value = f" {t.value:.4f}" if t.value is not None else ""
             reason = f": {t.user_attrs[FAIL_REASON]}" if FAIL_REASON in t.user_attrs else ""
-            lines.append(f"trial {t.number} {t.user_attrs.get(STATUS, shown)}{value} "
+            lines.append(f"{label} {t.user_attrs.get(STATUS, shown)}{value} "
                          f"({trial_arch(t)}, {len(t.intermediate_values)}/{now.settings.epochs} epochs{', ' + who if who else ''}){reason}")
     return seen, lines
 
@@ -237,8 +263,9 @@ class Display:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.live = Live(console=console, auto_refresh=False, transient=False) if console.is_terminal else None
-        self._shown: dict[int, str] = {}
+        self._shown: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._last_line = time.monotonic()
 
     def __enter__(self) -> Display:
         if self.live is not None:
@@ -258,8 +285,12 @@ class Display:
             self._shown, lines = events(self._shown, snapshot)
             # Live, the events scroll above the panel, which has the rest; plain, each line has it.
             suffix = "" if self.live is not None else f" | {snapshot.summary()}"
+            if not lines and self.live is None and time.monotonic() - self._last_line >= QUIET_LINE_SECONDS:
+                training = ", ".join(f"{r.trial} at epoch {r.epoch} on {r.worker}" for r in snapshot.running)
+                lines = [f"still training: {training}" if training else "waiting for the workers"]
             for line in lines:
                 self.console.print(f"[{_clock(snapshot.elapsed)}] {line}{suffix}", markup=False, highlight=False, soft_wrap=True)
+                self._last_line = time.monotonic()
             if self.live is not None:
                 self.live.update(panel(snapshot), refresh=True)
             elif final:
@@ -279,17 +310,18 @@ def panel(snapshot: Snapshot) -> Group:
     facts.add_row("elapsed", _clock(snapshot.elapsed), "left", f"~{_clock(left)}" if left is not None else "-")
     workers = Table("worker", "trial", "epoch", box=None, header_style="bold", pad_edge=False)
     for r in sorted(snapshot.running, key=lambda r: r.worker):
-        workers.add_row(r.worker, str(r.trial), f"{r.epoch}/{s.epochs}")
-    handed_back = sum(outcome(t) == HANDED_BACK for t in snapshot.trials)
-    states = {o: sum(outcome(t) == o for t in snapshot.trials) for o in ("complete", "pruned", "fail")}
+        workers.add_row(r.worker, r.trial.removeprefix("trial "), f"{r.epoch}/{s.epochs}")
+    trials = [*snapshot.trials.search, *snapshot.trials.folds]
+    handed_back = sum(outcome(t) == HANDED_BACK for t in trials)
+    states = {o: sum(outcome(t) == o for t in trials) for o in ("complete", "pruned", "fail")}
     counts = f"{states['complete']} complete, {states['pruned']} pruned, {states['fail']} failed, {handed_back} handed back"
     return Group(bars, facts, counts, workers)
 
 
-def print_best(study: optuna.Study) -> None:
+def print_best(study: optuna.Study, storage: BaseStorage) -> None:
     """The best configuration, exactly as ``kilotune export`` writes it."""
     try:
-        exported = export_trial(study)
+        exported = export_trial(study, storage)
     except ValueError as e:  # nothing complete yet, or no config recorded
         print(f"no best configuration yet: {e}")
         return

@@ -22,13 +22,14 @@ def add_study_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help="YAML/JSON file that narrows the space or fixes values, or a built-in: small")
     parser.add_argument("--sampler", default="tpe", help="tpe or random (default: %(default)s)")
     parser.add_argument("--pruner", default="hyperband", help="hyperband, successive-halving, median or none (default: %(default)s)")
-    parser.add_argument("--n-trials", type=int, help="global trial budget for the whole study")
+    parser.add_argument("--n-trials", type=int, help="global trial budget for the whole study, the cross-validation's fold trials included")
     parser.add_argument("--timeout", type=float, help="global time budget in seconds, from the study's creation")
     parser.add_argument("--seed", type=int, help="sampler seed (default: random)")
     parser.add_argument("--objective-epochs", type=int, default=3,
                         help="a trial's value is the mean validation accuracy of its last this many epochs (default: %(default)s)")
-    parser.add_argument("--cv-top-k", type=int, default=3,
-                        help="re-train the top this many trials on the other folds and pick the winner by the mean; 0: off (default: %(default)s)")
+    parser.add_argument("--cv-top-k", type=int,
+                        help="re-train the top this many trials on other folds and pick the winner by the mean; 0: off "
+                             "(default: up to 3, as a third of --n-trials allows)")
     parser.add_argument("--no-warm-start", dest="warm_start", action="store_false",
                         help="do not queue the presets (projected into the space) as a new study's first trials")
     parser.add_argument("--keep-settings", action="store_true",

@@ -43,6 +43,7 @@ from kilotune.search.study import (
 )
 from kilotune.search import optuna_internals
 from kilotune.search.trial_writes import BufferedWrites, store
+from kilotune.search.winner import load_cv_study
 from kilotune.workers.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
@@ -112,6 +113,13 @@ class TrialSource:
         self.space = SearchSpace.from_spec(settings.space)
         self.retry_callback = RetryKilledTrials(max_retry=3)
         self.lock_held_seconds = 0.0  # by the last take
+        self._cv_study: optuna.Study | None = None
+
+    def studies(self) -> list[optuna.Study]:
+        """The study, and its companion study of fold trials once there is one (search/winner.py)."""
+        if self._cv_study is None:
+            self._cv_study = with_retry(lambda: load_cv_study(self.study, self.storage), what="reading the study")
+        return [self.study] if self._cv_study is None else [self.study, self._cv_study]
 
     def take(self, started: float) -> TakenTrial | None:
         """Asks for a trial and samples its config; None when the study's budget is spent.
@@ -131,14 +139,17 @@ class TrialSource:
                 break
             if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
                 return None
-            running = with_retry(lambda: self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
+            running = 0
+            for study in self.studies():
+                trials = with_retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
+                self._fail_and_retry(study, with_retry(lambda: unbeaten_trial_ids(study, self.storage, trials), what="reading running trials"))
+                running += len(trials)
             if not running:
                 return None
-            self._fail_and_retry(with_retry(lambda: unbeaten_trial_ids(self.study, self.storage, running), what="reading running trials"))
             if not told:
                 told = True
-                log.info("budget of study %r is spent but %d trials run: waiting for them to finish or go stale (%ds)",
-                         self.study.study_name, len(running), GRACE_SECONDS)
+                log.info("the search trials of study %r are spent but %d trials run: waiting for them to finish or go stale (%ds)",
+                         self.study.study_name, running, GRACE_SECONDS)
             self.stop.wait(HEARTBEAT_SECONDS)
         heartbeat = Heartbeat(self.storage, optuna_internals.trial_id(trial))  # from now on a dead worker's trial is retried
         heartbeat.start()
@@ -149,10 +160,11 @@ class TrialSource:
 
     def _claim(self, started: float) -> optuna.Trial | None:
         """Fails stale trials (queuing their retries), then asks within the budget, under its lock."""
-        self._fail_and_retry(with_retry(lambda: stale_trial_ids(self.study, self.storage), what="reading stale trials"))
+        for study in self.studies():
+            self._fail_and_retry(study, with_retry(lambda: stale_trial_ids(study, self.storage), what="reading stale trials"))
 
         def ask() -> optuna.Trial | None:
-            with self._budget_lock():
+            with self.budget_lock():
                 locked = time.perf_counter()
                 try:
                     return claim_trial(self.study, self.settings, self.storage, started)
@@ -173,19 +185,21 @@ class TrialSource:
             with_retry(lambda: store(buffer.storage, optuna_internals.trial_id(trial), buffer.take()), what="storing the trial's params")
         return config
 
-    def _budget_lock(self) -> contextlib.AbstractContextManager[None]:
+    def budget_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The study's budget lock (``search.study.budget_lock``), which every claim takes."""
         return budget_lock(self.url, self.study.study_name, self.storage)
 
-    def _fail_and_retry(self, trial_ids: list[int]) -> None:
-        """Fails dead workers' trials and queues their retries under the budget lock
-        (``fail_and_retry``); the lock is taken only when there are some (rarely)."""
+    def _fail_and_retry(self, study: optuna.Study, trial_ids: list[int]) -> None:
+        """Fails dead workers' trials of ``study`` (the study or its fold trials' companion) and
+        queues their retries under the budget lock (``fail_and_retry``); the lock is taken only
+        when there are some (rarely)."""
         if not trial_ids:
             return
         failed: set[int] = set()
 
         def locked() -> None:
-            with self._budget_lock():
-                fail_and_retry(self.study, self.storage, trial_ids, failed)
+            with self.budget_lock():
+                fail_and_retry(study, self.storage, trial_ids, failed)
 
         with_retry(locked, what="failing and retrying dead workers' trials")
 
@@ -197,9 +211,9 @@ class TrialSource:
         repeats both, and the copy is queued once.
         """
         def locked() -> None:
-            with self._budget_lock():
+            with self.budget_lock():
                 tell()
-                self.retry_callback(self.study, self.storage.get_trial(optuna_internals.trial_id(trial)))
+                self.retry_callback(trial.study, self.storage.get_trial(optuna_internals.trial_id(trial)))
 
         with_retry(locked, what="retry")
 
@@ -212,7 +226,7 @@ class TrialSource:
         """
         trial = taken.trial
         with_retry(lambda: trial.set_user_attr(STATUS, "returned"), what="set_user_attr")
-        tell = lambda: self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # noqa: E731
+        tell = lambda: trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)  # noqa: E731
         if requeue:
             self.fail_and_retry(trial, tell)
         else:

@@ -20,7 +20,7 @@ from kilotune.models import build_model
 from kilotune.subset.datasets import channel_stats, normalize
 from kilotune.workers.augment import BatchMixer, MixedBatches, image_augmentation
 from kilotune.workers.checkpoint import Checkpoint
-from kilotune.workers.config import TrainConfig
+from kilotune.workers.config import ONECYCLE_WARMUP, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> float | keras.op
         # Three cycles, each twice as long as the last (SGDR's t_mul=2): 1 + 2 + 4 = 7 parts.
         return schedules.CosineDecayRestarts(lr, max(1, total // 7), t_mul=2.0)
     # onecycle: warm up linearly, then anneal to ~0 (DavidNet's slanted triangle, cosine-shaped).
-    warmup = warmup or max(1, int(0.3 * total))
+    warmup = warmup or max(1, int(ONECYCLE_WARMUP * total))
     return schedules.CosineDecay(lr / 25, max(1, total - warmup), warmup_target=lr, warmup_steps=warmup)
 
 

@@ -22,14 +22,15 @@ from pathlib import Path
 import keras
 import optuna
 from optuna.trial import TrialState
+from optuna_dashboard import save_note
 
 from kilotune.search.attrs import (
-    CONFIG, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, FOLD, IMAGES_PER_SECOND, PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, WORKER,
-    WORKER_ID,
+    CONFIG, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, FOLD, IMAGES_PER_SECOND, PARAMS_COUNT, PRESET, RESUMED_FROM_EPOCH, RETRY_OF, STATUS,
+    WORKER, WORKER_ID,
 )
 from kilotune.search.optuna_internals import frozen_trial
 from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
-from kilotune.search.winner import objective_value
+from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
 from kilotune.workers.checkpoint import Checkpoint, check_writable
@@ -71,7 +72,7 @@ class Worker:
     ) -> None:
         check_writable(checkpoint_root())  # before any trial is taken, which would fail and count
         self.url = storage_url(storage)
-        self.storage = open_storage(self.url)
+        self.storage = open_storage(self.url, must_exist=True, patient=True)  # compose may start it while PostgreSQL restarts
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Each worker samples its own stream of a seeded study (reproducible per --worker-id), and a
         # worker joining a study with finished trials (a resumed run) another one: the same stream
@@ -107,6 +108,7 @@ class Worker:
                 if taken is None:
                     if not self.stop.is_set():
                         log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
+                        self._write_note()  # the final one: nothing runs any more
                     break
                 timed_out = study_timed_out(self.study, self.settings, started)
                 if self.stop.is_set() or timed_out:
@@ -123,8 +125,8 @@ class Worker:
     def _run_trial(self, taken: TakenTrial) -> str:
         trial = taken.trial
         history = RetryKilledTrials.retry_history(frozen_trial(trial))
-        # Every retry of a trial shares the first attempt's checkpoint directory.
-        checkpoint = Checkpoint(checkpoint_root() / self.study.study_name / str(history[0] if history else trial.number))
+        # Every retry of a trial shares the first attempt's checkpoint directory (a fold trial's study is the companion).
+        checkpoint = Checkpoint(checkpoint_root() / trial.study.study_name / str(history[0] if history else trial.number))
         try:
             with TrialRecorder(trial) as recorder:
                 return self._train_trial(taken, recorder, history, checkpoint)
@@ -134,7 +136,9 @@ class Worker:
 
     def _train_trial(self, taken: TakenTrial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
         trial, epoch_seconds = taken.trial, []
-        prunable = CV_OF not in trial.user_attrs  # fold trials re-evaluate a finished candidate
+        # Fold trials re-evaluate a finished candidate; a warm-start preset runs to the end, so a
+        # search is never worse than the recipes it could have run.
+        prunable = CV_OF not in trial.user_attrs and PRESET not in trial.user_attrs
         try:
             config = taken.sampled_config()
             attrs = {CONFIG: config.to_dict(), WORKER: self.name, DEVICE: self.device, STATUS: "running"}
@@ -200,9 +204,27 @@ class Worker:
         if epoch_seconds:
             recorder.set_user_attr(IMAGES_PER_SECOND, round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
         recorder.flush()  # a finished trial takes no more writes
-        tell = lambda: self.study.tell(trial, value, state=state, skip_if_finished=True)  # noqa: E731
+        tell = lambda: trial.study.tell(trial, value, state=state, skip_if_finished=True)  # noqa: E731
         if retry:
             self.source.fail_and_retry(trial, tell)  # with its retry, under the budget lock
         else:
             with_retry(tell, what="tell")
         log.info("trial %d %s%s", trial.number, status, f" value={value:.4f}" if value is not None else "")
+        if state == TrialState.COMPLETE and CV_OF in trial.user_attrs:
+            self._write_note()  # a fold's value may change the winner
+
+    def _write_note(self) -> None:
+        """Writes the study's note in optuna-dashboard: the cross-validated winner (``winner_note``).
+
+        Under the budget lock, so the last writer has read every fold trial told before it. A
+        note that cannot be written costs a warning, never the trial.
+        """
+        def write() -> None:
+            with self.source.budget_lock():
+                trials = StudyTrials.read(self.study, self.storage)
+                save_note(self.study, winner_note(trials, self.settings.cv_top_k, self.study.study_name))
+
+        try:
+            with_retry(write, what="writing the study's note")
+        except Exception as e:  # noqa: BLE001
+            log.warning("the study's note was not written: %s", " ".join(f"{type(e).__name__}: {e}".split())[:300])

@@ -29,7 +29,7 @@ def test_the_key_lists_hold_every_constant_once():
 
 
 def test_study_keys_are_the_settings_recorded():
-    assert {f.name for f in dataclasses.fields(StudySettings)} | {attrs.BUDGET_HISTORY} == set(attrs.STUDY_KEYS)
+    assert {f.name for f in dataclasses.fields(StudySettings)} | {attrs.BUDGET_HISTORY, attrs.CV_STUDY_OF} == set(attrs.STUDY_KEYS)
 
 
 PACKAGE = Path(__file__).resolve().parents[2]

@@ -8,21 +8,24 @@ import optuna
 import pytest
 
 from kilotune.cli.main import main
-from kilotune.search.export import export_trial, ranked_trials, read_export, validation_text
+from kilotune.search.export import export_trial, read_export, validation_text
+from kilotune.search.study import open_storage
+from kilotune.search.winner import StudyTrials, load_cv_study
 from kilotune.workers.config import TrainConfig
 
 ATTRS = {
     "kilotune_version": "0.1.0", "dataset": "fashion-mnist", "dataset_checksum": "sha256:" + "d" * 64,
     "subset_path": "/cache/subsets/s.json", "subset_checksum": "sha256:" + "5" * 64, "val_fraction": 0.2,
     "split_seed": 0, "epochs": 3, "space": {}, "sampler": "tpe", "pruner": "hyperband", "n_trials": 5,
-    "timeout_s": None, "created_at": "2025-01-01T10:00:00+00:00",
+    "timeout_s": None, "cv_top_k": 1, "cv_folds": 2, "created_at": "2025-01-01T10:00:00+00:00",
 }  # fmt: skip
 
 
-def new_study(url: str, name: str = "s") -> optuna.Study:
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+def new_study(url: str, name: str = "s", drop: tuple[str, ...] = ()) -> optuna.Study:
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
     for key, value in ATTRS.items():
-        study.set_user_attr(key, value)
+        if key not in drop:
+            study.set_user_attr(key, value)
     return study
 
 
@@ -56,9 +59,14 @@ def study(url):
     return study
 
 
-def test_rank_one_is_the_best_complete_trial_and_its_config_round_trips(study):
-    export = export_trial(study)
-    assert [t.number for t in ranked_trials(study)] == [1, 0]  # diverged, pruned and failed left out
+@pytest.fixture(scope="module")
+def storage(url):
+    return open_storage(url)
+
+
+def test_rank_one_is_the_best_complete_trial_and_its_config_round_trips(study, storage):
+    export = export_trial(study, storage)
+    assert [t.number for t in StudyTrials.read(study, storage).ranked()] == [1, 0]  # diverged, pruned and failed left out
     trial = study.trials[1]
     assert export["config"] == trial.user_attrs["config"]
     assert TrainConfig.from_dict(export["config"]) == TrainConfig(arch="resnet9", epochs=3, seed=3)
@@ -68,14 +76,14 @@ def test_rank_one_is_the_best_complete_trial_and_its_config_round_trips(study):
         assert p[key] == ATTRS[key]
     assert p["seed"] == 3 and p["exported_at"].endswith("+00:00")
     assert {"keras", "optuna", "numpy", "python"} <= set(p["library_versions"])
-    assert export_trial(study, rank=2)["provenance"]["trial"] == 0
+    assert export_trial(study, storage, rank=2)["provenance"]["trial"] == 0
 
 
-def test_rank_beyond_the_complete_trials_is_a_clear_error(study):
+def test_rank_beyond_the_complete_trials_is_a_clear_error(study, storage):
     with pytest.raises(ValueError, match="has 2 complete trial"):
-        export_trial(study, rank=3)
+        export_trial(study, storage, rank=3)
     with pytest.raises(ValueError, match="rank must be at least 1"):
-        export_trial(study, rank=0)
+        export_trial(study, storage, rank=0)
 
 
 def test_cli_writes_a_file_that_train_and_retrain_read(study, url, tmp_path, capsys):
@@ -108,18 +116,25 @@ def test_read_export_refuses_other_json(tmp_path):
 
 
 def add_fold(study: optuna.Study, cv_of: int, fold: int, value: float) -> None:
-    """A fold trial as a worker leaves it: the candidate's config trained and validated on ``fold``."""
-    trial = study.ask()
+    """A fold trial as a worker leaves it in the companion study: the candidate's config trained
+    and validated on ``fold``."""
+    cv = load_cv_study(study, open_storage(ATTRS_URL[study.study_name]), create=True)
+    trial = cv.ask()
     trial.suggest_float("learning_rate", 1e-4, 1.0, log=True)
     for key, attr in (("cv_of", cv_of), ("fold", fold), ("config", study.trials[cv_of].user_attrs["config"]), ("status", "complete")):
         trial.set_user_attr(key, attr)
-    study.tell(trial, value)
+    cv.tell(trial, value)
+
+
+ATTRS_URL: dict[str, str] = {}
 
 
 def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_error(tmp_path, capsys):
-    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    url = ATTRS_URL["cv"] = f"sqlite:///{tmp_path / 'cv.db'}"
     study = new_study(url, "cv")
+    study.set_user_attr("n_trials", 10)
     study.set_user_attr("cv_top_k", 2)
+    study.set_user_attr("cv_folds", 5)
     lucky = add(study, TrainConfig(arch="vgg8", epochs=3, seed=1), [0.5, 0.7, 0.80])
     steady = add(study, TrainConfig(arch="resnet9", epochs=3, seed=2), [0.5, 0.7, 0.76])
     for fold, (a, b) in enumerate([(0.66, 0.75), (0.70, 0.77), (0.64, 0.74), (0.68, 0.78)], 1):
@@ -133,21 +148,24 @@ def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_err
     assert math.isclose(p["cv_mean"], statistics.fmean(steady_folds))
     assert math.isclose(p["cv_stderr"], statistics.stdev(steady_folds) / math.sqrt(5)) and p["cv_folds"] == [0, 1, 2, 3, 4]
     assert f"validation accuracy {p['cv_mean']:.4f} ± {p['cv_stderr']:.4f} over 5 folds" in capsys.readouterr().out
-    runner_up = export_trial(study, rank=2)["provenance"]
+    storage = open_storage(url)
+    runner_up = export_trial(study, storage, rank=2)["provenance"]
     assert runner_up["trial"] == lucky and math.isclose(runner_up["cv_mean"], 0.696)
-    assert [t.number for t in ranked_trials(study)] == [lucky, steady], "fold trials are not search results"
+    assert [t.number for t in StudyTrials.read(study, storage).ranked()] == [lucky, steady], "fold trials are not search results"
+    assert study.best_trial.number == lucky and len(study.trials) == 2, "the study holds its search trials only"
     assert main(["study", "list", "--storage", url]) == 0
     assert f"cv\ttrials=10\tbest={p['cv_mean']:.4f}\tse={p['cv_stderr']:.4f}\t" in capsys.readouterr().out, "the list shows the winner, not the best fold"
 
 
-@pytest.mark.parametrize(("attrs", "reason"), [
-    ({"cv_top_k": 0}, "the study does not cross-validate, cv_top_k=0"),
-    ({"n_trials": None}, "the study has no trial budget, and its top trials are cross-validated once an --n-trials budget is spent"),
-    ({}, "once the 5 budgeted trials are spent, and this one's fold trials have not run"),
+@pytest.mark.parametrize(("attrs", "drop", "reason"), [
+    ({"cv_top_k": 0, "cv_folds": 1}, (), "the study does not cross-validate, cv_top_k=0 for a budget of 5 trials"),
+    ({"n_trials": None, "cv_top_k": 0, "cv_folds": 1}, (), "the study has no trial budget, and only a trial budget (--n-trials) sets some aside"),
+    ({}, (), "the top 1 is cross-validated once the 4 search trials are done, and this one's fold trials have not run"),
+    ({}, ("cv_top_k", "cv_folds"), "the top 3 are cross-validated once the 5 search trials are done"),  # an old study
 ])
-def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, reason):
+def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, drop, reason):
     url = f"sqlite:///{tmp_path / 'one.db'}"
-    study = new_study(url, "one")
+    study = new_study(url, "one", drop)
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     add(study, TrainConfig(arch="vgg8", epochs=3), [0.5, 0.7, 0.8])

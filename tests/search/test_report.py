@@ -12,7 +12,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.cli.main import main
-from kilotune.search.report import learning_curves, render_report, search_trials, worker_timeline, write_report
+from kilotune.search.report import learning_curves, render_report, trials_view, worker_timeline, write_report
+from kilotune.search.study import open_storage
+from kilotune.search.winner import StudyTrials, load_cv_study
 from kilotune.workers.config import TrainConfig
 
 EPOCHS = 10
@@ -31,7 +33,7 @@ def study_attrs(epochs: int = EPOCHS) -> dict:
         "kilotune_version": "0.1.0", "dataset": "fashion-mnist", "dataset_checksum": "sha256:" + "d" * 64,
         "subset_path": "/cache/subsets/fashion-mnist-max-sum-100-0.json", "subset_checksum": "sha256:" + "5" * 64,
         "val_fraction": 0.2, "split_seed": 0, "epochs": epochs, "space": {}, "sampler": "tpe", "pruner": "hyperband",
-        "n_trials": 12, "timeout_s": None, "created_at": "2025-01-01T10:00:00+00:00",
+        "n_trials": 12, "timeout_s": None, "cv_top_k": 0, "cv_folds": 1, "created_at": "2025-01-01T10:00:00+00:00",
     }  # fmt: skip
 
 
@@ -76,7 +78,7 @@ def make_trials(n: int = 12) -> list[FrozenTrial]:
 
 def make_study(url: str, name: str = "fake", trials: list[FrozenTrial] | None = None) -> optuna.Study:
     """A kilotune-like study in ``url`` holding ``trials`` (default: :func:`make_trials`)."""
-    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
     for key, value in study_attrs().items():
         study.set_user_attr(key, value)
     for trial in make_trials() if trials is None else trials:
@@ -95,8 +97,13 @@ def study(url):
 
 
 @pytest.fixture(scope="module")
-def report(study, tmp_path_factory):
-    return write_report(study, tmp_path_factory.mktemp("out") / "report.html", top=5)
+def storage(url):
+    return open_storage(url)
+
+
+@pytest.fixture(scope="module")
+def report(study, storage, tmp_path_factory):
+    return write_report(study, storage, tmp_path_factory.mktemp("out") / "report.html", top=5)
 
 
 PLOTS = ("history", "curves", "importance", "arch", "pruning", "workers")
@@ -117,8 +124,8 @@ def test_report_is_one_self_contained_file_with_every_section(report):
     assert "hostA:1" in text and "hostB:2" in text
 
 
-def test_top_table_ranks_complete_trials_and_skips_diverged(study):
-    text = render_report(study, top=3)
+def test_top_table_ranks_complete_trials_and_skips_diverged(study, storage):
+    text = render_report(study, storage, top=3)
     table = text[text.index("<table class=top>") : text.index("</table>", text.index("<table class=top>"))]
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td>", table)
     assert [r[0] for r in rows] == ["1", "2", "3"]
@@ -129,8 +136,29 @@ def test_top_table_ranks_complete_trials_and_skips_diverged(study):
     assert "11" not in [r[1] for r in rows] or study.trials[11].value < values[-1]
 
 
-def test_pruning_summary_counts_epochs_not_run(study):
-    text = render_report(study)
+def test_the_top_heading_counts_the_rows_shown(study, storage):
+    complete = sum(t.state == TrialState.COMPLETE and t.user_attrs["status"] != "diverged" for t in study.trials)
+    assert complete < 10 and f"Top {complete} configurations" in render_report(study, storage, top=10)
+
+
+def test_the_summary_says_what_the_budget_buys(study, storage):
+    text = render_report(study, storage)
+    summary = text[text.index('id="summary"') : text.index("</section>", text.index('id="summary"'))]
+    assert "12 trials of 10 epochs (at most 120 epochs): 12 search trials, not cross-validated" in summary
+    assert "- s" not in summary
+
+
+def test_the_timeline_names_workers_as_the_run_did(tmp_path):
+    trials = make_trials(4)
+    for t in trials:
+        t.user_attrs["worker_id"] = "local-0" if t.user_attrs["worker"] == "hostA:1" else "local-1"
+    study = make_study(f"sqlite:///{tmp_path / 'ids.db'}", trials=trials)
+    rows = {name for trace in worker_timeline(study, study.trials).data for name in trace.y}
+    assert rows == {"local-0", "local-1"}
+
+
+def test_pruning_summary_counts_epochs_not_run(study, storage):
+    text = render_report(study, storage)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     saved = sum(EPOCHS - t.last_step for t in pruned)
     full = EPOCHS * sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
@@ -141,7 +169,7 @@ def test_pruning_summary_counts_epochs_not_run(study):
 def test_importances_degrade_to_a_note_with_one_complete_trial(tmp_path):
     trials = make_trials(4)  # trials 0-2 complete, 3 pruned
     small = make_study(f"sqlite:///{tmp_path / 'one.db'}", trials=[trials[0], trials[3]])
-    text = render_report(small)
+    text = render_report(small, open_storage(f"sqlite:///{tmp_path / 'one.db'}"))
     assert "Not available: importances need at least 2 complete trials" in text
     assert 'id="plot-importance"' not in text and 'id="plot-curves"' in text
 
@@ -196,24 +224,28 @@ def test_handed_back_trials_show_as_handed_back_not_failed(tmp_path):
         intermediate_values={},
     )  # fmt: skip
     study = make_study(f"sqlite:///{tmp_path / 'back.db'}", trials=trials)
-    text = render_report(study)
+    text = render_report(study, open_storage(f"sqlite:///{tmp_path / 'back.db'}"))
     summary = text[text.index('id="summary"') : text.index("</section>", text.index('id="summary"'))]
     assert "1 fail, 1 handed back" in summary, summary
-    timeline = {trace.name: list(trace.text) for trace in worker_timeline(study).data}
+    timeline = {trace.name: list(trace.text) for trace in worker_timeline(study, study.trials).data}
     assert "handed back" in timeline and len(timeline["handed back"]) == 1
     assert len(timeline["FAIL"]) == 1, "only trial 7 failed"
 
 
 def test_report_shows_the_cross_validated_winner_with_its_mean_and_standard_error(tmp_path):
+    storage = open_storage(f"sqlite:///{tmp_path / 'cv.db'}")
     study = make_study(f"sqlite:///{tmp_path / 'cv.db'}", trials=make_trials(6))
     study.set_user_attr("cv_top_k", 2)
+    study.set_user_attr("cv_folds", 5)
+    study.set_user_attr("n_trials", 14)
+    cv = load_cv_study(study, storage, create=True)
     first, second = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)[:2]
     for candidate, level in ((first, first.value - 0.2), (second, second.value)):
         for fold in range(1, 5):
-            study.add_trial(optuna.trial.create_trial(
+            cv.add_trial(optuna.trial.create_trial(
                 state=TrialState.COMPLETE, value=level + 0.01 * fold, params=candidate.params, distributions=candidate.distributions,
                 user_attrs={**candidate.user_attrs, "cv_of": candidate.number, "fold": fold}))  # fmt: skip
-    text = render_report(study, top=3)
+    text = render_report(study, storage, top=3)
     values = [second.value + 0.01 * f for f in range(5)]
     mean, stderr = np.mean(values), np.std(values, ddof=1) / np.sqrt(5)
     assert f"{mean:.4f} ± {stderr:.4f} over 5 folds (trial {second.number})" in text, "the summary names the winner"
@@ -221,18 +253,25 @@ def test_report_shows_the_cross_validated_winner_with_its_mean_and_standard_erro
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.-]+)</td><td>(\d+)</td>", table)
     assert rows[0] == ("1", str(second.number), f"{mean:.4f}", f"{stderr:.4f}", "5")
     assert rows[1][1] == str(first.number) and rows[1][4] == "5" and rows[2][3:] == ("-", "1")
+    assert "6 search trials, then the top 2 re-trained on 4 more folds each (8 fold trials)" in text
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert f"of the {EPOCHS * len(finished)} epochs" in text, "fold trials are never pruned: not in the savings"
+    assert len(pruned) == 1
 
 
 def test_the_plots_show_the_search_not_the_cross_validation(tmp_path):
-    """A fold trial retrains a searched configuration: in the history its value read as a new best."""
+    """A fold trial retrains a searched configuration: in the history its value would read as a new best."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'folds.db'}")
     study = make_study(f"sqlite:///{tmp_path / 'folds.db'}", trials=make_trials(6))
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    study.add_trial(optuna.trial.create_trial(
+    load_cv_study(study, storage, create=True).add_trial(optuna.trial.create_trial(
         state=TrialState.COMPLETE, value=best.value + 0.05, params=best.params, distributions=best.distributions,
         intermediate_values={1: 0.99}, user_attrs={**best.user_attrs, "cv_of": best.number, "fold": 1}))  # fmt: skip
-    search = search_trials(study, study.trials)
-    assert [t.number for t in search.trials] == [t.number for t in study.trials[:-1]]
+    search = trials_view(study, StudyTrials.read(study, storage).search)
+    assert [t.number for t in search.trials] == [t.number for t in study.trials]
     history = optuna.visualization.plot_optimization_history(search)
     assert max(v for trace in history.data for v in (trace.y if trace.y is not None else ())) == pytest.approx(best.value), "the fold's value is not a best"
     curves = [trace.name for trace in learning_curves(search).data]
-    assert len(curves) == sum(1 for t in study.trials[:-1] if t.intermediate_values)
+    assert len(curves) == sum(1 for t in study.trials if t.intermediate_values)
+    assert 'id="plot-workers"' in render_report(study, storage), "the timeline shows the fold trial too"

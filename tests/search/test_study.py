@@ -1,6 +1,7 @@
 """The study layer against real storages: PostgreSQL and the embedded SQLite default."""
 
 import json
+from dataclasses import asdict
 import subprocess
 import sys
 import time
@@ -120,7 +121,9 @@ def test_budget_counts_finished_and_queued_trials_but_not_dead_workers(tmp_path)
     ("changes", "message"),
     [({"sampler": "grid"}, "sampler='grid' is not allowed"), ({"pruner": "x"}, "pruner='x'"), ({"n_trials": 0}, "n_trials=0"),
      ({"epochs": 0}, "epochs=0 must be at least 1"),
-     ({"val_fraction": 0.6}, r"val_fraction=0.6 leaves 1 fold, too few to cross-validate the top 3: give val_fraction <= 0.5, or cv_top_k=0")],
+     ({"val_fraction": 0.6, "cv_top_k": 3}, r"val_fraction=0.6 leaves 1 fold, too few to cross-validate the top 3: give val_fraction <= 0.5, or cv_top_k=0"),
+     ({"n_trials": 6, "cv_top_k": 3}, r"cv_top_k=3 needs at least 9 trials"),
+     ({"n_trials": 4, "cv_top_k": 1, "cv_folds": 5}, r"n_trials=4 leaves no search trial beside the 4 fold trials")],
 )
 def test_bad_settings(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -129,9 +132,30 @@ def test_bad_settings(changes, message):
 
 def test_a_hold_out_over_half_is_allowed_without_cross_validation(tmp_path):
     assert settings(val_fraction=0.6, cv_top_k=0).folds == 1
-    study, _ = create_study("half", settings(val_fraction=0.6, cv_top_k=0), open_storage(f"sqlite:///{tmp_path}/h.db"))
-    study.set_user_attr("cv_top_k", 3)  # as a study made before such settings were refused recorded them
-    assert StudySettings.from_study(study).cv_top_k == 0, "it still loads, as the study it was: never cross-validated"
+    assert settings(val_fraction=0.6, n_trials=30).fold_trials == 0, "as the budget allows: one fold allows none"
+    old = optuna.create_study(study_name="half", storage=open_storage(f"sqlite:///{tmp_path}/h.db"))
+    for key, value in {**asdict(settings(val_fraction=0.6, n_trials=8, cv_top_k=0)), "cv_top_k": 3}.items():
+        if key != "cv_folds":  # as a study made before such settings were refused recorded them
+            old.set_user_attr(key, value)
+    assert StudySettings.from_study(old).cv_top_k == 0, "it still loads, as the study it was: never cross-validated"
+
+
+def test_an_old_study_reads_its_fold_trials_as_beyond_its_search_budget(tmp_path):
+    old = optuna.create_study(study_name="old", storage=open_storage(f"sqlite:///{tmp_path}/o.db"))
+    for key, value in asdict(settings(n_trials=8, cv_top_k=0)).items():
+        if key not in ("cv_top_k", "cv_folds"):  # recorded before either was
+            old.set_user_attr(key, value)
+    recorded = StudySettings.from_study(old)
+    assert (recorded.cv_top_k, recorded.cv_folds, recorded.search_trials, recorded.n_trials) == (3, 5, 8, 20)
+    extend_budget(old, n_trials=24)
+    assert StudySettings.from_study(old).search_trials == 12, "extend records the total and the split from then on"
+
+
+def test_the_budget_says_what_it_buys():
+    assert settings(n_trials=12, epochs=10).budget_text() == (
+        "12 trials of 10 epochs (at most 120 epochs): 8 search trials, then the top 2 re-trained on 2 more folds each (4 fold trials)")
+    assert settings(n_trials=3).budget_text() == "3 trials of 3 epochs (at most 9 epochs): 3 search trials, not cross-validated"
+    assert settings(timeout_s=60).budget_text() == "trials of 3 epochs until 60 s have passed, not cross-validated"
 
 
 def test_cli_create_list_enqueue_delete(pg_url, fashion_subset, capsys, tmp_path):
@@ -233,7 +257,7 @@ def test_a_bare_postgresql_url_opens_with_the_installed_driver(pg_url):
 
 def test_claim_counts_the_budget_as_the_trials_say_and_takes_queued_trials_first(pg_url):
     storage = open_storage(pg_url)
-    study, _ = create_study("claims", settings(n_trials=6), storage)
+    study, _ = create_study("claims", settings(n_trials=6, cv_top_k=0), storage)
     for state, status in [(TrialState.COMPLETE, "complete"), (TrialState.PRUNED, "pruned"), (TrialState.FAIL, "failed"),
                           (TrialState.FAIL, "interrupted"), (TrialState.FAIL, "returned")]:
         trial = study.ask()
@@ -276,20 +300,30 @@ def test_new_studies_start_with_the_presets_projected_into_their_space(pg_url, f
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "journal"])
-def test_a_spent_budget_hands_out_fold_trials_which_do_not_count_toward_it(backend, pg_url, tmp_path):
+def test_the_search_trials_spent_the_budget_hands_out_fold_trials_of_a_companion_study(backend, pg_url, tmp_path):
     storage = open_storage(pg_url if backend == "postgresql" else str(tmp_path / "cv.journal"))
-    study, _ = create_study(f"cv-{backend}", settings(n_trials=3, cv_top_k=2), storage)
+    study, _ = create_study(f"cv-{backend}", settings(n_trials=11, cv_top_k=2, cv_folds=5), storage)
     recorded = load_study(study.study_name, storage)[1]
-    while (trial := claim_trial(study, recorded, storage, time.time())) is not None:
+    assert (recorded.search_trials, recorded.fold_trials) == (3, 8)
+    running = [claim_trial(study, recorded, storage, time.time()) for _ in range(3)]
+    for trial in running[:2]:
         trial.suggest_float("lr", 1e-3, 1.0)
         trial.set_user_attr("config", TrainConfig(epochs=3).to_dict())
         study.tell(trial, 0.5 + trial.number / 100)
-        assert trial.number < 20, "claims never end"
-    trials = study.get_trials()
-    search = [t.number for t in trials if "cv_of" not in t.user_attrs]
-    folds = sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in trials if "cv_of" in t.user_attrs)
-    assert search == [0, 1, 2] and folds == [(n, f) for n in (1, 2) for f in (1, 2, 3, 4)], "the top 2, on folds 1-4"
-    assert sum(counts_toward_budget(t) for t in trials) == 3
+    assert claim_trial(study, recorded, storage, time.time()) is None, "no fold trial while a search trial runs: it may enter the top"
+    last = running[2]
+    last.suggest_float("lr", 1e-3, 1.0)
+    last.set_user_attr("config", TrainConfig(epochs=3).to_dict())
+    study.tell(last, 0.6)
+    folds = []
+    while (trial := claim_trial(study, recorded, storage, time.time())) is not None:
+        assert trial.study.study_name == f"cv-{backend}.cv", "fold trials live in the companion study"
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.study.tell(trial, 0.99)  # better than any search trial, on its fold
+        folds.append((trial.user_attrs["cv_of"], trial.user_attrs["fold"]))
+        assert len(folds) <= 8, "claims never end"
+    assert sorted(folds) == [(n, f) for n in (1, 2) for f in (1, 2, 3, 4)], "the top 2, on folds 1-4"
+    assert len(study.get_trials()) == 3 and study.best_trial.number == 2, "the study's best trial is a search trial"
     if backend == "postgresql":
         assert _budget_rows(storage, study._study_id) == (3, [])
     assert not budget_left(study, recorded, time.time())

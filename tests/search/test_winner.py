@@ -1,4 +1,5 @@
-"""The objective, the cross-validated ranking, and the fold trials a spent budget queues."""
+"""The objective, the budget's split, the cross-validated ranking, and the fold trials that
+live in a companion study."""
 
 import math
 import statistics
@@ -8,13 +9,16 @@ import pytest
 from optuna.trial import TrialState
 
 from kilotune.search.winner import (
+    StudyTrials,
     cross_validated_best,
-    cv_candidates,
+    cv_study_name,
     enqueue_fold_trials,
-    is_fold_trial,
+    load_cv_study,
     objective_value,
+    plan_cross_validation,
     ranking,
     winner_line,
+    winner_note,
 )
 from kilotune.workers.config import TrainConfig
 
@@ -27,6 +31,34 @@ def test_the_value_is_the_mean_of_the_last_k_finite_epochs():
     assert objective_value([], 3) == 0.0
 
 
+@pytest.mark.parametrize(("n_trials", "top_k", "plan"), [
+    (12, None, (2, 3)),  # the main job: 8 search trials, the top 2 on 2 more folds
+    (30, None, (3, 4)),
+    (45, None, (3, 5)),
+    (200, None, (3, 5)),  # never more folds than the subset has
+    (6, None, (1, 3)),
+    (5, None, (0, 1)),  # a third of 5 is 1 fold trial: too few to compare two candidates
+    (3, None, (0, 1)),
+    (None, None, (0, 1)),  # a time budget only
+    (30, 0, (0, 1)),
+    (12, 1, (1, 5)),
+    (12, 4, (4, 2)),
+])
+def test_cross_validation_takes_at_most_a_third_of_the_trial_budget(n_trials, top_k, plan):
+    k, folds = plan_cross_validation(n_trials, 5, top_k)
+    assert (k, folds) == plan
+    if n_trials:
+        assert k * (folds - 1) <= n_trials // 3
+
+
+def test_a_top_k_the_budget_cannot_cross_validate_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"cv_top_k=3 needs at least 9 trials"):
+        plan_cross_validation(6, 5, 3)
+    with pytest.raises(ValueError, match=r"cv_top_k=-1"):
+        plan_cross_validation(30, 5, -1)
+    assert plan_cross_validation(30, 1, None) == (0, 1), "one fold: nothing to cross-validate on"
+
+
 def search_trial(study: optuna.Study, value: float, arch: str = "vgg8") -> int:
     trial = study.ask()
     trial.suggest_float("lr", 1e-3, 1.0, log=True)
@@ -36,51 +68,95 @@ def search_trial(study: optuna.Study, value: float, arch: str = "vgg8") -> int:
     return trial.number
 
 
-def run_fold_trials(study: optuna.Study, values: dict[tuple[int, int], float]) -> None:
-    """Takes every queued trial and tells it the value given for its (cv_of, fold)."""
-    while any(t.state == TrialState.WAITING for t in study.get_trials()):
-        trial = study.ask()
+def run_fold_trials(cv: optuna.Study, values: dict[tuple[int, int], float]) -> None:
+    """Takes every queued fold trial and tells it the value given for its (cv_of, fold)."""
+    while cv.get_trials(states=(TrialState.WAITING,)):
+        trial = cv.ask()
         trial.suggest_float("lr", 1e-3, 1.0, log=True)
-        study.tell(trial, values[trial.user_attrs["cv_of"], trial.user_attrs["fold"]])
+        cv.tell(trial, values[trial.user_attrs["cv_of"], trial.user_attrs["fold"]])
 
 
-def test_fold_trials_retrain_the_top_k_and_the_winner_is_the_best_mean():
-    study = optuna.create_study(direction="maximize")
+@pytest.fixture
+def storage():
+    return optuna.storages.InMemoryStorage()
+
+
+def test_fold_trials_live_in_a_companion_study_and_the_winner_is_the_best_mean(storage):
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     lucky, steady, third, fourth = (search_trial(study, v) for v in (0.80, 0.78, 0.70, 0.60))
-    assert [t.number for t in cv_candidates(study, 3)] == [lucky, steady, third]
-    assert cross_validated_best(study).trial.number == lucky, "before any fold: the best fold-0 value"
+    assert load_cv_study(study, storage) is None, "no companion before cross-validation"
+    trials = StudyTrials.read(study, storage)
+    assert [t.number for t in trials.ranked()[:3]] == [lucky, steady, third]
+    assert cross_validated_best(trials, 3).trial.number == lucky, "before any fold: the best fold-0 value"
 
-    assert enqueue_fold_trials(study, 3, 5) == 12
-    assert enqueue_fold_trials(study, 3, 5) == 0, "queued once"
-    queued = [t for t in study.get_trials() if t.state == TrialState.WAITING]
-    assert all(is_fold_trial(t) for t in queued)
+    cv = load_cv_study(study, storage, create=True)
+    assert cv.study_name == cv_study_name("s") == "s.cv"
+    assert enqueue_fold_trials(trials, cv, 3, 5) == 12
+    assert enqueue_fold_trials(StudyTrials.read(study, storage), cv, 3, 5) == 0, "queued once"
+    queued = cv.get_trials()
     assert sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in queued) == [(n, f) for n in (lucky, steady, third) for f in (1, 2, 3, 4)]
     assert {t.system_attrs["fixed_params"]["lr"] for t in queued} == {study.trials[n].params["lr"] for n in (lucky, steady, third)}
     assert all(t.user_attrs["preset_config"] == study.trials[t.user_attrs["cv_of"]].user_attrs["config"] for t in queued)
 
     # The lucky trial's fold 0 was its best fold; the steady one holds up on the others.
     folds = {(lucky, f): 0.70 for f in range(1, 5)} | {(steady, f): 0.78 for f in range(1, 5)} | {(third, f): 0.69 for f in range(1, 5)}
-    run_fold_trials(study, folds)
-    ranked = ranking(study)
+    folds[lucky, 4] = 0.99  # the best value of all trials, on one fold only
+    run_fold_trials(cv, folds)
+    assert len(study.trials) == 4 and study.best_trial.number == lucky, "the study's best trial is a search trial"
+    trials = StudyTrials.read(study, storage)
+    ranked = ranking(trials, 3)
     assert [c.trial.number for c in ranked] == [steady, lucky, third, fourth]
-    winner = cross_validated_best(study)
+    winner = cross_validated_best(trials, 3)
     assert winner.trial.number == steady and winner.mean == pytest.approx(0.78) and winner.stderr == pytest.approx(0.0)
     lucky_cv = ranked[1]
-    assert lucky_cv.values == {0: 0.80, 1: 0.70, 2: 0.70, 3: 0.70, 4: 0.70}
-    assert lucky_cv.mean == pytest.approx(0.72)
-    assert lucky_cv.stderr == pytest.approx(statistics.stdev([0.80, 0.70, 0.70, 0.70, 0.70]) / math.sqrt(5))
+    assert lucky_cv.values == {0: 0.80, 1: 0.70, 2: 0.70, 3: 0.70, 4: 0.99}
+    assert lucky_cv.stderr == pytest.approx(statistics.stdev(lucky_cv.values.values()) / math.sqrt(5))
     assert ranked[3].stderr is None and ranked[3].values == {0: 0.60}, "not cross-validated: fold 0 only"
-    assert winner_line(study) == (f"best {winner.mean:.4f} ± 0.0000 over 5 folds (trial {steady}, vgg8); "
-                                  "cross-validation 12/12 fold trials done")  # fmt: skip
+    assert winner_line(trials, 3) == (f"best {winner.mean:.4f} ± 0.0000 over 5 folds (trial {steady}, vgg8); "
+                                      "cross-validation 12/12 fold trials done")  # fmt: skip
 
 
-def test_a_trial_that_was_a_candidate_keeps_its_folds_when_a_later_one_passes_it():
-    study = optuna.create_study(direction="maximize")
+def test_the_note_names_the_cross_validated_winner_and_why_the_best_trial_differs(storage):
+    study = optuna.create_study(study_name="n", storage=storage, direction="maximize")
+    lucky, steady = search_trial(study, 0.80), search_trial(study, 0.78, arch="resnet9")
+    cv = load_cv_study(study, storage, create=True)
+    enqueue_fold_trials(StudyTrials.read(study, storage), cv, 2, 3)
+    run_fold_trials(cv, {(lucky, 1): 0.70, (lucky, 2): 0.71, (steady, 1): 0.79, (steady, 2): 0.77})
+    note = winner_note(StudyTrials.read(study, storage), 2, "n")
+    assert note.startswith(f"## kilotune winner: trial {steady} (resnet9)")
+    assert "0.7800 ± 0.0058 over 3 folds" in note and f"Best Trial card shows trial {lucky}" in note
+    assert "study `n.cv`" in note and len(note) < 2045, "one stored attribute in optuna-dashboard"
+
+
+def test_a_companion_name_taken_by_another_study_is_refused(storage):
+    study = optuna.create_study(study_name="x", storage=storage)
+    optuna.create_study(study_name="x.cv", storage=storage).set_user_attr("cv_study_of", "y")
+    with pytest.raises(ValueError, match="'x.cv' exists and is not the cross-validation of study 'x'"):
+        load_cv_study(study, storage)
+
+
+def test_a_trial_that_was_a_candidate_keeps_its_folds_when_a_later_one_passes_it(storage):
+    study = optuna.create_study(study_name="k", storage=storage, direction="maximize")
+    cv = load_cv_study(study, storage, create=True)
     first = search_trial(study, 0.70)
-    enqueue_fold_trials(study, 1, 3)
-    run_fold_trials(study, {(first, 1): 0.69, (first, 2): 0.71})
+    enqueue_fold_trials(StudyTrials.read(study, storage), cv, 1, 3)
+    run_fold_trials(cv, {(first, 1): 0.69, (first, 2): 0.71})
     later = search_trial(study, 0.75, arch="resnet9")  # finished after the budget was spent
-    assert winner_line(study).startswith(f"best 0.7500 on fold 0 only (trial {later}, resnet9)")
-    assert enqueue_fold_trials(study, 1, 3) == 2, "the new top trial's folds"
-    run_fold_trials(study, {(later, 1): 0.60, (later, 2): 0.62})
-    assert [c.trial.number for c in ranking(study, 1)] == [first, later], "both cross-validated, by their means"
+    assert winner_line(StudyTrials.read(study, storage), 1).startswith(f"best 0.7500 on fold 0 only (trial {later}, resnet9)")
+    assert enqueue_fold_trials(StudyTrials.read(study, storage), cv, 1, 3) == 2, "the new top trial's folds"
+    run_fold_trials(cv, {(later, 1): 0.60, (later, 2): 0.62})
+    assert [c.trial.number for c in ranking(StudyTrials.read(study, storage), 1)] == [first, later], "both cross-validated, by their means"
+
+
+def test_an_old_study_keeps_its_fold_trials_among_its_own(storage):
+    """Studies from before the companion study: fold trials are read from the study itself."""
+    study = optuna.create_study(study_name="old", storage=storage, direction="maximize")
+    first, second = search_trial(study, 0.80), search_trial(study, 0.75)
+    for candidate, value in ((first, 0.60), (second, 0.75)):
+        study.enqueue_trial(study.trials[candidate].params, user_attrs={"cv_of": candidate, "fold": 1})
+        trial = study.ask()
+        trial.suggest_float("lr", 1e-3, 1.0, log=True)
+        study.tell(trial, value)
+    trials = StudyTrials.read(study, storage)
+    assert [t.number for t in trials.search] == [first, second] and len(trials.folds) == 2
+    assert cross_validated_best(trials, 2).trial.number == second

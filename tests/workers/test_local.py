@@ -21,6 +21,7 @@ from rich.console import Console
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial
 from kilotune.search.study import StudySettings, load_study, open_storage
+from kilotune.search.winner import StudyTrials
 from kilotune.workers.config import TrainConfig
 from kilotune.workers.local import QUIET, Display, Snapshot, print_best
 from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
@@ -28,6 +29,7 @@ from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_
 EPOCHS = 10
 SETTINGS = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json", subset_checksum="sha256:bb",
                          epochs=EPOCHS, n_trials=6, created_at=dt.datetime.now(dt.timezone.utc).isoformat())  # fmt: skip
+assert (SETTINGS.search_trials, SETTINGS.cv_top_k, SETTINGS.cv_folds) == (4, 1, 3), "6 trials: the top 1 on 2 more folds"
 
 
 def trial(number: int, state: TrialState, status: str | None, epochs: int, value: float | None = None, worker: str = "local-0",
@@ -47,10 +49,14 @@ def trial(number: int, state: TrialState, status: str | None, epochs: int, value
 
 def study_of(tmp_path: Path, trials: list[FrozenTrial]) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    study = optuna.create_study(study_name="s", storage=storage_of(tmp_path), direction="maximize")
     for t in trials:
         study.add_trial(t)
     return study
+
+
+def storage_of(tmp_path: Path) -> optuna.storages.BaseStorage:
+    return open_storage(f"sqlite:///{tmp_path / 's.db'}")
 
 
 def plain(display_updates) -> list[str]:
@@ -121,12 +127,12 @@ def test_plain_output_is_one_line_per_event_with_the_budget_and_handed_back_tria
     """Issue 19.3 and 19.6: not three near-identical lines per event, and a handed-back trial is
     not a failure."""
     study = study_of(tmp_path, [trial(0, TrialState.RUNNING, "running", 3), trial(1, TrialState.RUNNING, None, 0, worker="local-1")])
-    first = Snapshot.read(study, SETTINGS, 60.0)
-    same = Snapshot.read(study, SETTINGS, 65.0)
-    later = Snapshot([
+    first = Snapshot.read(study, storage_of(tmp_path), SETTINGS, 60.0)
+    same = Snapshot.read(study, storage_of(tmp_path), SETTINGS, 65.0)
+    later = Snapshot(StudyTrials([
         trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.5), trial(1, TrialState.FAIL, "returned", 0, worker="local-1"),
         trial(2, TrialState.RUNNING, "running", 2, worker="local-1", arch="resnet9"),
-    ], SETTINGS, 300.0)  # fmt: skip
+    ], []), SETTINGS, 300.0)  # fmt: skip
     lines = plain([first, same, later])
     assert len(lines) == 4, lines  # trial 0 starts; trial 0 ends, 1 is handed back, 2 starts
     assert lines[0].startswith("[0:01:00] trial 0 training on local-0 (vgg8)")
@@ -146,7 +152,7 @@ def test_live_display_shows_budget_workers_epochs_best_and_time(tmp_path):
         trial(2, TrialState.RUNNING, "running", 7, worker="local-1", arch="resnet9"),
         trial(3, TrialState.FAIL, "returned", 0, worker="local-1"),
     ])  # fmt: skip
-    snapshot = Snapshot.read(study, SETTINGS, 600.0)
+    snapshot = Snapshot.read(study, storage_of(tmp_path), SETTINGS, 600.0)
     console = Console(file=io.StringIO(), force_terminal=True, width=120, record=True)
     with Display(console) as display:
         display.update(snapshot)
@@ -156,11 +162,30 @@ def test_live_display_shows_budget_workers_epochs_best_and_time(tmp_path):
         assert expected in text, (expected, text)
     rows = {line.split()[0]: line.split()[1:] for line in text.splitlines() if line.startswith("local-")}
     assert rows == {"local-0": ["1", f"4/{EPOCHS}"], "local-1": ["2", f"7/{EPOCHS}"]}, text
-    # ETA: 21 epochs in 600 s; 3 trials to start and the two running ones' rest, at 10 epochs a
-    # trial, then cross-validation: the top 3 (cv_top_k's default) on 4 more folds.
-    assert snapshot.seconds_left == pytest.approx((3 * EPOCHS + (EPOCHS - 4) + (EPOCHS - 7) + 3 * 4 * EPOCHS) * 600.0 / 21)
-    no_cv = Snapshot(snapshot.trials, StudySettings(**{**SETTINGS.__dict__, "cv_top_k": 0}), 600.0)
+    # ETA: 21 epochs in 600 s (no epoch times recorded: every epoch weighs alike). Left: the 4th
+    # search trial at the expected length (the 10 epochs of the finished one and two full-length
+    # trials of prior), the two running ones' rest, then cross-validation: 2 fold trials of 10.
+    assert snapshot.seconds_left == pytest.approx((EPOCHS + (EPOCHS - 4) + (EPOCHS - 7) + 2 * EPOCHS) * 600.0 / 21)
+    no_cv = Snapshot(snapshot.trials, StudySettings(**{**SETTINGS.__dict__, "cv_top_k": 0, "cv_folds": 1}), 600.0)
     assert no_cv.seconds_left == pytest.approx((3 * EPOCHS + (EPOCHS - 4) + (EPOCHS - 7)) * 600.0 / 21)
+
+
+def test_the_estimate_weighs_each_trial_by_its_seconds_an_epoch_and_expects_pruning():
+    """The main job's estimate read 0:32 at its start and 5-7 minutes with 8-13 left (issue 25):
+    early pruned trials made every trial look 1 epoch long, and fold trials of slow top models
+    looked as fast as the pruned search."""
+    fast, slow = (trial(n, TrialState.PRUNED, "pruned", 1) for n in (0, 1)), trial(2, TrialState.COMPLETE, "complete", EPOCHS, value=0.8)
+    trials = [*fast, slow]
+    for t in trials[:2]:
+        t.user_attrs["epoch_seconds"] = [1.0]
+    slow.user_attrs["epoch_seconds"] = [4.0] * EPOCHS
+    snapshot = Snapshot(StudyTrials(trials, []), SETTINGS, 84.0)
+    done, left = snapshot._work()
+    mean_epoch_s = (1 + 1 + 4 * EPOCHS) / (2 + EPOCHS)
+    expected = (1 + 1 + EPOCHS + 2 * EPOCHS) / (3 + 2)  # two full trials of prior, not 1-epoch trials
+    assert done == pytest.approx(2 * 1.0 + 4.0 * EPOCHS)
+    assert left == pytest.approx(1 * expected * mean_epoch_s + 2 * EPOCHS * 4.0), "fold trials of the slow winner at its own pace"
+    assert snapshot.seconds_left == pytest.approx(84.0 * left / done)
 
 
 def test_print_best_prints_what_export_writes(tmp_path, capsys):
@@ -170,11 +195,11 @@ def test_print_best_prints_what_export_writes(tmp_path, capsys):
     study = study_of(tmp_path, [diverged, best, trial(2, TrialState.COMPLETE, "complete", EPOCHS, value=0.7)])
     for key, value in SETTINGS.__dict__.items():
         study.set_user_attr(key, value)
-    print_best(study)
+    print_best(study, storage_of(tmp_path))
     out = capsys.readouterr().out
-    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only (the top 3 complete trials are cross-validated")
+    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only (the top 1 is cross-validated once")
     printed = json.loads(out[out.index("{") : out.rindex("}") + 1])
-    assert printed == export_trial(study)["config"] and printed["arch"] == "resnet9"
+    assert printed == export_trial(study, storage_of(tmp_path))["config"] and printed["arch"] == "resnet9"
 
 
 @pytest.mark.parametrize(("line", "quiet"), [
@@ -252,7 +277,7 @@ def test_run_keeps_the_password_out_of_its_output_and_the_workers_command_lines(
         assert sum(line.startswith("[") and f"] trial {number} " in line and "training" not in line for line in out.splitlines()) == 1, out
     study, _ = load_study("masked", open_storage(url))
     printed = json.loads(out[out.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
-    assert printed == export_trial(study)["config"]
+    assert printed == export_trial(study, open_storage(url))["config"]
     params = [t.params for t in study.trials]
     assert len(params) == 3 and len({json.dumps(p, sort_keys=True) for p in params}) == 3, "seeded workers sampled alike"
 
@@ -263,12 +288,17 @@ def _children(pid: int) -> list[int]:
 
 
 def test_the_estimate_counts_the_cross_validation_still_to_train():
-    folds = [trial(7, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), trial(8, TrialState.RUNNING, "running", 2),
-             trial(9, TrialState.WAITING, None, 0)]  # fmt: skip
+    folds = [trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), trial(1, TrialState.RUNNING, "running", 2),
+             trial(2, TrialState.WAITING, None, 0)]  # fmt: skip
     for number, t in enumerate(folds):
         t.user_attrs.update(cv_of=0, fold=number + 1)
-    snapshot = Snapshot([trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.8), *folds], SETTINGS, 600.0)
-    assert snapshot.fold_epochs == (EPOCHS + 2, 3 * 4 * EPOCHS - EPOCHS - 2)
+    settings = StudySettings(**{**SETTINGS.__dict__, "cv_top_k": 1, "cv_folds": 5})  # 4 fold trials, 2 search trials
+    snapshot = Snapshot(StudyTrials([trial(0, TrialState.COMPLETE, "complete", EPOCHS, value=0.8)], folds), settings, 600.0)
+    # Done: the search trial and 12 fold epochs. Left: the other search trial, the running fold's
+    # 8 epochs, the queued one's 10, and the fourth fold trial, not queued yet.
+    assert snapshot._work() == (EPOCHS + EPOCHS + 2, EPOCHS + (EPOCHS - 2) + EPOCHS + EPOCHS)
+    assert snapshot.finished == 2 and snapshot.epochs_done == 22, "fold trials count in the budget"
+    assert [r.trial for r in snapshot.running] == ["fold trial 1 (trial 0 on fold 2)"]
 
 
 def test_a_progress_poll_reads_the_trials_once(tmp_path, monkeypatch):
@@ -277,5 +307,5 @@ def test_a_progress_poll_reads_the_trials_once(tmp_path, monkeypatch):
     reads = []
     original = study.get_trials
     monkeypatch.setattr(study, "get_trials", lambda *a, **k: reads.append(1) or original(*a, **k))
-    snapshot = Snapshot.read(study, SETTINGS, 60.0)
+    snapshot = Snapshot.read(study, storage_of(tmp_path), SETTINGS, 60.0)
     assert len(reads) == 1 and "best 0.8000" in snapshot.best, (reads, snapshot.best)

@@ -201,14 +201,14 @@ def test_progress_tells_training_from_taken_ahead_and_failed_from_handed_back(so
     started = time.time()
     training, ahead = source.take(started), source.take(started)
     training.trial.set_user_attr("status", "running")  # what the worker writes when training starts
-    snapshot = Snapshot.read(source.study, source.settings, 1.0)
-    assert [r.trial for r in snapshot.running] == [training.trial.number], "a trial taken ahead is not training"
+    snapshot = Snapshot.read(source.study, source.storage, source.settings, 1.0)
+    assert [r.trial for r in snapshot.running] == [f"trial {training.trial.number}"], "a trial taken ahead is not training"
     source.hand_back(ahead)  # FAIL "returned": handed back, outside the budget, not failed
     training.trial.set_user_attr("status", "failed")
     source.study.tell(training.trial, state=TrialState.FAIL)
-    snapshot = Snapshot.read(source.study, source.settings, 2.0)
+    snapshot = Snapshot.read(source.study, source.storage, source.settings, 2.0)
     assert snapshot.running == [] and snapshot.finished == 1, "the failed trial counts, the handed-back one does not"
-    assert [outcome(t) for t in snapshot.trials] == ["fail", "handed back", "waiting"]
+    assert [outcome(t) for t in snapshot.trials.search] == ["fail", "handed back", "waiting"]
     for taken in (training, ahead):
         taken.heartbeat.stop()
 
