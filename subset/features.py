@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from kilotune.subset.datasets import channel_stats, ImageDataset, normalize
-from kilotune.subset.files import file_lock, write_json
+from kilotune.subset.files import cache_dir, file_lock, write_json  # cache_dir: search/create.py imports it from here
 
 EXTRACTOR_ARCH = "resnet9"
 EXTRACTOR_WIDTH = 0.25  # 16..128 channels, 128-d features: ~90% on Fashion-MNIST in 3 CPU epochs.
@@ -52,11 +52,6 @@ class Extractor:
     std: np.ndarray
     metadata: dict
     path: Path
-
-
-def cache_dir() -> Path:
-    """``$KILOTUNE_CACHE_DIR``, else ``~/.cache/kilotune``."""
-    return Path(os.environ.get("KILOTUNE_CACHE_DIR") or Path.home() / ".cache" / "kilotune").expanduser()
 
 
 def default_extractor_path(dataset_name: str) -> Path:

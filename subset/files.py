@@ -1,6 +1,7 @@
-"""File helpers every layer above shares: atomic JSON writes, an exclusive file lock, the
-installed version of a package and the time stamp files and studies record. They live here, in the lowest layer that needs them (subset
-files, cached subsets), and the layers above import them (docs/architecture.md).
+"""File helpers every layer above shares: kilotune's cache directory, atomic JSON writes, an
+exclusive file lock, the installed version of a package and the time stamp files and studies
+record. They live here, in the lowest layer that needs them (fetched datasets, subset files,
+cached subsets), and the layers above import them (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def cache_dir() -> Path:
+    """``$KILOTUNE_CACHE_DIR``, else ``~/.cache/kilotune``: fetched datasets, extractors, default subsets."""
+    return Path(os.environ.get("KILOTUNE_CACHE_DIR") or Path.home() / ".cache" / "kilotune").expanduser()
 
 
 def write_json(data: Any, path: str | Path, *, indent: int | None = 2, sort_keys: bool = False) -> Path:

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 TEST_PG = os.environ.get("KILOTUNE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -230,16 +229,38 @@ def private_pg():
     server.stop()
 
 
+def _share_the_data_directory() -> None:
+    """Pins this run's data directory (``KILOTUNE_DATA_DIR``, inherited by the commands tests
+    start) to the one kilotune would use now, so the tests that give kilotune a cache of their own
+    (``KILOTUNE_CACHE_DIR``) still find the data fetched there once, on a fresh machine by the
+    first test that needs it."""
+    from kilotune.subset.files import cache_dir
+
+    os.environ.setdefault("KILOTUNE_DATA_DIR", str(cache_dir()))
+
+
+_share_the_data_directory()
+
+
 @pytest.fixture(scope="session")
-def fashion_subset(tmp_path_factory):
+def fashion_mnist():
+    """The real Fashion-MNIST through kilotune's own loader: found, or fetched (the first time on
+    a machine) into the shared data directory. Skips where it cannot be fetched; fails under CI."""
+    from kilotune.subset.datasets import DatasetError, load_dataset
+
+    try:
+        return load_dataset("fashion-mnist")
+    except DatasetError as e:
+        _unavailable(f"Fashion-MNIST is not available: {e}")
+
+
+@pytest.fixture(scope="session")
+def fashion_subset(fashion_mnist, tmp_path_factory):
     """A random 10-per-class subset of the real Fashion-MNIST training set."""
-    if not FASHION.exists():
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-    from kilotune.subset.datasets import load_dataset
     from kilotune.subset.features import build_subset
 
     path = tmp_path_factory.mktemp("subset") / "random-10.json"
-    return build_subset(load_dataset("fashion-mnist"), "random", path, per_class=10, seed=0)
+    return build_subset(fashion_mnist, "random", path, per_class=10, seed=0)
 
 
 def kilotune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:

@@ -20,7 +20,7 @@ from kilotune.search.export import export_study as _export_study
 from kilotune.search.export import read_export
 from kilotune.search.study import load_study, open_storage
 from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, dataset_from_arrays, load_dataset, save_dataset
-from kilotune.subset.features import cache_dir
+from kilotune.subset.files import cache_dir
 from kilotune.workers.options import run_arguments
 
 quiet_tensorflow()  # as the command does, before anything loads TensorFlow

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kilotune.cli.main import main
-from kilotune.subset.datasets import DatasetError, ImageDataset, load_dataset
+from kilotune.subset.datasets import ImageDataset, load_dataset
 from kilotune.subset.subsetfile import load_subset, write_subset
 from kilotune.workers.compare import compare_subsets, holdout_indices
 from kilotune.workers.config import TrainConfig
@@ -18,18 +18,10 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path / "cache"))
 
 
-@pytest.fixture(scope="module")
-def fashion():
-    try:
-        return load_dataset("fashion-mnist")
-    except DatasetError as e:
-        pytest.skip(f"Fashion-MNIST is not installed: {e}")
-
-
-def test_build_random_then_show_with_a_grid(fashion, tmp_path, capsys):
+def test_build_random_then_show_with_a_grid(fashion_mnist, tmp_path, capsys):
     out = tmp_path / "random.json"
     assert main(["subset", "build", "--dataset", "fashion-mnist", "--method", "random", "--per-class", "5", "--seed", "2", "--out", str(out)]) == 0
-    subset = load_subset(out, fashion)
+    subset = load_subset(out, fashion_mnist)
     assert subset.method == "random" and subset.extractor is None and subset.counts() == {c: 5 for c in range(10)}
     grid = tmp_path / "grid.png"
     assert main(["subset", "show", str(out), "--grid", str(grid), "--per-row", "4"]) == 0
@@ -53,7 +45,7 @@ def test_build_refuses_bad_arguments_with_exit_status_2(tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
-def test_build_more_per_class_than_the_data_holds_is_exit_2(fashion, tmp_path, capsys):
+def test_build_more_per_class_than_the_data_holds_is_exit_2(fashion_mnist, tmp_path, capsys):
     assert main(["subset", "build", "--dataset", "fashion-mnist", "--method", "random", "--per-class", "7000", "--out", str(tmp_path / "x.json")]) == 2
     assert "per_class=7000 is larger than class" in capsys.readouterr().err
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 import kilotune
 from kilotune.workers.api import dataset_name
-from tests.conftest import FASHION, REPO, run_bounded
+from tests.conftest import REPO, run_bounded
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -55,10 +55,9 @@ def test_arrays_are_saved_once_named_by_their_checksum(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """The README's example, run as a user would, in a fresh directory and cache."""
-    if not FASHION.exists():
-        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+def finished(fashion_mnist, tmp_path_factory):
+    """The README's example, run as a user would, in a fresh directory and cache (the data from
+    the test run's shared data directory)."""
     where = tmp_path_factory.mktemp("notebook")
     env = {**os.environ, "KILOTUNE_CACHE_DIR": str(where / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("KILOTUNE_STORAGE", None)
