@@ -32,7 +32,7 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
     space_spec: dict = {}
     if args.space:
         _, space_spec = SearchSpace.from_file(args.space)
-    check_dataset_name(args.dataset)
+    check_dataset_name(args.dataset, args.data_dir)
     url = storage_url(args.storage)
     if default_trials is not None and args.n_trials is None and args.timeout is None:
         # An existing study continues with the budget it records; only a new one takes the default.

@@ -7,9 +7,11 @@ import sys
 
 import optuna
 import pytest
+from optuna_dashboard import get_note
 
 from kilotune.cli.main import main
-from kilotune.search.export import export_trial
+from kilotune.search.export import export_trial, validation_text
+from kilotune.search.study import open_storage
 from tests.conftest import REPO, run_bounded
 
 SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
@@ -81,21 +83,35 @@ def test_train_a_preset_on_a_subset_with_every_image(tmp_path, fashion_subset):
 
 @pytest.mark.slow
 def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
+    """The main job with its cross-validation, as issue 25 asks: the budget bounds every trained
+    epoch and the header says how it is split; the study's best trial is a search trial; the
+    dashboard's note, the closing lines and export name one winner."""
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none"}))
     out = run_bounded(
         [sys.executable, "-m", "kilotune", "run", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
-         "--space", str(space), "--epochs", "2", "--n-trials", "3", "--workers", "2", "--preset", "vgg8-reference",
-         "--cv-top-k", "0"],
+         "--space", str(space), "--epochs", "2", "--n-trials", "6", "--workers", "2", "--preset", "vgg8-reference"],
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    header = out.stdout.splitlines()[0]
+    assert "budget 6 trials of 2 epochs (at most 12 epochs): 4 search trials, then the top 1 re-trained on 2 more folds each" in header
     assert "best configuration (trial" in out.stdout and '"arch": "vgg8"' in out.stdout
-    study = optuna.load_study(study_name="kilotune", storage=f"sqlite:///{tmp_path}/kilotune.db")
+    storage = open_storage(f"sqlite:///{tmp_path}/kilotune.db")
+    study = optuna.load_study(study_name="kilotune", storage=storage)
+    folds = optuna.load_study(study_name="kilotune.cv", storage=storage).trials
     printed = json.loads(out.stdout[out.stdout.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
-    assert printed == export_trial(study)["config"], "the closing best configuration is the one export writes"
+    exported = export_trial(study, storage)
+    assert printed == exported["config"], "the closing best configuration is the one export writes"
+    winner = exported["provenance"]["trial"]
+    assert f"best configuration (trial {winner}, validation accuracy {validation_text(exported['provenance'])})" in out.stdout
+    assert f"## kilotune winner: trial {winner}" in get_note(study), "the dashboard shows the cross-validated winner"
+    assert "cv_of" not in study.best_trial.user_attrs, "the study's best trial is a search trial"
     trials = study.trials
-    assert len(trials) == 3 and trials[0].user_attrs["preset"] == "vgg8-reference"
+    assert len(trials) == 4 and len(folds) == 2 and {t.user_attrs["cv_of"] for t in folds} == {winner}
+    assert sum(len(t.intermediate_values) for t in [*trials, *folds]) <= 12, "every trained epoch inside the budget"
+    assert sum("fold trial" in line and "complete" in line for line in out.stdout.splitlines()) == 2, "fold trials named as such"
+    assert trials[0].user_attrs["preset"] == "vgg8-reference" and trials[0].state == optuna.trial.TrialState.COMPLETE, "never pruned"
     assert trials[0].user_attrs["config"]["batch_norm"] is False
 
 

@@ -508,3 +508,47 @@ def test_the_budget_reads_wait_out_a_restarting_database(monkeypatch):
     assert study_timed_out(study, settings(), time.time()) is False
     assert current_budget(study, settings()).n_trials == 7
     assert len(calls) == 4
+
+
+def test_a_worker_waits_for_a_server_that_refuses_connections_while_it_restarts(monkeypatch, pg_url):
+    """Issue 25: a worker started while PostgreSQL restarts exited at once with "connection
+    refused"; a command a user types still fails at once on a server that is not there."""
+    import sqlalchemy
+
+    import kilotune.search.study as study_module
+
+    monkeypatch.setattr(study_module.time, "sleep", lambda s: None)
+    refused = 'connection to server at "127.0.0.1", port 5432 failed: Connection refused'
+    answers, real = [refused, refused], study_module.RDBStorage
+
+    def down_then_up(*args, **kwargs):
+        if answers:
+            raise sqlalchemy.exc.OperationalError("connect", {}, Exception(answers.pop(0)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "RDBStorage", down_then_up)
+    with pytest.raises(ValueError, match="Connection refused"):
+        open_storage(pg_url)
+    assert isinstance(open_storage(pg_url, patient=True), real) and answers == []
+
+
+@pytest.mark.parametrize("command", [
+    ["export", "--study", "s", "--out", "best.json"], ["report", "--study", "s", "--out", "r.html"], ["study", "list"],
+    ["study", "delete", "--study", "s"], ["study", "extend", "--study", "s", "--n-trials", "3"], ["worker", "--study", "s"],
+])  # fmt: skip
+def test_a_command_that_reads_a_study_creates_no_database(command, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KILOTUNE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    missing = tmp_path / "nonexistent.db"
+    assert main([*command, "--storage", f"sqlite:///{missing}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{missing} does not exist" in err, err
+    assert not missing.exists() and not (tmp_path / "best.json").exists()
+
+
+def test_a_typo_in_the_dataset_leaves_no_database(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KILOTUNE_STORAGE", raising=False)
+    assert main(["run", "--dataset", "fashon-mnist", "--n-trials", "2", "--epochs", "1"]) == 2
+    assert "unknown dataset 'fashon-mnist'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [], "no kilotune.db, nothing else"
