@@ -235,8 +235,8 @@ class StudySettings:
         trials, then the top 2 re-trained on 2 more folds each (4 fold trials)``."""
         time = f"; stops after {self.timeout_s:g} s" if self.timeout_s else ""
         if self.n_trials is None:
-            return f"trials of {self.epochs} epochs until {self.timeout_s:g} s have passed, not cross-validated"
-        text = f"{count_of(self.n_trials, 'trial')} of {self.epochs} epochs (at most {self.n_trials * self.epochs} epochs): "
+            return f"trials of {count_of(self.epochs, 'epoch')} until {self.timeout_s:g} s have passed, not cross-validated"
+        text = f"{count_of(self.n_trials, 'trial')} of {count_of(self.epochs, 'epoch')} (at most {count_of(self.n_trials * self.epochs, 'epoch')}): "
         if not self.fold_trials:
             return text + f"{count_of(self.n_trials, 'search trial')}, not cross-validated{time}"
         return (text + f"{count_of(self.search_trials, 'search trial')}, then the top {self.cv_top_k} re-trained on "
