@@ -52,7 +52,7 @@ QUIET = re.compile(
     r"|WARNING: All log messages before absl::InitializeLog"
     r"|\[I \d{4}-\d\d-\d\d"  # Optuna INFO
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+ INFO "  # kilotune INFO
-    r"|worker \S+: \d+ trials)"
+    r"|worker \S+: \d+ trials?)"  # "1 trial" too
 )
 
 
