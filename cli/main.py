@@ -1,7 +1,8 @@
 """The ``kilotune`` command: one parser, its subcommands registered by the modules of cli/.
 
 Registration only declares arguments; each handler imports its heavy modules (Keras,
-Optuna) itself, so ``kilotune --help`` stays fast.
+Optuna) itself, so ``kilotune --help`` stays fast. The arguments' types (workers/options.py)
+check files and values while the parser reads them: a typo is one line before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -11,8 +12,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from kilotune.models.quiet import quiet_tensorflow
+
+
+class UsageError(Exception):
+    """A command line the parser refuses; its message is the one line to print."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser (its subcommands' too), whose errors are one line, ``kilotune CMD: error: ...``,
+    without the usage: ``kilotune CMD --help`` shows that."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {' '.join(message.split())}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kilotune.cli import subset as subset_commands
     from kilotune.cli import workers as worker_commands
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="kilotune",
         description="Hyperparameter search for small-data image classification.",
     )
@@ -43,7 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; user errors become one line on stderr and exit status 2."""
     quiet_tensorflow()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not os.environ.get("KILOTUNE_DEBUG"):
+        _quiet_optuna()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -54,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = " ".join(_describe(e).split()) or type(e).__name__
         print(f"kilotune {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _quiet_optuna() -> None:
+    """Optuna's INFO lines ("A new study created in RDB with name: ...") off: each command says
+    what it did in its own words."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _describe(error: Exception) -> str:

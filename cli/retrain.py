@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 
+from kilotune.subset.files import count_of
+from kilotune.workers.options import readable_file, whole_number, writable_directory
+
 
 def register_retrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="train an export on all chosen images; test accuracy")
-    p.add_argument("export", help="JSON written by `kilotune export`")
-    p.add_argument("--seeds", type=int, default=1, help="runs with seeds config.seed, config.seed+1, ... (default: %(default)s)")
+    p.add_argument("export", type=readable_file, help="JSON written by `kilotune export`")
+    p.add_argument("--seeds", type=whole_number(1), default=1, help="runs with seeds config.seed, config.seed+1, ... (default: %(default)s)")
     p.add_argument("--data-dir", help="where the dataset files are (default: per dataset, see README)")
-    p.add_argument("--subset", help="the study's subset file where it is not at the exported path (same checksum required)")
+    p.add_argument("--subset", type=readable_file, help="the study's subset file where it is not at the exported path (same checksum required)")
     p.add_argument("--tta", action="store_true", help="also report accuracy with horizontal-flip test-time augmentation")
-    p.add_argument("--snapshots", type=int, default=0, help="also report a snapshot ensemble of K epochs near the end (default: off)")
-    p.add_argument("--epochs", type=int, help="override the config's epochs")
-    p.add_argument("--out-dir", help="models and results.json go here (default: retrain-<study>-<trial>/)")
+    p.add_argument("--snapshots", type=whole_number(0), default=0, help="also report a snapshot ensemble of K epochs near the end (default: off)")
+    p.add_argument("--epochs", type=whole_number(1), help="override the config's epochs")
+    p.add_argument("--out-dir", type=writable_directory, help="models and results.json go here (default: retrain-<study>-<trial>/)")
     p.set_defaults(func=run_retrain)
 
 
@@ -32,7 +35,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     for key, label in (("test_accuracy", "test accuracy"), ("tta_test_accuracy", "with flip TTA"), ("snapshot_test_accuracy", "snapshot ensemble")):
         if key in results and results[key]["mean"] is not None:
             s = results[key]
-            print(f"{label}: {s['mean']:.4f} ± {s['std']:.4f} over {len(s['values'])} seed(s)")
+            print(f"{label}: {s['mean']:.4f} ± {s['std']:.4f} over {count_of(len(s['values']), 'seed')}")
     print(f"wrote {out_dir}/results.json (the search's validation accuracy was {validation_text(p)})")
     return 0
 

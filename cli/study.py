@@ -6,7 +6,7 @@ import argparse
 import json
 
 from kilotune.search.create import create_from_args, enqueue_config
-from kilotune.workers.options import add_storage_argument, add_study_arguments
+from kilotune.workers.options import add_storage_argument, add_study_arguments, readable_file, real, whole_number
 
 
 def register_study(sub: argparse._SubParsersAction) -> None:
@@ -32,14 +32,14 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     enqueue.add_argument("--study", required=True)
     add_storage_argument(enqueue)
     enqueue.add_argument("--preset", action="append", default=[], help="preset name (repeatable): see README")
-    enqueue.add_argument("--config", action="append", default=[], help="TrainConfig JSON file (repeatable)")
+    enqueue.add_argument("--config", action="append", default=[], type=readable_file, help="TrainConfig JSON file (repeatable)")
     enqueue.set_defaults(func=run_enqueue)
 
     extend = study_sub.add_parser("extend", help="change a study's budget (running workers follow); recorded in the study")
     extend.add_argument("--study", required=True)
     add_storage_argument(extend)
-    extend.add_argument("--n-trials", type=int, help="the new total trial budget (more or fewer than now)")
-    extend.add_argument("--timeout", type=float, help="the new total time budget in seconds, from the study's creation")
+    extend.add_argument("--n-trials", type=whole_number(), help="the new total trial budget (more or fewer than now)")
+    extend.add_argument("--timeout", type=real(), help="the new total time budget in seconds, from the study's creation")
     extend.set_defaults(func=run_extend)
 
 
@@ -92,19 +92,20 @@ def run_delete(args: argparse.Namespace) -> int:
 
 
 def run_enqueue(args: argparse.Namespace) -> int:
+    from kilotune.models.names import listing
     from kilotune.search.space import PRESETS, params_for
     from kilotune.search.study import load_study, open_storage
     from kilotune.workers.config import TrainConfig
 
-    study, settings = load_study(args.study, open_storage(args.storage, must_exist=True))
-    configs: list[tuple[str, TrainConfig]] = []
+    configs: list[tuple[str, TrainConfig]] = []  # checked before the storage is opened
     for name in args.preset:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"unknown preset {name!r}; choose one of {listing(sorted(PRESETS))}")
         configs.append((name, PRESETS[name]))
     configs += [(path, TrainConfig.from_json(path)) for path in args.config]
     if not configs:
-        raise ValueError(f"nothing to enqueue: give --preset ({', '.join(sorted(PRESETS))}) or --config FILE")
+        raise ValueError(f"nothing to enqueue: give --preset ({listing(sorted(PRESETS))}) or --config FILE")
+    study, settings = load_study(args.study, open_storage(args.storage, must_exist=True))
     for label, config in configs:
         config = config.replace(epochs=settings.epochs)
         enqueue_config(study, label, config)

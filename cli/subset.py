@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from kilotune.models.names import listing
+from kilotune.subset.files import count_of
+from kilotune.workers.options import readable_file, real, whole_number, writable_file
+
 
 def register_subset(sub: argparse._SubParsersAction) -> None:
     from kilotune.subset.features import DEFAULT_METHOD  # numpy only; Keras stays unimported
@@ -14,32 +18,32 @@ def register_subset(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     b = actions.add_parser("build", help="select a subset of the training set and write it as JSON")
-    b.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
+    b.add_argument("--dataset", default="cifar10", help="cifar10, fashion-mnist or FILE.npz of your own arrays (default: %(default)s)")
     b.add_argument("--data-dir", default=None, help="where the dataset files are (default: per dataset, see README)")
     b.add_argument("--method", default=DEFAULT_METHOD, help="random, random-restarts, max-sum, k-center, representative or mixed (default: %(default)s, chosen by held-out accuracy in docs/subset.md)")
-    b.add_argument("--per-class", type=int, default=100, help="images per class (default: %(default)s)")
-    b.add_argument("--seed", type=int, default=0, help="selection seed (default: %(default)s)")
-    b.add_argument("--extractor", help="saved feature extractor (.keras); default: the cached one, trained on first use")
-    b.add_argument("--draws", type=int, help="random-restarts: random draws per class (default: 10000)")
-    b.add_argument("--weight", type=float, help="mixed: weight of diversity against representativeness, in [0, 1] (default: 0.5)")
-    b.add_argument("--out", help="subset file to write (default: in the cache, named by dataset, method, params, per-class and seed)")
+    b.add_argument("--per-class", type=whole_number(1), default=100, help="images per class (default: %(default)s)")
+    b.add_argument("--seed", type=whole_number(0), default=0, help="selection seed (default: %(default)s)")
+    b.add_argument("--extractor", type=readable_file, help="saved feature extractor (.keras); default: the cached one, trained on first use")
+    b.add_argument("--draws", type=whole_number(1), help="random-restarts: random draws per class (default: 10000)")
+    b.add_argument("--weight", type=real(0, 1), help="mixed: weight of diversity against representativeness, in [0, 1] (default: 0.5)")
+    b.add_argument("--out", type=writable_file, help="subset file to write (default: in the cache, named by dataset, method, params, per-class and seed)")
     b.set_defaults(func=run_build)
 
     s = actions.add_parser("show", help="print a subset file's objectives and class counts")
-    s.add_argument("file", help="subset JSON file")
-    s.add_argument("--grid", help="also write a PNG of chosen images, one row per class")
-    s.add_argument("--per-row", type=int, default=10, help="images per class in the grid (default: %(default)s)")
+    s.add_argument("file", type=readable_file, help="subset JSON file")
+    s.add_argument("--grid", type=writable_file, help="also write a PNG of chosen images, one row per class")
+    s.add_argument("--per-row", type=whole_number(1), default=10, help="images per class in the grid (default: %(default)s)")
     s.add_argument("--data-dir", default=None, help="where the dataset files are (for --grid)")
     s.set_defaults(func=run_show)
 
     c = actions.add_parser("compare", help="train one config on several subsets and compare held-out accuracy")
-    c.add_argument("files", nargs="+", help="subset JSON files, all of the same dataset")
-    c.add_argument("--config", help="TrainConfig JSON (default: a small CPU-sized VGG-8, see workers/compare.py)")
-    c.add_argument("--seeds", type=int, default=3, help="training seeds per subset: 0..N-1 (default: %(default)s)")
-    c.add_argument("--holdout", type=int, default=2000, help="class-balanced held-out training images, in no subset (default: %(default)s)")
-    c.add_argument("--epochs", type=int, help="override the config's epochs")
+    c.add_argument("files", nargs="+", type=readable_file, help="subset JSON files, all of the same dataset")
+    c.add_argument("--config", type=readable_file, help="TrainConfig JSON (default: a small CPU-sized VGG-8, see workers/compare.py)")
+    c.add_argument("--seeds", type=whole_number(1), default=3, help="training seeds per subset: 0..N-1 (default: %(default)s)")
+    c.add_argument("--holdout", type=whole_number(1), default=2000, help="class-balanced held-out training images, in no subset (default: %(default)s)")
+    c.add_argument("--epochs", type=whole_number(1), help="override the config's epochs")
     c.add_argument("--data-dir", default=None, help="where the dataset files are")
-    c.add_argument("--out", help="write the results as JSON here")
+    c.add_argument("--out", type=writable_file, help="write the results as JSON here")
     c.set_defaults(func=run_compare)
 
 
@@ -50,20 +54,15 @@ def run_build(args: argparse.Namespace) -> int:
     from kilotune.subset.subsetfile import load_subset
 
     if args.method not in METHODS:
-        raise ValueError(f"unknown --method {args.method!r}; choose one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown --method {args.method!r}; choose one of {listing(METHODS)}")
     params = {}
     for flag, method in (("draws", "random-restarts"), ("weight", "mixed")):
         if (value := getattr(args, flag)) is not None:
             if args.method != method:
                 raise ValueError(f"--{flag} applies to --method {method}, not {args.method}")
             params[flag] = value
-    # Checked here too so that a typo fails before minutes of feature extraction.
-    if args.per_class < 1 or (args.draws is not None and args.draws < 1) or not 0 <= (args.weight or 0) <= 1:
-        raise ValueError(f"need --per-class >= 1, --draws >= 1 and --weight in [0, 1]; got {args.per_class}, {args.draws}, {args.weight}")
     if args.method == "random" and args.extractor:
         raise ValueError("--method random uses no feature extractor; drop --extractor")
-    if args.extractor and not Path(args.extractor).is_file():
-        raise ValueError(f"feature extractor not found: {args.extractor} (omit --extractor to use or train the cached one)")
     dataset = load_dataset(args.dataset, args.data_dir)
     tag = args.method + "".join(f"-{k}{v}" for k, v in params.items())  # e.g. mixed-weight0.3
     out = Path(args.out) if args.out else default_subset_path(dataset.name, tag, args.per_class, args.seed)
@@ -102,18 +101,17 @@ def run_show(args: argparse.Namespace) -> int:
         print(f"    class {label}: {values}")
     if args.grid:
         _write_grid(args.grid, dataset, subset, args.per_row)
-        print(f"wrote {args.grid}: one row per class, {args.per_row} images each, rows in label order")
+        print(f"wrote {args.grid}: one row per class, {count_of(args.per_row, 'image')} each, rows in label order")
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from kilotune.subset.datasets import load_dataset
+    from kilotune.subset.files import write_json
     from kilotune.subset.subsetfile import load_subset
     from kilotune.workers.compare import COMPARE_CONFIG, compare_subsets
     from kilotune.workers.config import TrainConfig
 
-    if args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     subsets = [load_subset(f) for f in args.files]
     if len({s.dataset_checksum for s in subsets}) > 1:
         found = ", ".join(f"{s.path}: {s.dataset} ({s.dataset_checksum[:19]}...)" for s in subsets)
@@ -122,17 +120,17 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         config = config.replace(epochs=args.epochs)
     dataset = load_dataset(subsets[0].dataset, args.data_dir)
-    print(f"comparing {len(subsets)} subsets of {dataset.name}: {config.arch} width {config.width}, {config.epochs} epochs, seeds 0..{args.seeds - 1}, {args.holdout} held-out images")
+    print(f"comparing {len(subsets)} subsets of {dataset.name}: {config.arch} width {config.width}, {count_of(config.epochs, 'epoch')}, seeds 0..{args.seeds - 1}, {count_of(args.holdout, 'held-out image')}")
 
     def report(run: dict) -> None:
         print(f"  {run['subset']} seed {run['seed']}: held-out accuracy {run['accuracy']:.4f} ({run['seconds']:.0f} s{', ' + run['status'] if run['status'] != 'complete' else ''})", flush=True)
 
     rows = compare_subsets(dataset, subsets, config, range(args.seeds), args.holdout, on_run=report)
-    print(f"\n| subset | method | held-out accuracy (mean ± std over {args.seeds} seeds) | per seed |\n|---|---|---|---|")
+    print(f"\n| subset | method | held-out accuracy (mean ± std over {count_of(args.seeds, 'seed')}) | per seed |\n|---|---|---|---|")
     for r in rows:
         print(f"| {Path(r['subset']).name} | {r['method']} | {r['mean']:.4f} ± {r['std']:.4f} | {', '.join(f'{a:.4f}' for a in r['accuracies'])} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"dataset": dataset.name, "config": config.to_dict(), "seeds": args.seeds, "results": rows}, indent=2) + "\n")
+        write_json({"dataset": dataset.name, "config": config.to_dict(), "seeds": args.seeds, "results": rows}, args.out)
         print(f"wrote {args.out}")
     return 0
 
@@ -153,8 +151,6 @@ def _write_grid(path: str, dataset, subset, per_row: int) -> None:
     import numpy as np
     from PIL import Image
 
-    if per_row < 1:
-        raise ValueError(f"--per-row must be >= 1, got {per_row}")
     h, w, c = dataset.input_shape
     pad = 2
     labels = sorted(subset.counts())

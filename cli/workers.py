@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 
 from kilotune.cli.retrain import REGISTER as RETRAIN
-from kilotune.workers.options import add_run_arguments, add_storage_argument
+from kilotune.models.names import listing
+from kilotune.subset.files import count_of
+from kilotune.workers.options import (
+    add_run_arguments,
+    add_storage_argument,
+    readable_file,
+    real,
+    whole_number,
+    writable_file,
+)
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,17 +25,17 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one configuration and print its test accuracy")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--config", help="TrainConfig JSON (or an export); default: the built-in defaults")
+    what.add_argument("--config", type=readable_file, help="TrainConfig JSON (or an export); default: the built-in defaults")
     what.add_argument("--preset", help="a known good configuration by name (see README)")
     add_data_arguments(p)
     images = p.add_mutually_exclusive_group()
-    images.add_argument("--subset", help="train on this subset file (e.g. a study's); default: --train-size random images")
-    images.add_argument("--train-size", type=int, help="class-balanced random images to train on (default: 1000)")
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    images.add_argument("--subset", type=readable_file, help="train on this subset file (e.g. a study's); default: --train-size random images")
+    images.add_argument("--train-size", type=whole_number(1), help="class-balanced random images to train on (default: 1000)")
+    p.add_argument("--val-fraction", type=real(0, 1, high_open=True), default=0.2,
                    help="stratified hold-out for validation; 0 trains on every image (default: %(default)s)")
-    p.add_argument("--epochs", type=int, help="override the config's epochs")
-    p.add_argument("--seed", type=int, help="override the config's seed")
-    p.add_argument("--save", help="write the trained model here (.keras)")
+    p.add_argument("--epochs", type=whole_number(1), help="override the config's epochs")
+    p.add_argument("--seed", type=whole_number(0), help="override the config's seed")
+    p.add_argument("--save", type=writable_file, help="write the trained model here (.keras)")
     p.set_defaults(func=run_train)
 
 
@@ -36,11 +45,9 @@ def run_train(args: argparse.Namespace) -> int:
     from kilotune.subset.splits import class_balanced_sample
     from kilotune.subset.subsetfile import load_subset
     from kilotune.workers.config import TrainConfig
-    from kilotune.workers.data import holdout_data
-    from kilotune.workers.train import evaluate, train
 
     if args.preset is not None and args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {args.preset!r}; choose one of {listing(sorted(PRESETS))}")
     config = TrainConfig.from_json(args.config) if args.config else PRESETS[args.preset] if args.preset else TrainConfig()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     config = config.replace(**overrides)
@@ -52,12 +59,15 @@ def run_train(args: argparse.Namespace) -> int:
         if size % dataset.num_classes or size <= 0:
             raise ValueError(f"--train-size={size} must be a positive multiple of {dataset.num_classes} classes")
         chosen = class_balanced_sample(dataset.y_train, size // dataset.num_classes, config.seed)
+    from kilotune.workers.data import holdout_data  # Keras: after the checks and the data
+    from kilotune.workers.train import evaluate, train
+
     data = holdout_data(dataset, chosen, args.val_fraction, config.seed)
     validating = f", validating on {len(data.x_val)}" if len(data.x_val) else ", no validation hold-out"
     print(f"training {config.arch} on {len(data.x_train)} {dataset.name} images{validating}")
     result = train(config, data, verbose=1)
     if result.status == "diverged":
-        print(f"diverged after {len(result.history)} epochs (loss became NaN or infinite)")
+        print(f"diverged after {count_of(len(result.history), 'epoch')} (loss became NaN or infinite)")
         return 1
     accuracy = evaluate(result, dataset.x_test, dataset.y_test)
     validation = f"validation accuracy {result.val_accuracy:.4f}  " if len(data.x_val) else ""
@@ -72,9 +82,9 @@ def register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")
     p.add_argument("--worker-id", help="a name for this worker, recorded on its trials")
-    p.add_argument("--max-trials", type=int, help="stop after this many trials (default: until the study's budget is spent)")
+    p.add_argument("--max-trials", type=whole_number(1), help="stop after this many trials (default: until the study's budget is spent)")
     p.add_argument("--data-dir", help="where the dataset files are")
-    p.add_argument("--subset", help="the study's subset file, where this host sees it at another path")
+    p.add_argument("--subset", type=readable_file, help="the study's subset file, where this host sees it at another path")
     p.set_defaults(func=run_worker)
 
 
@@ -84,8 +94,6 @@ def run_worker(args: argparse.Namespace) -> int:
 
     from kilotune.workers.gpu import configure_gpu
 
-    if args.max_trials is not None and args.max_trials < 1:  # before the storage and data are opened
-        raise ValueError(f"--max-trials={args.max_trials} must be at least 1 (leave it out to train until the budget is spent)")
     device = configure_gpu()  # before Keras loads a backend
     from kilotune.workers.worker import Worker
 
@@ -100,7 +108,7 @@ def run_worker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     worker = Worker(args.study, args.storage, worker_id=args.worker_id, device=device, data_dir=args.data_dir, subset_path=args.subset, stop=stop)
     done = worker.run(max_trials=args.max_trials)
-    print(f"worker {worker.name}: {done} trials{' (stopped by signal)' if stop.is_set() else ''}")
+    print(f"worker {worker.name}: {count_of(done, 'trial')}{' (stopped by signal)' if stop.is_set() else ''}")
     return 0
 
 
@@ -128,21 +136,35 @@ def register_dashboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     add_storage_argument(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument("--port", type=whole_number(1, 65535), default=8080, help="port (default: %(default)s)")
     p.set_defaults(func=run_dashboard)
 
 
 def run_dashboard(args: argparse.Namespace) -> int:
     """optuna-dashboard, given the storage through the environment: on ``optuna-dashboard URL``'s
-    command line, `ps` and `docker inspect` would show the database password."""
-    from optuna_dashboard import run_server
+    command line, `ps` and `docker inspect` would show the database password.
+
+    Served as optuna-dashboard's ``run_server`` serves it (its WSGI app on wsgiref), but the
+    port is bound before the one line that says where: a port in use is an error, not a
+    "Listening on" before a failure. Each request is still logged to stderr.
+    """
+    import socket
+    from wsgiref.simple_server import WSGIServer, make_server
+
+    from optuna_dashboard import wsgi
 
     from kilotune.search.study import open_storage, redact, storage_url
 
-    url = storage_url(args.storage)
-    storage = open_storage(url)
-    print(f"dashboard of {redact(url)} on http://{args.host}:{args.port}", flush=True)
-    run_server(storage, host=args.host, port=args.port)
+    server_class = type("WSGIServerIPv6", (WSGIServer,), {"address_family": socket.AF_INET6}) if ":" in args.host else WSGIServer
+    try:
+        server = make_server(args.host, args.port, None, server_class)  # the app once the storage is open
+    except OSError as e:
+        raise ValueError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e} (give another --port, or --host)") from None
+    with server:
+        url = storage_url(args.storage)
+        server.set_app(wsgi(open_storage(url)))
+        print(f"dashboard of {redact(url)} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+        server.serve_forever()
     return 0
 
 

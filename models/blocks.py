@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import keras
 
-from .names import ACTIVATIONS
+from .names import ACTIVATIONS, listing
 
 
 # Keras' default BN momentum (0.99) averages over ~100 steps. With 1000 images at batch 128
@@ -63,7 +63,7 @@ class LayerSpec:
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation=}")
+            raise ValueError(f"activation must be one of {listing(ACTIVATIONS)}, got {self.activation=}")
         if not self.weight_decay >= 0.0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay=}")
 

@@ -1,7 +1,24 @@
 """The architectures and activations the models build: names only, so the training
-configuration (workers/config.py) and the search space validate against them without Keras."""
+configuration (workers/config.py) and the search space validate against them without Keras.
+And how names and values read in what a user is told (``listing``, ``shown``; counts: subset/files.count_of)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 ARCHITECTURES: tuple[str, ...] = ("vgg8", "vgg16", "resnet9", "resnet18", "resnet20", "wrn")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "silu")  # keras.activations names
+
+
+def listing(values: Iterable[object], last: str = "or") -> str:
+    """``a, b or c`` (``last="and"``: ``a, b and c``): values as a user reads them, not a Python list."""
+    words = [str(v) for v in values]
+    if len(words) < 2:
+        return words[0] if words else "none"
+    return f"{', '.join(words[:-1])} {last} {words[-1]}"
+
+
+def shown(value: object, width: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``width`` characters: a value as a message names it."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= width else f"{text[: width - 3]}..."

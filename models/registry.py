@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import keras
 
-from .names import ARCHITECTURES
+from .names import ARCHITECTURES, listing
 from .resnet import resnet9, resnet18, resnet20, wrn
 from .vgg import vgg8, vgg16
 
@@ -57,7 +57,7 @@ def build_model(arch: str, input_shape: tuple[int, int, int], num_classes: int, 
     """
     builder = BUILDERS.get(arch)
     if builder is None:
-        raise ValueError(f"unknown architecture {arch=}; choose one of {ARCHITECTURES}")
+        raise ValueError(f"unknown architecture {arch=}; choose one of {listing(ARCHITECTURES)}")
     return builder(
         input_shape,
         num_classes,

@@ -99,17 +99,19 @@ def warm_start(study: Any, settings: Any, names: list[str]) -> list[str]:
 
     At most ``n_trials`` are queued: queued trials always run. Returns one line per preset.
     """
+    from kilotune.models.names import listing
     from kilotune.search.space import PRESETS, SearchSpace
+    from kilotune.subset.files import count_of
 
     space, lines = SearchSpace.from_spec(settings.space), []
     for name in names:
         if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+            raise ValueError(f"unknown preset {name!r}; choose one of {listing(sorted(PRESETS))}")
         config, note = space.project(PRESETS[name], settings.epochs)
         if config is None:
             lines.append(f"warm start: skipped preset {name}: {note}")
         elif settings.n_trials is not None and len(study.get_trials(deepcopy=False)) >= settings.n_trials:
-            lines.append(f"warm start: skipped preset {name}: the budget of {settings.n_trials} trials is queued")
+            lines.append(f"warm start: skipped preset {name}: the budget of {count_of(settings.n_trials, 'trial')} is queued")
         else:
             enqueue_config(study, name, config)
             lines.append(f"warm start: queued preset {name} ({note})")

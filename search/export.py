@@ -19,13 +19,14 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage
 
+from kilotune.models.names import listing
 from kilotune.search.attrs import CONFIG
 from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
 from kilotune.subset.files import installed_version, now_iso, write_json
 from kilotune.workers.config import TrainConfig
 
-__all__ = ["export_trial", "provenance", "read_export", "write_json"]
+__all__ = ["check_export", "export_trial", "provenance", "read_export", "write_json"]
 
 LIBRARIES = ("keras", "tensorflow", "jax", "optuna", "numpy")
 
@@ -138,10 +139,16 @@ def read_export(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"export file not found: {path}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"export file {path} is not readable JSON ({e})") from None
+    return check_export(data, f"export file {path}")
+
+
+def check_export(data: Any, source: str = "the export") -> dict[str, Any]:
+    """``data`` if it is an export retrain can use (a valid config and the provenance retrain
+    needs); else a one-line ValueError naming ``source`` and what is missing."""
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict) or not isinstance(data.get("provenance"), dict):
-        raise ValueError(f"{path} is not a kilotune export: expected an object with 'config' and 'provenance'")
+        raise ValueError(f"{source} is not a kilotune export: expected an object with 'config' and 'provenance' (what kilotune.best returns)")
     TrainConfig.from_dict(data["config"])
     missing = [k for k in ("study", "trial", "dataset", "dataset_checksum", "subset_path", "subset_checksum") if k not in data["provenance"]]
     if missing:
-        raise ValueError(f"export file {path}: provenance is missing {missing}")
+        raise ValueError(f"{source}: provenance is missing {listing(missing, 'and')}")
     return data

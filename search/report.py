@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -103,7 +104,13 @@ def trials_view(study: optuna.Study, trials: list[FrozenTrial]) -> optuna.Study:
     already searched on another split, so its value would read as a new best, and its parameters
     would count again.
     """
-    view = optuna.create_study(study_name=study.study_name, direction=study.direction)
+    # Optuna logs every study it creates ("A new study created in memory"): no news to a user.
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        view = optuna.create_study(study_name=study.study_name, direction=study.direction)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     view.add_trials(trials)
     return view
 
@@ -238,11 +245,16 @@ def _subtrace(trace: go.Bar, keep: Callable[[int], bool], name: str, color: str)
 
 
 def _guarded(key: str, title: str, make: Callable[[], go.Figure]) -> Section:
-    """A section whose plot may not be computable yet; the reason is shown instead."""
+    """A section whose plot may not be computable yet; the reason is shown instead. What Optuna
+    warns of while making it (importances from few trials) is said beside the plot, not on stderr."""
     try:
-        return Section(key, title, make())
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            figure = make()
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return Section(key, title, body=f"<p class=note>Not available: {html.escape(str(e))}</p>")
+    notes = " ".join(dict.fromkeys(str(w.message) for w in said))  # each once, in order
+    return Section(key, title, figure, f"<p class=note>Optuna: {html.escape(notes)}</p>" if notes else "")
 
 
 def _page(study: optuna.Study, trials: StudyTrials, settings: StudySettings, sections: list[Section]) -> str:

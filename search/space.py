@@ -18,7 +18,7 @@ import optuna
 import yaml
 
 from kilotune.search.attrs import PRESET_CONFIG
-from kilotune.models.names import ACTIVATIONS, ARCHITECTURES
+from kilotune.models.names import ACTIVATIONS, ARCHITECTURES, listing
 from kilotune.workers.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
@@ -52,12 +52,12 @@ class Choice(Param):
     def narrow(self, name: str, spec: Any) -> Choice:
         values = tuple(spec) if isinstance(spec, list) else (spec,)
         if not values:
-            raise ValueError(f"space: {name} has an empty list of choices; allowed: {list(self.choices)}")
+            raise ValueError(f"space: {name} has an empty list of choices; allowed: {listing(self.choices)}")
         # Numeric choices (width, batch size...) may be narrowed to other numbers; TrainConfig checks them.
         numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in self.choices)
         wrong = [v for v in values if v not in self.choices and not (numeric and isinstance(v, (int, float)))]
         if wrong:
-            raise ValueError(f"space: {name} choices {wrong} are not allowed; allowed: {list(self.choices)}")
+            raise ValueError(f"space: {name} choices {listing(wrong, 'and')} are not allowed; allowed: {listing(self.choices)}")
         return Choice(values, self.when)
 
     def describe(self) -> str:
@@ -93,7 +93,7 @@ class Number(Param):
         if isinstance(spec, dict):
             extra = set(spec) - {"low", "high", "log"}
             if extra:
-                raise ValueError(f"space: {name} takes low, high and log, not {sorted(extra)}")
+                raise ValueError(f"space: {name} takes low, high and log, not {listing(sorted(extra))}")
             low, high, log = spec.get("low", self.low), spec.get("high", self.high), spec.get("log", self.log)
         elif isinstance(spec, (int, float)) and not isinstance(spec, bool):
             low = high = spec
@@ -176,8 +176,8 @@ class SearchSpace:
                 fixed[name] = value
             else:
                 raise ValueError(
-                    f"space: unknown name {name!r}; allowed: parameters {sorted(DEFAULT_SPACE)} "
-                    f"or TrainConfig fields {sorted(CONFIG_FIELDS - set(DEFAULT_SPACE))}"
+                    f"space: unknown name {name!r}; allowed: the parameters {listing(sorted(DEFAULT_SPACE), 'and')}, "
+                    f"or the TrainConfig fields {listing(sorted(CONFIG_FIELDS - set(DEFAULT_SPACE)), 'and')}"
                 )
         TrainConfig.from_dict(fixed)  # a fixed value out of range fails now, not in every trial
         return cls(params, fixed)
@@ -190,7 +190,7 @@ class SearchSpace:
             return cls.from_spec(spec), dict(spec)
         path = Path(path)
         if not path.is_file():
-            raise ValueError(f"space file not found: {path} (built-in spaces: {sorted(NAMED_SPACES)})")
+            raise ValueError(f"space file not found: {path} (built-in spaces: {listing(sorted(NAMED_SPACES))})")
         try:
             spec = json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
         except (json.JSONDecodeError, yaml.YAMLError) as e:

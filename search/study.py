@@ -29,6 +29,7 @@ from kilotune.search.attrs import (
     BUDGET_HISTORY, CREATED_AT, CV_FOLDS, CV_OF, CV_TOP_K, DATASET, DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, KILOTUNE_VERSION, N_TRIALS,
     PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, SUBSET_PATH, TIMEOUT_S, WORKER, WORKER_ID,
 )
+from kilotune.models.names import listing
 from kilotune.search import optuna_internals, pruners
 from kilotune.search.samplers import tpe_sampler
 from kilotune.search.winner import (
@@ -182,8 +183,9 @@ class StudySettings:
     n_trials: int | None = None
     timeout_s: float | None = None
     seed: int | None = None
-    # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py).
-    objective_epochs: int = DEFAULT_OBJECTIVE_EPOCHS
+    # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py);
+    # None: DEFAULT_OBJECTIVE_EPOCHS, or every epoch where a trial trains fewer.
+    objective_epochs: int | None = None
     # The top trials re-trained on other folds before the winner is picked (0: none), and the folds
     # each is validated on, fold 0 included. Their fold trials count in n_trials. None and None:
     # as the budget allows, resolved on construction (search.winner.plan_cross_validation).
@@ -194,19 +196,21 @@ class StudySettings:
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler={self.sampler!r} is not allowed; choose one of {list(SAMPLERS)}")
+            raise ValueError(f"sampler={self.sampler!r} is not allowed; choose one of {listing(SAMPLERS)}")
         if self.pruner not in PRUNERS:
-            raise ValueError(f"pruner={self.pruner!r} is not allowed; choose one of {list(PRUNERS)}")
+            raise ValueError(f"pruner={self.pruner!r} is not allowed; choose one of {listing(PRUNERS)}")
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs} must be at least 1")
+        if self.objective_epochs is None:
+            object.__setattr__(self, "objective_epochs", min(DEFAULT_OBJECTIVE_EPOCHS, self.epochs))
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
         if self.n_trials is not None and self.n_trials < 1:
             raise ValueError(f"n_trials={self.n_trials} must be at least 1")
         if self.timeout_s is not None and self.timeout_s <= 0:
             raise ValueError(f"timeout_s={self.timeout_s} must be positive")
-        if self.objective_epochs < 1:
-            raise ValueError(f"objective_epochs={self.objective_epochs} must be at least 1")
+        if not 1 <= self.objective_epochs <= self.epochs:  # a trial's value is the mean of that many of its epochs
+            raise ValueError(f"objective_epochs={self.objective_epochs} must be from 1 to the {self.epochs} epochs a trial trains")
         if self.cv_top_k and self.folds < 2:  # else the study would silently not cross-validate
             raise ValueError(f"val_fraction={self.val_fraction} leaves {self.folds} fold, too few to cross-validate "
                              f"the top {self.cv_top_k}: give val_fraction <= 0.5, or cv_top_k=0 for no cross-validation")
@@ -235,8 +239,8 @@ class StudySettings:
         trials, then the top 2 re-trained on 2 more folds each (4 fold trials)``."""
         time = f"; stops after {self.timeout_s:g} s" if self.timeout_s else ""
         if self.n_trials is None:
-            return f"trials of {self.epochs} epochs until {self.timeout_s:g} s have passed, not cross-validated"
-        text = f"{count_of(self.n_trials, 'trial')} of {self.epochs} epochs (at most {self.n_trials * self.epochs} epochs): "
+            return f"trials of {count_of(self.epochs, 'epoch')} until {self.timeout_s:g} s have passed, not cross-validated"
+        text = f"{count_of(self.n_trials, 'trial')} of {count_of(self.epochs, 'epoch')} (at most {count_of(self.n_trials * self.epochs, 'epoch')}): "
         if not self.fold_trials:
             return text + f"{count_of(self.n_trials, 'search trial')}, not cross-validated{time}"
         return (text + f"{count_of(self.search_trials, 'search trial')}, then the top {self.cv_top_k} re-trained on "
@@ -260,7 +264,7 @@ class StudySettings:
         names = {f.name for f in fields(cls)}
         missing = {DATASET, SUBSET_PATH} - set(attrs)
         if missing:
-            raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {sorted(missing)} recorded)")
+            raise ValueError(f"study {study.study_name!r} was not created by kilotune (no {listing(sorted(missing), 'and')} recorded)")
         # Studies from before the noise-aware objective valued a trial by its last epoch alone.
         recorded = {"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}}
         if CV_FOLDS not in attrs:
@@ -271,6 +275,8 @@ class StudySettings:
             recorded.update(cv_top_k=top_k, cv_folds=folds if top_k else 1)
             if top_k:
                 recorded[N_TRIALS] += top_k * (folds - 1)
+        # Made before a value over the epochs was refused: the mean of every epoch, as now.
+        recorded["objective_epochs"] = min(recorded["objective_epochs"], recorded.get("epochs", cls.epochs))
         return cls(**recorded)
 
     @property
@@ -468,7 +474,7 @@ def load_study(name: str, storage: BaseStorage, *, sampler_stream: str = "") -> 
         bare = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise ValueError(f"unknown study {name!r}; studies in this storage: {known or 'none'}") from None
+        raise ValueError(f"unknown study {name!r}; studies in this storage: {listing(map(repr, known), 'and')}") from None
     settings = StudySettings.from_study(bare)
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=settings.worker_sampler(sampler_stream), pruner=settings.pruner_for(storage)

@@ -29,6 +29,7 @@ import zlib
 
 import numpy as np
 
+from kilotune.models.names import listing, shown
 from kilotune.subset.files import cache_dir, file_lock
 
 
@@ -151,6 +152,8 @@ def check_dataset_name(name: object, data_dir: str | Path | None = None) -> str:
     Raises:
         DatasetError: (a ``ValueError``) naming the value and what is allowed.
     """
+    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+        raise DatasetError(f"data_dir is the path of a directory, got {type(data_dir).__name__} {shown(data_dir)}")
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if not isinstance(name, str):
@@ -185,6 +188,8 @@ def dataset_from_arrays(
     Raises:
         DatasetError: naming the array that is wrong and what is expected.
     """
+    if not isinstance(name, str):
+        raise DatasetError(f"name must be a string, got {shown(name)}")
     xs, ys = [], []
     for key, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         x, y = np.asarray(x), np.asarray(y)
@@ -213,7 +218,7 @@ def dataset_from_arrays(
         if y.size and (y.min() < 0 or y.max() >= len(names)):
             raise DatasetError(f"y_{key} labels must be in 0..{len(names) - 1} ({len(names)} class names), got {y.min()}..{y.max()}")
     if len(names) < 2:
-        raise DatasetError(f"a dataset needs at least 2 classes, got class names {list(names)}")
+        raise DatasetError(f"a dataset needs at least 2 classes, got class names {listing(map(repr, names), 'and')}")
     for arr in (*xs, *ys):
         arr.flags.writeable = False
     return ImageDataset(name, xs[0], ys[0], xs[1], ys[1], names)
@@ -224,6 +229,8 @@ def save_dataset(dataset: ImageDataset, path: str | Path) -> Path:
 
     Workers load a study's data by name, so a user's arrays reach them as this file.
     """
+    if not isinstance(dataset, ImageDataset) or not isinstance(path, (str, os.PathLike)):
+        raise DatasetError(f"save_dataset takes a dataset (dataset_from_arrays or load_dataset) and a path; got {shown(dataset)} and {shown(path)}")
     path = Path(path)
     if path.suffix != ARRAYS_SUFFIX:
         raise DatasetError(f"a dataset file ends in {ARRAYS_SUFFIX}, got {str(path)!r}")
@@ -254,7 +261,7 @@ def _load_arrays(path: Path, data_dir: str | Path | None) -> ImageDataset:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise DatasetError(f"{found}: not a readable .npz file ({_one_line(e)})") from e
     if missing := [k for k in _ARRAY_KEYS if k not in arrays]:
-        raise DatasetError(f"{found}: missing arrays {missing}; expected {list(_ARRAY_KEYS)} (and class_names)")
+        raise DatasetError(f"{found}: missing arrays {listing(missing, 'and')}; expected {listing(_ARRAY_KEYS, 'and')} (and class_names)")
     names = arrays.get("class_names")
     return dataset_from_arrays(*(arrays[k] for k in _ARRAY_KEYS), class_names=None if names is None else names.tolist(), name=str(path))
 

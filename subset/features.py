@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from kilotune.models.names import listing
 from kilotune.subset.datasets import channel_stats, ImageDataset, normalize
 from kilotune.subset.files import cache_dir, file_lock, write_json  # cache_dir: search/create.py imports it from here
 
@@ -243,7 +244,7 @@ def build_subset(
     from kilotune.subset import selection, subsetfile
 
     if method not in selection.METHODS:
-        raise ValueError(f"unknown selection method {method!r}; choose one of {sorted(selection.METHODS)}")
+        raise ValueError(f"unknown selection method {method!r}; choose one of {listing(sorted(selection.METHODS))}")
     if method == "random":
         indices = selection.select(method, None, dataset.y_train, per_class, seed, **params)
         return subsetfile.write_subset(out, dataset, indices, method=method, params=params, seed=seed, per_class=per_class).path

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from kilotune.models.names import listing
+from kilotune.subset.files import count_of
 from kilotune.subset.splits import class_balanced_sample
 
 ClassPicker = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
@@ -122,10 +124,10 @@ def select(method: str, features: np.ndarray | None, labels: np.ndarray, per_cla
     """Runs ``METHODS[method]``, turning an unknown method or parameter into a clear ValueError."""
     fn = METHODS.get(method)
     if fn is None:
-        raise ValueError(f"unknown selection method {method!r}; choose one of {sorted(METHODS)}")
+        raise ValueError(f"unknown selection method {method!r}; choose one of {listing(sorted(METHODS))}")
     allowed = sorted(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
     if unknown := sorted(set(params) - set(allowed)):
-        raise ValueError(f"method {method!r} takes no parameter(s) {unknown}; it takes {allowed or 'none'}")
+        raise ValueError(f"method {method!r} takes no parameter(s) {listing(unknown, 'and')}; it takes {listing(allowed, 'and')}")
     return fn(features, labels, per_class, seed, **params)
 
 
@@ -251,7 +253,7 @@ def _check_inputs(features: np.ndarray | None, labels: np.ndarray, per_class: in
         classes, counts = np.unique(labels, return_counts=True)
         if per_class > counts.min():
             small = classes[np.argmin(counts)]
-            raise ValueError(f"{per_class=} is larger than class {small}, which has {counts.min()} images")
+            raise ValueError(f"{per_class=} is larger than class {small}, which has {count_of(int(counts.min()), 'image')}")
     return features, labels
 
 

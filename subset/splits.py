@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kilotune.subset.files import count_of
+
 
 def class_balanced_sample(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """``per_class`` random indices from every class, sorted.
@@ -17,7 +19,7 @@ def class_balanced_sample(labels: np.ndarray, per_class: int, seed: int) -> np.n
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
         if per_class > len(members):
-            raise ValueError(f"{per_class=} is larger than class {cls}, which has {len(members)} images")
+            raise ValueError(f"{per_class=} is larger than class {cls}, which has {count_of(len(members), 'image')}")
         chosen.append(rng.choice(members, per_class, replace=False))
     return np.sort(np.concatenate(chosen))
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from kilotune.models.names import listing
 from kilotune.subset.datasets import ImageDataset
 from kilotune.subset.files import installed_version, now_iso, write_json
 
@@ -167,7 +168,7 @@ def load_subset(path: str | Path, dataset: ImageDataset | None = None) -> Subset
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path} is not a subset file: format is {got!r}, expected {FORMAT!r}")
     if missing := [k for k in _REQUIRED if k not in data]:
-        raise ValueError(f"subset file {path} is missing {missing}")
+        raise ValueError(f"subset file {path} is missing {listing(missing, 'and')}")
     indices, labels = _int_array(data["indices"], path, "indices"), _int_array(data["labels"], path, "labels")
     if len(indices) != len(labels) or len(np.unique(indices)) != len(indices) or (len(indices) and indices.min() < 0):
         raise ValueError(f"subset file {path}: indices must be distinct, non-negative and match labels ({len(indices)} indices, {len(labels)} labels)")

@@ -8,6 +8,7 @@ local processes against the local PostgreSQL, with volumes mapped to temporary d
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,7 +86,10 @@ def compose(raw) -> dict:
     return interpolate(raw, example_env())
 
 
-@pytest.mark.skipif(not SCHEMA.is_file(), reason=f"Compose schema not found at {SCHEMA}")
+@pytest.mark.skipif(not SCHEMA.is_file(), reason=(
+    f"{SCHEMA} not found: the Compose Specification's JSON schema (schema/compose-spec.json of "
+    "github.com/compose-spec/compose-spec at commit 170098b, Apache-2.0), which engineers and CI have in ../shared/ "
+    "beside the checkout; put a copy there to validate docker-compose.yml offline"))
 def test_validates_against_the_compose_specification(raw, compose):
     import jsonschema
 
@@ -313,3 +317,18 @@ def _logs(log_dir: Path) -> str:
 def test_the_image_leaves_tensorflows_log_level_to_kilotune():
     """An image-wide TF_CPP_MIN_LOG_LEVEL=2 let every CPU-only worker print "failed call to cuInit"."""
     assert "TF_CPP_MIN_LOG_LEVEL" not in DOCKERFILE.read_text()
+
+
+
+def test_the_schema_skip_says_what_the_file_is_and_where_it_comes_from(tmp_path):
+    """The fast suite's one skip, in a checkout with no ../shared beside it: it named a path outside
+    the checkout and nothing else."""
+    checkout = tmp_path / "kilotune"
+    (checkout / "tests").mkdir(parents=True)
+    for name in ("tests/__init__.py", "tests/conftest.py", "tests/test_compose.py", "pyproject.toml"):
+        shutil.copy(ROOT / name, checkout / name)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/test_compose.py",
+                          "-k", "validates_against"], cwd=checkout, capture_output=True, text=True, timeout=120)  # fmt: skip
+    (skip,) = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert "Compose Specification's JSON schema" in skip and "github.com/compose-spec/compose-spec" in skip, skip
+    assert str(tmp_path / "shared" / "compose-spec" / "compose-spec.json") in skip and "put a copy there" in skip, skip

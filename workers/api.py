@@ -3,6 +3,10 @@
 The commands call these same functions. A search runs in worker processes that load the
 study's data by name, so a user's own arrays are saved once as an ``.npz`` file (named by
 their checksum) and the study records that file as its dataset.
+
+Every argument is checked where it comes in, by the command line's own argument types
+(workers/options.py): a wrong type or value is a ``ValueError`` naming it and what is allowed,
+before anything is loaded or stored.
 """
 
 from __future__ import annotations
@@ -17,11 +21,22 @@ import optuna
 
 from kilotune.models.quiet import quiet_tensorflow
 from kilotune.search.export import export_study as _export_study
-from kilotune.search.export import read_export
+from kilotune.search.export import check_export, read_export
 from kilotune.search.study import load_study, open_storage
-from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, dataset_from_arrays, load_dataset, save_dataset
+from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, check_dataset_name, dataset_from_arrays, load_dataset, save_dataset
 from kilotune.subset.files import cache_dir
-from kilotune.workers.options import run_arguments
+from kilotune.workers.options import (
+    checked,
+    flag,
+    name_list,
+    path_string,
+    readable_file,
+    run_arguments,
+    text,
+    whole_number,
+    writable_directory,
+    writable_file,
+)
 
 quiet_tensorflow()  # as the command does, before anything loads TensorFlow
 __all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "report", "retrain", "run", "save_dataset"]
@@ -77,10 +92,9 @@ def run(
     from kilotune.workers.local import run_local
 
     options.update(study=study, storage=storage, n_trials=n_trials, timeout=timeout, epochs=epochs, workers=workers,
-                   subset=None if subset is None else str(subset), space=None if space is None else str(space),
-                   preset=list(presets), keep_settings=keep_settings)  # fmt: skip
-    options["dataset"] = dataset_name(dataset, options.get("data_dir"))
-    args = run_arguments(options)
+                   subset=subset, space=space, preset=checked("presets", presets, name_list), keep_settings=keep_settings)  # fmt: skip
+    args = run_arguments(options)  # each checked as the command checks it
+    args.dataset = dataset_name(dataset, args.data_dir)
     # run_local forwards Ctrl-C to its workers; a notebook keeps its own handlers afterwards.
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -99,7 +113,7 @@ def best(study: str, *, storage: str | None = None, rank: int = 1) -> dict[str, 
     Returns:
         ``{"config": {...TrainConfig...}, "provenance": {...}}``; ``retrain`` takes it as it is.
     """
-    return _export_study(study, storage, rank)
+    return _export_study(checked("study", study, text), checked("storage", storage, text, optional=True), checked("rank", rank, whole_number(1)))
 
 
 def retrain(
@@ -130,11 +144,16 @@ def retrain(
     Returns:
         What ``results.json`` holds: test accuracy per seed, mean and std.
     """
-    from kilotune.workers.retrain import load_training_set
+    export = check_export(export, "the dict given as export") if isinstance(export, dict) else read_export(checked("export", export, readable_file))
+    seeds, snapshots = checked("seeds", seeds, whole_number(1)), checked("snapshots", snapshots, whole_number(0))
+    epochs = checked("epochs", epochs, whole_number(1), optional=True)
+    tta, progress = checked("tta", tta, flag), checked("progress", progress, flag)
+    out_dir = checked("out_dir", out_dir, writable_directory, optional=True)
+    data_dir = checked("data_dir", data_dir, path_string, optional=True)
+    subset = checked("subset", subset, readable_file, optional=True)
+    from kilotune.workers.retrain import load_training_set  # Keras: after the checks
     from kilotune.workers.retrain import retrain as retrain_export
 
-    if not isinstance(export, dict):
-        export = read_export(export)
     p = export["provenance"]
     dataset, chosen = load_training_set(export, data_dir, subset)
     out_dir = out_dir or f"retrain-{p['study']}-{p['trial']}"
@@ -145,7 +164,8 @@ def report(study: str, out: str | os.PathLike, *, storage: str | None = None, to
     """Writes the HTML report of ``study`` (``kilotune report``) and returns its path."""
     from kilotune.search.report import write_report
 
-    opened = open_storage(storage, must_exist=True)
+    study, out, top = checked("study", study, text), checked("out", out, writable_file), checked("top", top, whole_number(1))
+    opened = open_storage(checked("storage", storage, text, optional=True), must_exist=True)
     loaded, _ = load_study(study, opened)
     return write_report(loaded, opened, out, top=top)
 
@@ -156,7 +176,7 @@ def dataset_name(dataset: DatasetLike, data_dir: str | None = None) -> str:
     In-memory arrays are saved once, named by their checksum, so running again reuses the file.
     """
     if not isinstance(dataset, ImageDataset):
-        return os.fspath(dataset)
+        return check_dataset_name(dataset, data_dir)
     if dataset.name in DATASETS or (dataset.name.endswith(ARRAYS_SUFFIX) and Path(dataset.name).is_file()):
         return dataset.name  # loaded by load_dataset: workers load it the same way
     directory = Path(data_dir) if data_dir else cache_dir() / "datasets"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from kilotune.subset.datasets import ImageDataset
+from kilotune.subset.files import count_of
 from kilotune.subset.splits import class_balanced_sample
 from kilotune.subset.subsetfile import check_dataset, SubsetFile
 from kilotune.workers.config import TrainConfig
@@ -63,7 +64,7 @@ def compare_subsets(
         ``seconds`` (total training time) and ``holdout_size``.
     """
     if not subsets or not seeds:
-        raise ValueError(f"need at least one subset and one seed, got {len(subsets)} subsets and {len(seeds)} seeds")
+        raise ValueError(f"need at least one subset and one seed, got {count_of(len(subsets), 'subset')} and {count_of(len(seeds), 'seed')}")
     for s in subsets:
         check_dataset(s, dataset)
     holdout = holdout_indices(dataset.y_train, np.concatenate([s.indices for s in subsets]), holdout_size)

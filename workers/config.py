@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from kilotune.models.names import ACTIVATIONS, ARCHITECTURES
+from kilotune.models.names import ACTIVATIONS, ARCHITECTURES, listing
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "onecycle")
@@ -103,7 +103,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; allowed: {sorted(known)}")
+            raise ValueError(f"unknown config key(s) {listing(unknown, 'and')}; allowed: {listing(sorted(known))}")
         typed = {}
         for f in fields(cls):
             if f.name in data:
@@ -135,7 +135,7 @@ class TrainConfig:
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; choose one of {list(allowed)}")
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {listing(allowed)}")
 
 
 def _range(name: str, value: float, low: float, high: float) -> None:

@@ -30,6 +30,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from kilotune.models.names import listing
 from kilotune.search.attrs import CV_OF, DATASET, EPOCH_SECONDS, FAIL_REASON, STATUS, WORKER, WORKER_ID
 from kilotune.search.create import create_from_args
 from kilotune.search.export import export_trial, validation_text
@@ -51,7 +52,7 @@ QUIET = re.compile(
     r"|WARNING: All log messages before absl::InitializeLog"
     r"|\[I \d{4}-\d\d-\d\d"  # Optuna INFO
     r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+ INFO "  # kilotune INFO
-    r"|worker \S+: \d+ trials)"
+    r"|worker \S+: \d+ trials?)"  # "1 trial" too
 )
 
 
@@ -62,7 +63,7 @@ def run_local(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers={args.workers} must be at least 1")
     unknown = [p for p in args.preset if p not in PRESETS]
     if unknown:
-        raise ValueError(f"unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset(s) {listing(unknown, 'and')}; choose from {listing(sorted(PRESETS))}")
     study, created = create_from_args(args, default_trials=DEFAULT_TRIALS)  # a local run must end by itself
     url = storage_url(args.storage)
     storage = open_storage(url)

@@ -21,7 +21,7 @@ import numpy as np
 
 from kilotune.models.progress import EpochProgress, duration
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
-from kilotune.subset.files import now_iso, write_json
+from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, load_subset
 from kilotune.workers.config import TrainConfig
 from kilotune.workers.train import TrainData, TrainResult, evaluate, train
@@ -77,7 +77,7 @@ def snapshot_epochs(config: TrainConfig, steps_per_epoch: int, k: int) -> list[i
     epochs over the last quarter of training (at least ``k`` epochs), ending at the last.
     """
     if not 1 <= k <= config.epochs:
-        raise ValueError(f"snapshots must be between 1 and the {config.epochs} epochs, got {k=}")
+        raise ValueError(f"snapshots must be from 1 to the {count_of(config.epochs, 'epoch')} trained, got {k=}")
     if config.schedule == "cosine_restarts":
         first = max(1, config.epochs * steps_per_epoch // 7)
         ends = sorted({max(1, first * (2**c - 1) // steps_per_epoch) for c in (1, 2, 3)})
@@ -167,7 +167,7 @@ def retrain(
     for i in range(seeds):
         seed_config = config.replace(seed=config.seed + i)
         if progress:
-            print(f"seed {seed_config.seed} ({i + 1}/{seeds}): {config.arch}, {config.epochs} epochs on {len(data.x_train)} {dataset.name} images", flush=True)
+            print(f"seed {seed_config.seed} ({i + 1}/{seeds}): {config.arch}, {count_of(config.epochs, 'epoch')} on {len(data.x_train)} {dataset.name} images", flush=True)
         run = _retrain_one(seed_config, data, dataset, tta=tta, snapshots=snapshots, seed_dir=out_dir / f"seed-{seed_config.seed}", progress=progress)
         runs.append(run)
         if progress:

@@ -197,7 +197,8 @@ def train(
         callbacks: Called after every epoch with its EpochReport; one may raise to stop
             the run (a pruner does), and the exception propagates.
         checkpoint_dir: If given, the run saves there every epoch and, if a checkpoint is
-            already there, resumes from it instead of starting over.
+            already there, resumes from it instead of starting over (an unreadable one is
+            discarded with a warning: the run starts over).
         stop: If given and set, training raises TrainingInterrupted after the current
             batch; the last whole epoch is in the checkpoint.
         keras_callbacks: Extra Keras callbacks for what needs the model itself (snapshots).
@@ -217,8 +218,9 @@ def train(
     checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     history: list[EpochReport] = []
     started = time.perf_counter()
-    if checkpoint is not None and checkpoint.exists():
-        model, done = checkpoint.load()
+    resumed = checkpoint.load() if checkpoint is not None else None  # None too where it was unreadable
+    if resumed is not None:
+        model, done = resumed
         history.extend(EpochReport(**r) for r in done)
     else:
         model = build_compiled_model(config, data.x_train.shape[1:], data.num_classes, steps_per_epoch)

@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def test_missing_dataset_is_one_line_naming_the_files(tmp_path, monkeypatch, cap
 
 @pytest.mark.parametrize(
     ("config", "message"),
-    [({"learning_rate": -1}, "learning_rate=-1.0 is out of range"), ({"lr": 0.1}, "unknown config key(s) ['lr']")],
+    [({"learning_rate": -1}, "learning_rate=-1.0 is out of range"), ({"lr": 0.1}, "unknown config key(s) lr; allowed: activation, arch,")],
 )
 def test_bad_config_file_is_one_line(tmp_path, capsys, config, message):
     path = tmp_path / "cfg.json"
@@ -159,7 +160,7 @@ def test_an_output_path_under_a_regular_file_is_one_line_naming_it(command, expo
 
 def test_max_trials_zero_is_refused(pg_url, capsys):
     assert main(["worker", "--study", "any", "--storage", pg_url, "--max-trials", "0"]) == 2
-    assert "--max-trials=0 must be at least 1" in capsys.readouterr().err
+    assert "kilotune worker: error: argument --max-trials: must be a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_an_unwritable_checkpoint_directory_stops_the_worker_before_it_takes_a_trial(tmp_path, monkeypatch, capsys):
@@ -171,3 +172,78 @@ def test_an_unwritable_checkpoint_directory_stops_the_worker_before_it_takes_a_t
     err = capsys.readouterr().err.strip()
     assert err.startswith("kilotune worker: error: checkpoint directory") and str(regular / "ckpt") in err and "\n" not in err
     assert not db.exists(), "checked before the storage is opened, so before any trial is taken"
+
+
+# Bad arguments the parser refuses (issue 25): one line naming the option, the value and what is
+# allowed, before Keras, TensorFlow or Optuna load and before anything is opened or written.
+REFUSED = {
+    "retrain bset.json": (["retrain", "bset.json"], "kilotune retrain: error: argument export: no such file: 'bset.json'"),
+    "retrain a directory": (["retrain", "."], "kilotune retrain: error: argument export: '.' is a directory, not a file"),
+    "retrain --seeds 0": (["retrain", "FILE", "--seeds", "0"], "argument --seeds: must be a whole number >= 1, got '0'"),
+    "retrain --epochs 0": (["retrain", "FILE", "--epochs", "0"], "argument --epochs: must be a whole number >= 1, got '0'"),
+    "retrain --snapshots -1": (["retrain", "FILE", "--snapshots", "-1"], "argument --snapshots: must be a whole number >= 0, got '-1'"),
+    "retrain --out-dir a file": (["retrain", "FILE", "--out-dir", "FILE"], "argument --out-dir: 'FILE' is a file, not a directory"),
+    "train --config": (["train", "--config", "cfg.json"], "kilotune train: error: argument --config: no such file: 'cfg.json'"),
+    "train --subset": (["train", "--subset", "sub.json"], "argument --subset: no such file: 'sub.json'"),
+    "train --epochs two": (["train", "--epochs", "two"], "argument --epochs: must be a whole number >= 1, got 'two'"),
+    "train --train-size 0": (["train", "--train-size", "0"], "argument --train-size: must be a whole number >= 1, got '0'"),
+    "train --val-fraction 1": (["train", "--val-fraction", "1"], "argument --val-fraction: must be a number in [0, 1), got '1'"),
+    "train --save under a file": (["train", "--save", "FILE/m.keras"], "argument --save: cannot write 'FILE/m.keras': "),
+    "report --out under a file": (["report", "--study", "s", "--out", "FILE/r.html"], "argument --out: cannot write 'FILE/r.html': "),
+    "report --top 0": (["report", "--study", "s", "--out", "r.html", "--top", "0"], "argument --top: must be a whole number >= 1, got '0'"),
+    "export --out a directory": (["export", "--study", "s", "--out", "."], "kilotune export: error: argument --out: '.' is a directory; give a file name in it"),
+    "export --rank 0": (["export", "--study", "s", "--out", "b.json", "--rank", "0"], "argument --rank: must be a whole number >= 1, got '0'"),
+    "study enqueue --config": (["study", "enqueue", "--study", "s", "--config", "c.json"], "kilotune study enqueue: error: argument --config: no such file"),
+    "study create --subset": (["study", "create", "--study", "s", "--subset", "sub.json"], "argument --subset: no such file: 'sub.json'"),
+    "study create --seed -1": (["study", "create", "--study", "s", "--seed", "-1"], "argument --seed: must be a whole number >= 0, got '-1'"),
+    "study extend --timeout x": (["study", "extend", "--study", "s", "--timeout", "soon"], "argument --timeout: must be a number, got 'soon'"),
+    "run --workers 0": (["run", "--workers", "0"], "kilotune run: error: argument --workers: must be a whole number >= 1, got '0'"),
+    "run --subset": (["run", "--subset", "sub.json"], "argument --subset: no such file: 'sub.json'"),
+    "run --n-trials 1.5": (["run", "--n-trials", "1.5"], "argument --n-trials: must be a whole number, got '1.5'"),
+    "worker --max-trials 0": (["worker", "--study", "s", "--max-trials", "0"], "argument --max-trials: must be a whole number >= 1, got '0'"),
+    "worker --subset": (["worker", "--study", "s", "--subset", "sub.json"], "argument --subset: no such file: 'sub.json'"),
+    "dashboard --port 70000": (["dashboard", "--port", "70000"], "argument --port: must be a whole number in [1, 65535], got '70000'"),
+    "subset build --per-class 0": (["subset", "build", "--per-class", "0"], "kilotune subset build: error: argument --per-class: must be a whole number >= 1, got '0'"),
+    "subset build --extractor": (["subset", "build", "--extractor", "x.keras"], "argument --extractor: no such file: 'x.keras'"),
+    "subset show": (["subset", "show", "sub.json"], "kilotune subset show: error: argument file: no such file: 'sub.json'"),
+    "subset show --per-row 0": (["subset", "show", "FILE", "--per-row", "0"], "argument --per-row: must be a whole number >= 1, got '0'"),
+    "subset compare --config": (["subset", "compare", "FILE", "--config", "c.json"], "argument --config: no such file: 'c.json'"),
+    "subset compare --seeds 0": (["subset", "compare", "FILE", "--seeds", "0"], "argument --seeds: must be a whole number >= 1, got '0'"),
+    "no command": ([], "kilotune: error: the following arguments are required: COMMAND"),
+}
+
+
+def test_bad_arguments_are_one_line_before_anything_heavy_loads(tmp_path):
+    """Every case in one process: main() returns 2 with one line on stderr, and neither Keras,
+    TensorFlow nor Optuna has been imported (a typo took 4-5 s to report when TensorFlow loaded first)."""
+    (tmp_path / "FILE").write_text("{}")
+    code = f"""
+import contextlib, io, json, sys
+from kilotune.cli.main import main
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(argv)
+    print(json.dumps([code, err.getvalue(), sorted(m for m in ("keras", "tensorflow", "optuna", "jax") if m in sys.modules)]))
+"""
+    cases = list(REFUSED.values())
+    out = subprocess.run([sys.executable, "-c", code, json.dumps([argv for argv, _ in cases])], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    for (name, (_, expected)), line in zip(REFUSED.items(), out.stdout.splitlines(), strict=True):
+        code, err, heavy = json.loads(line)
+        assert code == 2 and err.count("\n") == 1 and expected in err, f"{name}: {code} {err!r}"
+        assert heavy == [], f"{name}: {heavy} loaded before the error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE"], "nothing was written"
+
+
+def test_a_dashboard_on_a_port_in_use_says_so_before_anything_else(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "kilotune", "dashboard", "--port", str(port)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert out.stderr == f"kilotune dashboard: error: cannot listen on 127.0.0.1:{port}: Address already in use (give another --port, or --host)\n"
+    assert list(tmp_path.iterdir()) == [], "the storage is not opened (nor created)"

@@ -59,7 +59,7 @@ def test_a_wrong_choice_is_refused_before_storage_or_data(flag, tmp_path, capsys
                  "--data-dir", str(tmp_path / "nothing-here"), flag, "asha"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert err.startswith(f"kilotune study: error: {flag[2:]}='asha' is not allowed; choose one of ['")
+    assert err.startswith(f"kilotune study: error: {flag[2:]}='asha' is not allowed; choose one of ")
 
 
 def test_unknown_study_lists_the_known_ones(pg_url, capsys):
@@ -67,7 +67,7 @@ def test_unknown_study_lists_the_known_ones(pg_url, capsys):
     create_study("known-one", settings(), storage)
     assert main(["study", "delete", "--study", "nope", "--storage", pg_url]) == 2
     err = capsys.readouterr().err  # other tests' studies may share this database
-    assert "unknown study 'nope'; studies in this storage: [" in err and "'known-one'" in err
+    assert "unknown study 'nope'; studies in this storage: '" in err and "'known-one'" in err
 
 
 def test_create_is_idempotent_and_refuses_other_data(pg_url):
@@ -296,7 +296,7 @@ def test_new_studies_start_with_the_presets_projected_into_their_space(pg_url, f
     assert load_study("cold", storage)[0].get_trials() == []
     assert main(["study", "create", "--study", "tight", *base, "--n-trials", "1"]) == 0
     assert [t.user_attrs["preset"] for t in load_study("tight", storage)[0].get_trials()] == ["vgg8-reference"]
-    assert "skipped preset resnet9-davidnet: the budget of 1 trials is queued" in capsys.readouterr().err
+    assert "skipped preset resnet9-davidnet: the budget of 1 trial is queued" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "journal"])
@@ -552,3 +552,13 @@ def test_a_typo_in_the_dataset_leaves_no_database(tmp_path, monkeypatch, capsys)
     assert main(["run", "--dataset", "fashon-mnist", "--n-trials", "2", "--epochs", "1"]) == 2
     assert "unknown dataset 'fashon-mnist'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == [], "no kilotune.db, nothing else"
+
+
+def test_objective_epochs_over_the_epochs_are_refused_and_the_default_fits_short_trials(tmp_path):
+    """A trial's value is the mean of its last ``objective_epochs`` epochs: more than it trains was accepted."""
+    assert settings(epochs=2).objective_epochs == 2 and settings(epochs=5).objective_epochs == 3
+    with pytest.raises(ValueError, match=r"^objective_epochs=4 must be from 1 to the 3 epochs a trial trains$"):
+        settings(epochs=3, objective_epochs=4)
+    study, _ = create_study("old", settings(epochs=2), open_storage(f"sqlite:///{tmp_path}/old.db"))
+    study.set_user_attr("objective_epochs", 3)  # as a study made before the refusal records it
+    assert StudySettings.from_study(study).objective_epochs == 2, "it loads, valued by the mean of every epoch as before"

@@ -38,8 +38,8 @@ def test_build_refuses_bad_arguments_with_exit_status_2(tmp_path, capsys):
     for argv, message in (
         (["--method", "farthest"], "unknown --method 'farthest'"),
         (["--method", "max-sum", "--draws", "10"], "--draws applies to --method random-restarts"),
-        (["--method", "mixed", "--weight", "2"], "--weight in [0, 1]"),
-        (["--method", "max-sum", "--extractor", str(tmp_path / "none.keras")], "feature extractor not found"),
+        (["--method", "mixed", "--weight", "2"], "argument --weight: must be a number in [0, 1], got '2'"),
+        (["--method", "max-sum", "--extractor", str(tmp_path / "none.keras")], f"argument --extractor: no such file: '{tmp_path / 'none.keras'}'"),
     ):
         assert main(["subset", "build", "--dataset", "fashion-mnist", *argv]) == 2
         assert message in capsys.readouterr().err

@@ -351,7 +351,7 @@ def test_own_arrays_round_trip_through_a_file_with_a_path_free_checksum(tmp_path
         ({0: np.full((30, 12, 12), 256)}, "x_train must be images in 0..255, got int64 values in 256..256"),
         ({2: np.full((9, 12, 12), -1)}, "x_test must be images in 0..255, got int64 values in -1..-1"),
         ({"class_names": "abc"}, "class_names must be a list of names, one a label, got 'abc'"),
-        ({"class_names": ["a"], 1: np.zeros(30, int), 3: np.zeros(9, int)}, "at least 2 classes, got class names ['a']"),
+        ({"class_names": ["a"], 1: np.zeros(30, int), 3: np.zeros(9, int)}, "at least 2 classes, got class names 'a'"),
     ],
 )
 def test_bad_arrays_are_named(change, message):
@@ -373,7 +373,7 @@ def test_a_missing_or_broken_dataset_file_is_one_line(tmp_path):
     with pytest.raises(DatasetError, match="bad.npz: not a readable .npz file"):
         load_dataset(str(tmp_path / "bad.npz"))
     np.savez(tmp_path / "partial.npz", x_train=np.zeros((2, 8, 8), np.uint8))
-    with pytest.raises(DatasetError, match=r"missing arrays \['y_train', 'x_test', 'y_test'\]"):
+    with pytest.raises(DatasetError, match=r"missing arrays y_train, x_test and y_test; expected x_train, y_train, x_test and y_test"):
         load_dataset(str(tmp_path / "partial.npz"))
 
 

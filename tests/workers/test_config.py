@@ -27,7 +27,7 @@ def test_json_ints_become_floats_and_floats_must_be_whole_for_ints():
 
 
 def test_unknown_key_names_the_key_and_the_allowed_ones():
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['learning_rat'\].*learning_rate"):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) learning_rat; allowed: .*learning_rate"):
         TrainConfig.from_dict({"learning_rat": 0.1})
 
 

@@ -209,6 +209,7 @@ def test_print_best_prints_what_export_writes(tmp_path, capsys):
     ("2026-12-03 11:56:10,942 kilotune.worker INFO trial 1 complete value=0.1000", True),
     ("[I 2026-12-03 12:02:13,912] A new study created in RDB with name: kilotune", True),
     ("worker vm:13154: 2 trials", True),
+    ("worker vm:13154: 1 trial", True),
     ("2026-12-03 11:56:10,942 kilotune.worker ERROR trial 1 failed: ValueError: bad", False),
     ("2026-12-03 11:56:10,942 kilotune.study WARNING storage unavailable during ask", False),
     ("Traceback (most recent call last):", False),

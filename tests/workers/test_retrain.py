@@ -112,5 +112,5 @@ def test_snapshot_epochs(schedule, epochs, steps, k, expected):
 
 
 def test_snapshot_epochs_rejects_more_snapshots_than_epochs():
-    with pytest.raises(ValueError, match="snapshots must be between 1 and the 2 epochs"):
+    with pytest.raises(ValueError, match="snapshots must be from 1 to the 2 epochs trained"):
         snapshot_epochs(TrainConfig(epochs=2), 1, 3)
