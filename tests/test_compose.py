@@ -244,7 +244,7 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_
         "POSTGRES_DB": database.database,
         "KILOTUNE_STUDY": "parity",
         "KILOTUNE_DATASET": "fashion-mnist",
-        "KILOTUNE_N_TRIALS": "3",
+        "KILOTUNE_N_TRIALS": "6",  # 4 search trials, then the top 1 on 2 more folds
         "KILOTUNE_EPOCHS": "2",
         "KILOTUNE_SUBSET": str(fashion_subset),
         "KILOTUNE_SPACE": str(space),
@@ -274,18 +274,20 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_
         import optuna
         from optuna.trial import TrialState
 
+        from optuna_dashboard import get_note
+
         study = optuna.load_study(study_name="parity", storage=pg_url)
-        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
-        search = [t for t in study.trials if "cv_of" not in t.user_attrs]
-        complete = {t.number for t in search if t.state == TrialState.COMPLETE}
-        # Once the budget of 3 is spent, the complete ones (up to the default top 3) train on folds 1-4.
-        folds = sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in study.trials if "cv_of" in t.user_attrs)
-        assert len(search) == 3 and folds == [(n, f) for n in sorted(complete) for f in range(1, 5)], folds
-        assert {t.user_attrs["status"] for t in study.trials} <= {"complete", "pruned", "diverged"}
-        assert all("worker" in t.user_attrs and "config" in t.user_attrs for t in study.trials)
+        search, fold_trials = study.trials, optuna.load_study(study_name="parity.cv", storage=pg_url).trials
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in [*search, *fold_trials])
+        # Once the 4 search trials have finished, the best trains on folds 1-2, in the companion study.
+        folds = sorted((t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in fold_trials)
+        assert len(search) == 4 and folds == [(study.best_trial.number, 1), (study.best_trial.number, 2)], folds
+        assert {t.user_attrs["status"] for t in [*search, *fold_trials]} <= {"complete", "pruned", "diverged"}
+        assert all("worker" in t.user_attrs and "config" in t.user_attrs for t in [*search, *fold_trials])
+        assert f"kilotune winner: trial {study.best_trial.number}" in get_note(study), "the workers wrote the winner's note"
 
         listed = _poll_studies(f"http://127.0.0.1:{port}/api/studies", dashboard)
-        assert "parity" in [s["study_name"] for s in listed], _logs(logs)
+        assert {"parity", "parity.cv"} <= {s["study_name"] for s in listed}, _logs(logs)
         # The compose healthcheck itself (after its CMD marker), pointed at the local port.
         healthcheck = [a.replace(f":{container_port}/", f":{port}/") for a in services["dashboard"]["healthcheck"]["test"][1:]]
         assert subprocess.run(healthcheck, env=dashboard_service.env, timeout=30).returncode == 0
