@@ -4,7 +4,7 @@ The space is not copied: ``SearchSpace.suggest`` runs unchanged on a small stand
 Optuna trial that turns each ``suggest_*`` call into the matching ``keras_tuner`` hyperparameter.
 
     hypermodel = KilotuneHyperModel(SearchSpace.from_spec(spec), epochs=12, input_shape=(32, 32, 1),
-                                    num_classes=10, n_train=len(data.x_train))
+                                    num_classes=10, n_train=len(data.x_train), normalization=channel_stats(data.x_train))
     tuner = keras_tuner.Hyperband(hypermodel, objective="val_accuracy", max_epochs=12, directory=d)
     tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val))
     config = hypermodel.config(tuner.get_best_hyperparameters()[0])
@@ -68,11 +68,14 @@ class KilotuneHyperModel(keras_tuner.HyperModel):
         input_shape: Image shape, e.g. ``(32, 32, 1)``.
         num_classes: Number of classes.
         n_train: Training images per epoch, for the schedule's steps per epoch.
+        normalization: ``channel_stats`` of the training images ``fit`` gets (an augmentation
+            policy in the model needs them; ``fit`` normalises with the same).
     """
 
-    def __init__(self, space: SearchSpace, *, epochs: int, input_shape: tuple[int, int, int], num_classes: int, n_train: int) -> None:
+    def __init__(self, space: SearchSpace, *, epochs: int, input_shape: tuple[int, int, int], num_classes: int, n_train: int,
+                 normalization: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         super().__init__(name="kilotune")
-        self.space, self.epochs = space, epochs
+        self.space, self.epochs, self.normalization = space, epochs, normalization
         self.input_shape, self.num_classes, self.n_train = tuple(input_shape), num_classes, n_train
 
     def config(self, hp: keras_tuner.HyperParameters) -> TrainConfig:
@@ -90,7 +93,7 @@ class KilotuneHyperModel(keras_tuner.HyperModel):
         config = self.config(hp)
         keras.utils.set_random_seed(config.seed)  # as workers.train.train does
         steps = math.ceil(self.n_train / min(config.batch_size, self.n_train))
-        return build_compiled_model(config, self.input_shape, self.num_classes, steps)
+        return build_compiled_model(config, self.input_shape, self.num_classes, steps, self.normalization)
 
     def fit(
         self,

@@ -1,8 +1,9 @@
 """Augmentation from Keras' own layers, split where the labels are needed.
 
-Per-image augmentation (flip, pad-and-crop, cutout) runs inside the model, so it is traced
-with the training step, runs on the accelerator, and is inactive at inference. MixUp and
-CutMix change the labels too, so they run per batch in the input pipeline instead.
+Per-image augmentation (flip, pad-and-crop, a policy: RandAugment or AugMix, cutout, random
+erasing) runs inside the model, so it is traced with the training step, runs on the
+accelerator, and is inactive at inference. MixUp and CutMix change the labels too, so they run
+per batch in the input pipeline instead.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ import numpy as np
 from kilotune.workers.config import TrainConfig
 
 
-def image_augmentation(config: TrainConfig, input_shape: tuple[int, int, int]) -> list[keras.Layer]:
-    """Layers that augment single images; empty when the config asks for none."""
+def image_augmentation(
+    config: TrainConfig, input_shape: tuple[int, int, int], normalization: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[keras.Layer]:
+    """Layers that augment single images; empty when the config asks for none.
+
+    Args:
+        config: What to augment with.
+        input_shape: The images' shape.
+        normalization: The per-channel ``(mean, std)`` the model's inputs were normalised with
+            (``subset.datasets.channel_stats``); a policy needs it to see pixels in [0, 1].
+    """
     height, width, _ = input_shape
     layers: list[keras.Layer] = []
     if config.flip:
@@ -30,6 +40,8 @@ def image_augmentation(config: TrainConfig, input_shape: tuple[int, int, int]) -
                 seed=config.seed + 1,
             )
         )
+    if config.policy != "none":
+        layers += policy_layers(config, normalization)
     if config.cutout:
         area = (config.cutout / height) * (config.cutout / width)
         # Inputs are normalised, so fill 0 is the training mean, as in DeVries & Taylor's cutout.
@@ -38,7 +50,29 @@ def image_augmentation(config: TrainConfig, input_shape: tuple[int, int, int]) -
                 factor=1.0, scale=(area, area), fill_value=0.0, value_range=(-3.0, 3.0), seed=config.seed + 2
             )
         )
+    if config.random_erasing:
+        # Random Erasing (Zhong et al.): a rectangle of 2-33% of the image, filled with the mean.
+        layers.append(
+            keras.layers.RandomErasing(
+                factor=config.random_erasing, scale=(0.02, 0.33), fill_value=0.0, value_range=(-3.0, 3.0), seed=config.seed + 7
+            )
+        )
     return layers
+
+
+def policy_layers(config: TrainConfig, normalization: tuple[np.ndarray, np.ndarray] | None) -> list[keras.Layer]:
+    """The config's policy (RandAugment or AugMix) between two rescalings: its colour and
+    histogram operations need pixels in [0, 1], the model's inputs are normalised per channel."""
+    if normalization is None:
+        raise ValueError(f"policy={config.policy!r} needs the training images' channel statistics (normalization)")
+    mean, std = (np.asarray(v, np.float32) for v in normalization)
+    if config.policy == "randaugment":
+        policy = keras.layers.RandAugment(
+            value_range=(0.0, 1.0), num_ops=config.randaugment_ops, factor=config.randaugment_magnitude, seed=config.seed + 6
+        )
+    else:
+        policy = keras.layers.AugMix(value_range=(0.0, 1.0), seed=config.seed + 6)
+    return [keras.layers.Rescaling(scale=std, offset=mean), policy, keras.layers.Rescaling(scale=1.0 / std, offset=-mean / std)]
 
 
 class BatchMixer:

@@ -18,6 +18,7 @@ from kilotune.models.names import ACTIVATIONS, ARCHITECTURES, listing
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "onecycle")
+POLICIES = ("none", "randaugment", "augmix")
 ONECYCLE_WARMUP = 0.3  # the share of training a one-cycle schedule warms up for, unless warmup_epochs says
 
 
@@ -51,6 +52,10 @@ class TrainConfig:
     flip: bool = True  # random horizontal flip
     crop_padding: int = 4  # pad-and-random-crop by up to this many pixels; 0 disables
     cutout: int = 8  # side of the erased square in pixels; 0 disables
+    policy: str = "none"  # an augmentation policy of Keras' after flip and crop: one of POLICIES
+    randaugment_ops: int = 2  # RandAugment: operations drawn per image
+    randaugment_magnitude: float = 0.5  # RandAugment: their strength, Keras' factor in (0, 1]
+    random_erasing: float = 0.0  # RandomErasing: the chance an image has a random rectangle erased; 0 disables
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) MixUp; 0 disables
     cutmix_alpha: float = 0.0  # Beta(alpha, alpha) CutMix; 0 disables
     label_smoothing: float = 0.1
@@ -73,6 +78,10 @@ class TrainConfig:
         _range("crop_padding", self.crop_padding, 0, 16)
         _range("cutout", self.cutout, 0, 32)
         _range("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
+        _choice("policy", self.policy, POLICIES)
+        _range("randaugment_ops", self.randaugment_ops, 1, 10)
+        _range("randaugment_magnitude", self.randaugment_magnitude, 0.01, 1.0)
+        _range("random_erasing", self.random_erasing, 0.0, 1.0)
         _range("cutmix_alpha", self.cutmix_alpha, 0.0, 10.0)
         _range("label_smoothing", self.label_smoothing, 0.0, 0.5)
         _range("seed", self.seed, 0, 2**31 - 1)

@@ -115,8 +115,18 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay, beta_1=config.momentum)
 
 
-def build_compiled_model(config: TrainConfig, input_shape: tuple[int, int, int], num_classes: int, steps_per_epoch: int) -> keras.Model:
-    """The backbone with in-model augmentation in front, compiled with loss, optimiser and accuracy."""
+def build_compiled_model(
+    config: TrainConfig,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    steps_per_epoch: int,
+    normalization: tuple[np.ndarray, np.ndarray] | None = None,
+) -> keras.Model:
+    """The backbone with in-model augmentation in front, compiled with loss, optimiser and accuracy.
+
+    ``normalization`` is the ``(mean, std)`` the inputs are normalised with; an augmentation
+    policy needs it (``augment.policy_layers``).
+    """
     backbone = build_model(
         config.arch,
         input_shape,
@@ -133,7 +143,7 @@ def build_compiled_model(config: TrainConfig, input_shape: tuple[int, int, int],
     )
     inputs = keras.Input(input_shape)
     x = inputs
-    for layer in image_augmentation(config, input_shape):
+    for layer in image_augmentation(config, input_shape, normalization):
         x = layer(x)
     model = keras.Model(inputs, backbone(x), name=f"kilotune_{config.arch}")
     model.compile(
@@ -223,7 +233,7 @@ def train(
         model, done = resumed
         history.extend(EpochReport(**r) for r in done)
     else:
-        model = build_compiled_model(config, data.x_train.shape[1:], data.num_classes, steps_per_epoch)
+        model = build_compiled_model(config, data.x_train.shape[1:], data.num_classes, steps_per_epoch, (mean, std))
     build_seconds = time.perf_counter() - started
 
     reporter = _EpochReporter(len(x_train), callbacks, history, checkpoint)

@@ -95,3 +95,19 @@ print(keras.backend.backend(), result.status, [r.epoch for r in result.history])
     out = run_bounded([sys.executable, "-c", code], env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "jax complete [1, 2]"
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("augmentation", [dict(policy="randaugment", randaugment_ops=3, randaugment_magnitude=0.9),
+                                          dict(policy="augmix"), dict(random_erasing=0.5)])  # fmt: skip
+def test_every_policy_trains_in_the_model_on_colour_and_grayscale_and_resumes(data, tmp_path, channels, augmentation):
+    """Issue 27: Keras' RandAugment, AugMix and RandomErasing run inside the model (traced with the
+    step), on 1 and 3 channels, and a checkpoint with them reloads."""
+    gray = TrainData(data.x_train[..., :channels], data.y_train, data.x_val[..., :channels], data.y_val, num_classes=4)
+    config = TINY.replace(**augmentation)
+    first = train(config.replace(epochs=1), gray, checkpoint_dir=tmp_path)
+    assert first.status == "complete"
+    layers = {type(layer).__name__ for layer in first.model.layers}
+    assert {"RandAugment": "randaugment", "AugMix": "augmix", "RandomErasing": "random_erasing"}.keys() & layers
+    resumed = train(config, gray, checkpoint_dir=tmp_path)
+    assert [r.epoch for r in resumed.history] == [1, 2] and resumed.status == "complete"
