@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "report", "retrain", "run", "save_dataset"]
+__all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "load_predictor", "report", "retrain", "run", "save_dataset"]
 
 
 def __getattr__(name: str) -> Any:

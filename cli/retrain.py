@@ -27,13 +27,21 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     export = read_export(args.export)
     p = export["provenance"]
-    out_dir = args.out_dir or f"retrain-{p['study']}-{p['trial']}"
+    out_dir = args.out_dir or f"retrain-{p['study']}-{p['trial']}" + ("-ensemble" if "ensemble" in export else "")
     results = retrain(
         export, seeds=args.seeds, tta=args.tta, snapshots=args.snapshots, out_dir=out_dir, epochs=args.epochs,
         data_dir=args.data_dir, subset=args.subset,
     )  # fmt: skip  (kilotune.retrain() in Python)
+    if "ensemble" in export:
+        for i, m in enumerate(results["members"], 1):
+            tta = f", with flip TTA {m['tta_test_accuracy']:.4f}" if "tta_test_accuracy" in m else ""
+            print(f"member {i} (trial {m['trial'] if m['trial'] is not None else '-'}, seed {m['seed']}, weight {m['weight']}): "
+                  f"test accuracy {m['test_accuracy']:.4f}{tta}")
+        print(f"ensemble of {count_of(len(results['members']), 'member')}{' with flip TTA' if results['flip_tta'] else ''}: "
+              f"test accuracy {results['ensemble_test_accuracy']:.4f} ({results['total_epochs']} epochs in all); "
+              f"one predictor: {out_dir}/ensemble.keras (kilotune.load_predictor)")
     for key, label in (("test_accuracy", "test accuracy"), ("tta_test_accuracy", "with flip TTA"), ("snapshot_test_accuracy", "snapshot ensemble")):
-        if key in results and results[key]["mean"] is not None:
+        if "ensemble" not in export and key in results and results[key]["mean"] is not None:
             s = results[key]
             print(f"{label}: {s['mean']:.4f} ± {s['std']:.4f} over {count_of(len(s['values']), 'seed')}")
     print(f"wrote {out_dir}/results.json (the search's validation accuracy was {validation_text(p)})")

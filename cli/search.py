@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kilotune.models.names import ENSEMBLE_SELECTIONS
 from kilotune.workers.options import add_storage_argument, whole_number, writable_file
 
 
@@ -30,6 +31,11 @@ def register_export(sub: argparse._SubParsersAction) -> None:
     add_storage_argument(p)
     p.add_argument("--rank", type=whole_number(1), default=1, help="1 = the cross-validated winner, 2 = the runner-up, ... (default: %(default)s)")
     p.add_argument("--out", required=True, type=writable_file, help="JSON file to write, e.g. best.json")
+    p.add_argument("--ensemble", type=whole_number(0), default=0, metavar="K",
+                   help="also write an ensemble of K members around the winner, which retrain trains and saves as one predictor (default: 0, none)")
+    p.add_argument("--selection", choices=ENSEMBLE_SELECTIONS, default=ENSEMBLE_SELECTIONS[0],
+                   help="how the members are chosen: top (the best cross-validated trials), greedy (ensemble selection on their "
+                        "out-of-fold predictions) or seeds (the winner K times) (default: %(default)s)")
     p.set_defaults(func=run_export)
 
 
@@ -37,12 +43,18 @@ def run_export(args: argparse.Namespace) -> int:
     from kilotune.search.export import validation_text, write_json
     from kilotune.workers.api import best
 
-    export = best(args.study, storage=args.storage, rank=args.rank)
+    export = best(args.study, storage=args.storage, rank=args.rank, ensemble=args.ensemble, selection=args.selection)
     path = write_json(export, args.out, sort_keys=True)
     p = export["provenance"]
     print(f"wrote {path}: trial {p['trial']} of study {p['study']!r}, validation accuracy {validation_text(p)} "
           f"({export['config']['arch']})")
-    print(f"retrain it on all chosen images: kilotune retrain {path}")
+    if "ensemble" in export:
+        e = export["ensemble"]
+        members = ", ".join(f"trial {m['trial']}" + (f" x{m['weight']}" if m["weight"] > 1 else "") if m["trial"] is not None
+                            else f"seed {m['config']['seed']}" for m in e["members"])  # fmt: skip
+        validation = f"; out-of-fold accuracy {e['validation']['ensemble']:.4f} against the winner's {e['validation']['winner']:.4f}" if e["validation"] else ""
+        print(f"ensemble ({e['selection']}): {members}{validation}" + (f" ({e['note']})" if e["note"] else ""))
+    print(f"retrain it on all chosen images: kilotune retrain {path}" + (" --epochs E (each member's epochs)" if "ensemble" in export else ""))
     return 0
 
 

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 ARCHITECTURES: tuple[str, ...] = ("vgg8", "vgg16", "resnet9", "resnet18", "resnet20", "wrn")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "silu")  # keras.activations names
+# How an ensemble's members are chosen (search/ensemble.py), the default first; here, light, for the command line.
+ENSEMBLE_SELECTIONS: tuple[str, ...] = ("top", "greedy", "seeds")
 
 
 def listing(values: Iterable[object], last: str = "or") -> str:

@@ -22,8 +22,10 @@ from optuna.storages import BaseStorage
 from kilotune.models.names import listing
 from kilotune.search.attrs import CONFIG
 from kilotune.search.study import StudySettings, load_study, open_storage
+from kilotune.search import ensemble
+from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
-from kilotune.subset.files import installed_version, now_iso, write_json
+from kilotune.subset.files import count_of, installed_version, now_iso, write_json
 from kilotune.workers.config import TrainConfig
 
 __all__ = ["check_export", "export_trial", "provenance", "read_export", "write_json"]
@@ -61,16 +63,63 @@ def export_trial(study: optuna.Study, storage: BaseStorage, rank: int = 1) -> di
     return {"config": config.to_dict(), "provenance": provenance(study, settings, evaluated)}
 
 
-def export_study(study: str, storage: str | None = None, rank: int = 1) -> dict[str, Any]:
-    """What ``kilotune export`` writes for study ``study``: :func:`export_trial` of its ``rank``-th best trial.
+def export_ensemble(study: optuna.Study, storage: BaseStorage, k: int, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
+    """The winner's export (:func:`export_trial`) with an ``ensemble`` of ``k`` members that
+    ``kilotune retrain`` trains, each on all the images, and averages (search/ensemble.py).
+
+    ``top`` and ``greedy`` choose among the cross-validated trials by their out-of-fold
+    predictions; with fewer cross-validated trials than ``k``, ``top`` takes them all. A study with
+    none (a time budget only, or from before trials recorded their predictions) gets a seed
+    ensemble of its winner, and ``ensemble.note`` says why.
+
+    Raises:
+        ValueError: for ``k`` below 2 or an unknown ``selection``, naming them.
+    """
+    if k < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {k=} (export without --ensemble for one model)")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection={selection!r} is not allowed; choose one of {listing(SELECTIONS)}")
+    exported = export_trial(study, storage)
+    trials, settings = StudyTrials.read(study, storage), StudySettings.from_study(study)
+    pool, note = ensemble.candidates(trials, settings.cv_top_k), None
+    if selection != "seeds" and not pool:
+        note = "no cross-validated trials with validation predictions: a seed ensemble of the winner"
+        selection = "seeds"
+    if selection == "seeds":
+        members = ensemble.seed_members(exported["config"], k)
+        validation = None
+    else:
+        chosen = ensemble.choose_members(pool, k, selection)
+        if selection == "top" and len(chosen) < k:
+            note = f"{count_of(len(pool), 'cross-validated trial')} for {k} members: all of them"
+        members = ensemble.member_configs(trials, chosen)
+        folds = sorted(pool[0].folds)
+        # On the folds that chose it: optimistic for greedy; bench/ensemble_selection.py cross-fits.
+        validation = {"folds": folds, "winner": ensemble.ensemble_accuracy(pool, [(pool[0].number, 1)], folds),
+                      "ensemble": ensemble.ensemble_accuracy(pool, chosen, folds)}
+    for member in members:
+        TrainConfig.from_dict(member["config"])  # an export retrain cannot read fails here
+    exported["ensemble"] = {"selection": selection, "members": members, "validation": validation, "note": note}
+    return exported
+
+
+def export_study(study: str, storage: str | None = None, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
+    """What ``kilotune export`` writes for study ``study``: :func:`export_trial` of its ``rank``-th
+    best trial, or with ``ensemble`` members, :func:`export_ensemble`.
 
     Args:
         study: The study name.
         storage: Its storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
         rank: 1 for the best complete trial, 2 for the runner-up, ...
+        ensemble: 0 for one configuration; 2 or more for an ensemble of that many members.
+        selection: How an ensemble's members are chosen: top, greedy or seeds.
     """
     opened = open_storage(storage, must_exist=True)
     loaded, _ = load_study(study, opened)
+    if ensemble:
+        if rank != 1:
+            raise ValueError(f"an ensemble is built around the winner: give rank=1 with ensemble={ensemble}, not {rank=}")
+        return export_ensemble(loaded, opened, ensemble, selection)
     return export_trial(loaded, opened, rank)
 
 
@@ -151,4 +200,12 @@ def check_export(data: Any, source: str = "the export") -> dict[str, Any]:
     missing = [k for k in ("study", "trial", "dataset", "dataset_checksum", "subset_path", "subset_checksum") if k not in data["provenance"]]
     if missing:
         raise ValueError(f"{source}: provenance is missing {listing(missing, 'and')}")
+    if "ensemble" in data:
+        members = data["ensemble"].get("members") if isinstance(data["ensemble"], dict) else None
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) and isinstance(m.get("config"), dict) for m in members):
+            raise ValueError(f"{source}: 'ensemble' must hold 'members', at least 2, each with a 'config' (what kilotune.best(ensemble=k) writes)")
+        for member in members:
+            TrainConfig.from_dict(member["config"])
+            if not isinstance(member.get("weight", 1), int) or member.get("weight", 1) < 1:
+                raise ValueError(f"{source}: an ensemble member's weight must be a whole number of at least 1, got {member.get('weight')!r}")
     return data

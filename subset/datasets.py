@@ -34,6 +34,7 @@ from kilotune.subset.files import cache_dir, file_lock
 
 
 DATASETS = ("cifar10", "fashion-mnist")
+FLIP_INVARIANT = ("cifar10", "fashion-mnist")  # a mirrored airplane or shirt is still one
 ARRAYS_SUFFIX = ".npz"  # a dataset "name" ending in it is the path of a user's arrays
 _ARRAY_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -86,6 +87,12 @@ class ImageDataset:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def flip_invariant(self) -> bool:
+        """Whether a horizontal flip keeps every image's class (so flip test-time augmentation is
+        safe): the built-in datasets; a user's arrays are not assumed to be."""
+        return self.name in FLIP_INVARIANT
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 # Lowest first; a module may import its own layer and the layers below it.
 LAYERS = ("models", "subset", "training core", "search", "worker", "cli")
-TRAINING_CORE = {"config", "train", "data", "augment", "checkpoint", "retrain", "compare", "gpu"}
+TRAINING_CORE = {"config", "train", "data", "augment", "checkpoint", "retrain", "compare", "gpu", "predictor"}
 WORKER = {"worker", "protocol", "local", "api", "options"}
 
 

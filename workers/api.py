@@ -21,6 +21,7 @@ import optuna
 
 from kilotune.models.quiet import quiet_tensorflow
 from kilotune.search.export import export_study as _export_study
+from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
 from kilotune.search.export import check_export, read_export
 from kilotune.search.study import load_study, open_storage
 from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, check_dataset_name, dataset_from_arrays, load_dataset, save_dataset
@@ -29,6 +30,7 @@ from kilotune.workers.options import (
     checked,
     flag,
     name_list,
+    one_of,
     path_string,
     readable_file,
     run_arguments,
@@ -39,7 +41,7 @@ from kilotune.workers.options import (
 )
 
 quiet_tensorflow()  # as the command does, before anything loads TensorFlow
-__all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "report", "retrain", "run", "save_dataset"]
+__all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "load_predictor", "report", "retrain", "run", "save_dataset"]
 
 DatasetLike = str | os.PathLike | ImageDataset
 
@@ -107,13 +109,23 @@ def run(
     return load_study(args.study, open_storage(args.storage))[0]
 
 
-def best(study: str, *, storage: str | None = None, rank: int = 1) -> dict[str, Any]:
+def best(study: str, *, storage: str | None = None, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
     """The best configuration of ``study`` with its provenance (what ``kilotune export`` writes).
 
+    Args:
+        study: The study name.
+        storage: Its storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
+        rank: 1 for the cross-validated winner, 2 for the runner-up, ...
+        ensemble: 0 for one configuration; k >= 2 adds an ensemble of k members around the winner
+            (``export --ensemble k``), which :func:`retrain` trains and saves as one predictor.
+        selection: How the members are chosen: top (the best cross-validated trials), greedy
+            (ensemble selection on their out-of-fold predictions) or seeds (the winner k times).
+
     Returns:
-        ``{"config": {...TrainConfig...}, "provenance": {...}}``; ``retrain`` takes it as it is.
+        ``{"config": {...TrainConfig...}, "provenance": {...}}`` (and ``"ensemble"``); ``retrain`` takes it as it is.
     """
-    return _export_study(checked("study", study, text), checked("storage", storage, text, optional=True), checked("rank", rank, whole_number(1)))
+    return _export_study(checked("study", study, text), checked("storage", storage, text, optional=True), checked("rank", rank, whole_number(1)),
+                         checked("ensemble", ensemble, whole_number(0)), checked("selection", selection, one_of(SELECTIONS)))  # fmt: skip
 
 
 def retrain(
@@ -141,8 +153,13 @@ def retrain(
         subset: The study's subset file where it is not at the exported path.
         progress: A line per epoch and per seed.
 
+    An ensemble export (``best(ensemble=k)``) trains every member instead, for ``epochs`` each,
+    saves them as one predictor (``<out_dir>/ensemble.keras``: :func:`load_predictor`) and tests
+    each member and the ensemble once.
+
     Returns:
-        What ``results.json`` holds: test accuracy per seed, mean and std.
+        What ``results.json`` holds: test accuracy per seed, mean and std (an ensemble: per
+        member, and ``ensemble_test_accuracy``).
     """
     export = check_export(export, "the dict given as export") if isinstance(export, dict) else read_export(checked("export", export, readable_file))
     seeds, snapshots = checked("seeds", seeds, whole_number(1)), checked("snapshots", snapshots, whole_number(0))
@@ -151,13 +168,25 @@ def retrain(
     out_dir = checked("out_dir", out_dir, writable_directory, optional=True)
     data_dir = checked("data_dir", data_dir, path_string, optional=True)
     subset = checked("subset", subset, readable_file, optional=True)
-    from kilotune.workers.retrain import load_training_set  # Keras: after the checks
+    if "ensemble" in export and (seeds != 1 or snapshots):
+        raise ValueError(f"an ensemble export trains its members once each: give seeds=1 and snapshots=0, not {seeds=}, {snapshots=}")
+    from kilotune.workers.retrain import load_training_set, retrain_ensemble  # Keras: after the checks
     from kilotune.workers.retrain import retrain as retrain_export
 
     p = export["provenance"]
     dataset, chosen = load_training_set(export, data_dir, subset)
-    out_dir = out_dir or f"retrain-{p['study']}-{p['trial']}"
+    out_dir = out_dir or f"retrain-{p['study']}-{p['trial']}" + ("-ensemble" if "ensemble" in export else "")
+    if "ensemble" in export:
+        return retrain_ensemble(export, dataset, chosen.indices, out_dir=out_dir, epochs=epochs, tta=tta, progress=progress)
     return retrain_export(export, dataset, chosen.indices, seeds=seeds, tta=tta, snapshots=snapshots, out_dir=out_dir, epochs=epochs, progress=progress)
+
+
+def load_predictor(path: str | os.PathLike) -> Any:
+    """The ensemble :func:`retrain` saved (``<out_dir>/ensemble.keras``) as one Keras model: its
+    ``predict`` takes images of 0-255 values and returns the members' mean softmax."""
+    from kilotune.workers.predictor import load_predictor as load
+
+    return load(checked("path", path, readable_file))
 
 
 def report(study: str, out: str | os.PathLike, *, storage: str | None = None, top: int = 10) -> Path:

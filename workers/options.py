@@ -59,6 +59,17 @@ def real(low: float | None = None, high: float | None = None, *, low_open: bool 
     return parse
 
 
+def one_of(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    """An argument type: one of ``choices``."""
+
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise BadValue(f"must be {listing(choices, 'or')}, got {shown(value)}")
+        return value
+
+    return parse
+
+
 def _bounds(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
     """`` in [0, 1)``, `` >= 1``, `` > 0``: the range as a user reads it."""
     if low is not None and high is not None:

@@ -24,6 +24,7 @@ from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
 from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, load_subset
 from kilotune.workers.config import TrainConfig
+from kilotune.workers.predictor import ensemble_predictor, load_predictor
 from kilotune.workers.train import TrainData, TrainResult, evaluate, train
 
 
@@ -193,6 +194,89 @@ def retrain(
         if key in runs[0]:
             results[key] = _summary([r[key] for r in runs])
     results.update(provenance=export["provenance"], finished_at=now_iso())
+    write_json(results, out_dir / "results.json", sort_keys=True)
+    return results
+
+
+def retrain_ensemble(
+    export: dict[str, Any],
+    dataset: ImageDataset,
+    subset_indices: np.ndarray,
+    *,
+    out_dir: str | Path,
+    epochs: int | None = None,
+    tta: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains every member of an ensemble export on all chosen images, tests each once, and
+    saves them as one predictor (``ensemble.keras``, ``workers.predictor``), which is tested once.
+
+    The ensemble's figure is its predictor's: the members' weighted mean softmax, with flip
+    test-time augmentation where the dataset allows it (``ImageDataset.flip_invariant``) or
+    ``tta`` asks for it.
+
+    Args:
+        export: What ``kilotune export --ensemble K`` wrote (``ensemble.members``).
+        dataset: The data (its test set is used once per member and once for the ensemble).
+        subset_indices: The chosen images, indices into the training set.
+        out_dir: Gets ``member-<i>/model.keras``, ``ensemble.keras`` and ``results.json``.
+        epochs: Every member's epochs (its schedule spans them); default each member's own.
+        tta: Flip test-time augmentation even where the dataset is not known to allow it.
+        progress: A line per epoch and per member.
+
+    Returns:
+        What ``results.json`` holds: each member's test accuracy, the ensemble's, the epochs.
+    """
+    members = export["ensemble"]["members"]
+    configs = [TrainConfig.from_dict(m["config"]) for m in members]
+    if epochs is not None:
+        configs = [c.replace(epochs=epochs) for c in configs]
+    flip = tta or dataset.flip_invariant
+    data, out_dir = all_chosen(dataset, subset_indices), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained, rows, started = [], [], time.perf_counter()
+    for i, (member, config) in enumerate(zip(members, configs)):
+        label = f"member {i + 1}/{len(members)}"
+        if progress:
+            print(f"{label} (trial {member.get('trial', '-')}, seed {config.seed}): {config.arch}, "
+                  f"{count_of(config.epochs, 'epoch')} on {len(data.x_train)} {dataset.name} images", flush=True)
+        callbacks = [EpochProgress(label, stream=sys.stdout)] if progress else []
+        result = train(config, data, keras_callbacks=callbacks)
+        member_dir = out_dir / f"member-{i}"
+        member_dir.mkdir(exist_ok=True)
+        result.model.save(member_dir / "model.keras")
+        row = {"trial": member.get("trial"), "weight": member.get("weight", 1), "seed": config.seed, "status": result.status,
+               "epochs": len(result.history), "test_accuracy": evaluate(result, dataset.x_test, dataset.y_test),
+               "model": f"{member_dir.name}/model.keras"}  # fmt: skip
+        if flip:
+            row["tta_test_accuracy"] = evaluate(result, dataset.x_test, dataset.y_test, flip_tta=True)
+        rows.append(row)
+        trained.append((result.model, result.normalization))
+        if progress:
+            elapsed = time.perf_counter() - started
+            print(f"{label}: test accuracy {row['test_accuracy']:.4f} ({result.status}); {duration(elapsed)} elapsed, "
+                  f"about {duration(elapsed / (i + 1) * (len(members) - i - 1))} left", flush=True)
+    predictor = ensemble_predictor(trained, [r["weight"] for r in rows], dataset.input_shape, flip_tta=flip)
+    predictor.save(out_dir / "ensemble.keras")
+    # The figure is the saved file's: what a user loads is what was tested.
+    saved = load_predictor(out_dir / "ensemble.keras").predict(dataset.x_test.astype(np.float32), batch_size=500, verbose=0)
+    results: dict[str, Any] = {
+        "study": export["provenance"].get("study"),
+        "trial": export["provenance"].get("trial"),
+        "dataset": dataset.name,
+        "train_images": len(data.x_train),
+        "test_images": len(dataset.x_test),
+        "selection": export["ensemble"].get("selection"),
+        "members": rows,
+        "ensemble_test_accuracy": float(np.mean(np.argmax(saved, axis=1) == dataset.y_test)),
+        "flip_tta": flip,
+        "final_epochs": [c.epochs for c in configs],
+        "total_epochs": sum(c.epochs for c in configs),
+        "predictor": "ensemble.keras",
+        "test_accuracy": _summary([r["test_accuracy"] for r in rows]),  # the members', one by one
+        "provenance": export["provenance"],
+        "finished_at": now_iso(),
+    }
     write_json(results, out_dir / "results.json", sort_keys=True)
     return results
 

@@ -259,10 +259,14 @@ def train(
     )
 
 
+def probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> np.ndarray:
+    """A trained model's softmax on uint8 images, averaged with their flipped copies' with ``flip_tta``."""
+    xs = normalize(x, *result.normalization)
+    views = [xs, xs[:, :, ::-1]] if flip_tta else [xs]
+    softmax = [keras.ops.convert_to_numpy(keras.ops.softmax(result.model.predict(v, batch_size=batch_size, verbose=0), axis=-1)) for v in views]
+    return np.mean(softmax, axis=0)
+
+
 def evaluate(result: TrainResult, x: np.ndarray, y: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> float:
     """Accuracy of a trained model on uint8 images, optionally averaging with flipped copies."""
-    xs = normalize(x, *result.normalization)
-    logits = result.model.predict(xs, batch_size=batch_size, verbose=0)
-    if flip_tta:
-        logits = logits + result.model.predict(xs[:, :, ::-1], batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=1) == y))
+    return float(np.mean(np.argmax(probabilities(result, x, flip_tta=flip_tta, batch_size=batch_size), axis=1) == y))

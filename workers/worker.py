@@ -26,10 +26,11 @@ from optuna_dashboard import save_note
 
 from kilotune.search.attrs import (
     CONFIG, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, FOLD, IMAGES_PER_SECOND, PARAMS_COUNT, PRESET, RESUMED_FROM_EPOCH, RETRY_OF, STATUS,
-    WORKER, WORKER_ID,
+    VAL_PREDICTIONS, WORKER, WORKER_ID,
 )
 from kilotune.search.optuna_internals import frozen_trial
 from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
+from kilotune.search.ensemble import encode_predictions
 from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
@@ -37,7 +38,7 @@ from kilotune.workers.checkpoint import Checkpoint, check_writable
 from kilotune.workers.data import holdout_data
 from kilotune.workers.gpu import is_out_of_memory
 from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
-from kilotune.workers.train import EpochReport, TrainData, TrainingInterrupted, train
+from kilotune.workers.train import EpochReport, TrainData, TrainingInterrupted, probabilities, train
 
 log = logging.getLogger("kilotune.worker")
 
@@ -184,6 +185,9 @@ class Worker:
         # A diverged run is a result (a bad one: its last finite epochs), so the sampler learns to avoid it.
         value = objective_value([r.val_accuracy for r in result.history], self.settings.objective_epochs)
         recorder.set_user_attr(PARAMS_COUNT, result.params)
+        if result.status == "complete":  # what an ensemble's members are chosen by (search/ensemble.py)
+            split = self.data_for(trial)
+            recorder.set_user_attr(VAL_PREDICTIONS, encode_predictions(probabilities(result, split.x_val), split.y_val))
         self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, value)
         checkpoint.clear()
         return result.status

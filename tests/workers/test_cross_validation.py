@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from optuna_dashboard import get_note
 
 from kilotune.cli.main import main
+from kilotune.search.ensemble import candidates
 from kilotune.search.study import load_study, open_storage
 from kilotune.search.winner import StudyTrials, cross_validated_best, load_cv_study, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
@@ -70,4 +71,9 @@ def test_a_worker_trains_fold_trials_on_their_folds_within_the_budget(pg_url, fa
     winner = cross_validated_best(trials, settings.cv_top_k)
     assert winner.trial.number == best.number and sorted(winner.values) == [0, 1, 2] and winner.stderr is not None
     assert get_note(study) == winner_note(trials, settings.cv_top_k, study.study_name), "the dashboard's note names the winner"
+    pool = candidates(trials, settings.cv_top_k)  # every complete trial recorded its validation predictions
+    assert [c.number for c in pool] == [best.number] and sorted(pool[0].folds) == [0, 1, 2]
+    for fold, (probabilities, labels) in pool[0].folds.items():
+        expected = holdout_data(dataset, indices, settings.val_fraction, settings.split_seed, fold)
+        assert probabilities.shape == (len(expected.y_val), 10) and np.array_equal(labels, expected.y_val)
     assert f"kilotune winner: trial {best.number}" in get_note(study)

@@ -114,3 +114,32 @@ def test_snapshot_epochs(schedule, epochs, steps, k, expected):
 def test_snapshot_epochs_rejects_more_snapshots_than_epochs():
     with pytest.raises(ValueError, match="snapshots must be from 1 to the 2 epochs trained"):
         snapshot_epochs(TrainConfig(epochs=2), 1, 3)
+
+
+@pytest.mark.slow
+def test_an_ensemble_export_trains_every_member_and_saves_one_predictor(exported, dataset, tmp_path, capsys):
+    """Issue 27: each member trained on all images for the epochs asked (its schedule spanning
+    them), tested once; the ensemble saved as one predictor whose own output is the figure."""
+    import numpy as np
+
+    import kilotune
+
+    best, _ = exported
+    data = json.loads(best.read_text())
+    data["ensemble"] = {"selection": "seeds", "note": None, "validation": None,
+                        "members": [{"trial": None, "weight": w, "config": {**TINY.to_dict(), "seed": s}} for s, w in ((5, 1), (6, 2))]}
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["retrain", str(path), "--epochs", "2", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert [m["seed"] for m in results["members"]] == [5, 6] and [m["epochs"] for m in results["members"]] == [2, 2]
+    assert results["final_epochs"] == [2, 2] and results["total_epochs"] == 4 and results["flip_tta"] is True
+    assert "ensemble of 2 members with flip TTA: test accuracy" in printed and "member 2 (trial -, seed 6, weight 2)" in printed
+    predictor = kilotune.load_predictor(out / "ensemble.keras")
+    probabilities = predictor.predict(dataset.x_test[:500].astype(np.float32), verbose=0)
+    assert probabilities.shape == (500, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert 0.0 < results["ensemble_test_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="an ensemble export trains its members once each"):
+        kilotune.retrain(data, seeds=2)
