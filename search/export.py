@@ -68,9 +68,10 @@ def export_ensemble(study: optuna.Study, storage: BaseStorage, k: int, selection
     ``kilotune retrain`` trains, each on all the images, and averages (search/ensemble.py).
 
     ``top`` and ``greedy`` choose among the cross-validated trials by their out-of-fold
-    predictions; with fewer cross-validated trials than ``k``, ``top`` takes them all. A study with
-    none (a time budget only, or from before trials recorded their predictions) gets a seed
-    ensemble of its winner, and ``ensemble.note`` says why.
+    predictions; with fewer cross-validated trials than ``k``, ``top`` takes them all and the
+    winner again with other seeds for the rest. A study with none (a small or time budget, or
+    from before trials recorded their predictions) gets a seed ensemble of its winner, and
+    ``ensemble.note`` says why.
 
     Raises:
         ValueError: for ``k`` below 2 or an unknown ``selection``, naming them.
@@ -90,9 +91,10 @@ def export_ensemble(study: optuna.Study, storage: BaseStorage, k: int, selection
         validation = None
     else:
         chosen = ensemble.choose_members(pool, k, selection)
-        if selection == "top" and len(chosen) < k:
-            note = f"{count_of(len(pool), 'cross-validated trial')} for {k} members: all of them"
         members = ensemble.member_configs(trials, chosen)
+        if selection == "top" and len(chosen) < k:
+            note = f"{count_of(len(pool), 'cross-validated trial')} for {k} members: the rest are the winner with other seeds"
+            members += ensemble.seed_members(exported["config"], k - len(chosen) + 1)[1:]
         folds = sorted(pool[0].folds)
         # On the folds that chose it: optimistic for greedy; bench/ensemble_selection.py cross-fits.
         validation = {"folds": folds, "winner": ensemble.ensemble_accuracy(pool, [(pool[0].number, 1)], folds),

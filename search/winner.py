@@ -57,7 +57,8 @@ def plan_cross_validation(n_trials: int | None, folds: int, top_k: int | None = 
         n_trials: The study's trial budget; None (a time budget only): no cross-validation.
         folds: The subset's folds (5 for a validation fraction of 0.2).
         top_k: The top trials to cross-validate; None: up to ``MAX_CV_TOP_K``, each on at
-            least 2 more folds, as the budget allows; 0: none.
+            least 2 more folds, as the budget allows, and none where it allows fewer than 2
+            (cross-validating one trial changes no decision); 0: none.
 
     Raises:
         ValueError: if ``top_k`` trials cannot each take one more fold within the share.
@@ -71,7 +72,7 @@ def plan_cross_validation(n_trials: int | None, folds: int, top_k: int | None = 
         return 0, 1
     share = n_trials // CV_SHARE
     k = min(MAX_CV_TOP_K, share // 2) if top_k is None else top_k
-    if k == 0:
+    if k == 0 or (top_k is None and k < 2):
         return 0, 1
     extra = min(folds - 1, share // k)
     if extra == 0:

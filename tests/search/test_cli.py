@@ -91,7 +91,7 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     space.write_text(json.dumps({"arch": ["vgg8"], "width": 0.125, "batch_size": 32, "mixing": "none"}))
     out = run_bounded(
         [sys.executable, "-m", "kilotune", "run", "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
-         "--space", str(space), "--epochs", "2", "--n-trials", "6", "--workers", "2", "--preset", "vgg8-reference"],
+         "--space", str(space), "--epochs", "2", "--n-trials", "6", "--cv-top-k", "1", "--workers", "2", "--preset", "vgg8-reference"],
         cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr[-3000:]

@@ -85,8 +85,9 @@ def test_the_ensemble_export_names_its_members_and_their_validation(study_and_st
     assert e["selection"] == "top" and [m["trial"] for m in e["members"]] == [0, 1] and e["note"] is None
     assert e["validation"]["folds"] == [0, 1, 2] and 0 <= e["validation"]["ensemble"] <= 1
     assert check_export(exported) is exported
-    many = export_ensemble(study, storage, 5)
-    assert len(many["ensemble"]["members"]) == 3 and "3 cross-validated trials for 5 members" in many["ensemble"]["note"]
+    many = export_ensemble(study, storage, 5)["ensemble"]
+    assert [(m["trial"], m["config"]["seed"]) for m in many["members"]] == [(0, 0), (1, 1), (2, 2), (None, 1), (None, 2)]
+    assert "3 cross-validated trials for 5 members: the rest are the winner with other seeds" in many["note"]
     seeds = export_ensemble(study, storage, 3, "seeds")["ensemble"]["members"]
     assert [m["config"]["seed"] for m in seeds] == [0, 1, 2] and {m["config"]["arch"] for m in seeds} == {"vgg8"}
 

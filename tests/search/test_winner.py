@@ -36,8 +36,9 @@ def test_the_value_is_the_mean_of_the_last_k_finite_epochs():
     (30, None, (3, 4)),
     (45, None, (3, 5)),
     (200, None, (3, 5)),  # never more folds than the subset has
-    (6, None, (1, 3)),
+    (6, None, (0, 1)),  # a third of 6: the top 1 on 2 more folds would change no decision
     (5, None, (0, 1)),  # a third of 5 is 1 fold trial: too few to compare two candidates
+    (6, 1, (1, 3)),  # asked for: the winner's mean over 3 folds
     (3, None, (0, 1)),
     (None, None, (0, 1)),  # a time budget only
     (30, 0, (0, 1)),

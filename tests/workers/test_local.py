@@ -28,7 +28,7 @@ from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_
 
 EPOCHS = 10
 SETTINGS = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json", subset_checksum="sha256:bb",
-                         epochs=EPOCHS, n_trials=6, created_at=dt.datetime.now(dt.timezone.utc).isoformat())  # fmt: skip
+                         epochs=EPOCHS, n_trials=6, cv_top_k=1, created_at=dt.datetime.now(dt.timezone.utc).isoformat())  # fmt: skip
 assert (SETTINGS.search_trials, SETTINGS.cv_top_k, SETTINGS.cv_folds) == (4, 1, 3), "6 trials: the top 1 on 2 more folds"
 
 
