@@ -1,7 +1,7 @@
-"""Search quality per epoch budget: each method's winner retrained on all 1000 images and tested once.
+"""Search quality per epoch budget: each method's delivered model trained on all 1000 images and tested once.
 
     nice -n 15 nohup python bench/search_budget.py > search_budget.log 2>&1 &     # the full grid
-    python bench/search_budget.py --budgets 6 --epochs-per-trial 2 --seeds 0 --out /tmp/smoke.json
+    python bench/search_budget.py --budgets 6 --epochs-per-trial 2 --seeds 0 --final-epochs 2 --out /tmp/smoke.json
     python bench/search_budget.py --report                                       # table + figure only
 
 Fashion-MNIST, a 1000-image subset (default: class-balanced random, 100 a class, built with
@@ -9,12 +9,17 @@ Fashion-MNIST, a 1000-image subset (default: class-balanced random, 100 a class,
 fixed to the run's seed, ``--epochs-per-trial`` epochs a trial for every method. A run (a cell:
 method x budget x seed) searches until the training epochs it has spent reach the budget (pruned
 trials count the epochs they trained; a trial still training then is cut at the budget and cannot
-win), then its winner is retrained on all 1000 images with the product's retrain path (``kilotune
-retrain``) and tested once on the 10,000 test images. Methods:
+win), then its final step turns it into the model a user takes home, trained on all 1000 images
+with the product's retrain path (``kilotune retrain``) and tested once on the 10,000 test images.
+Every method gets the same final-training compute (``--ensemble`` K x ``--final-epochs`` E epochs):
+kilotune delivers its ensemble export (K members of E epochs each), every other method its single
+best config trained for K x E epochs (its schedule stretched to them). Methods:
 
     kilotune    the product as a user runs it: ``kilotune study create`` with its defaults (TPE, its
-                pruner, whatever warm start it does), the product's ``Worker`` in this process one
-                trial at a time, winner = what ``kilotune export`` picks.
+                pruner, whatever warm start it does) and a trial budget of budget / epochs a trial
+                (the product's currency: cross-validation of the top trials comes out of it, and
+                pruning leaves epochs unspent), the product's ``Worker`` in this process one trial at
+                a time; delivered: ``kilotune export --ensemble K`` retrained for E epochs a member.
     random      stock Optuna, RandomSampler(seed), no pruning; winner = ``study.best_trial``.
     optuna      stock Optuna as its documentation sets it up: TPESampler(seed) + MedianPruner()
                 with their defaults; winner = ``study.best_trial``.
@@ -24,9 +29,16 @@ retrain``) and tested once on the 10,000 test images. Methods:
                 accuracy wins (never the test set). The presets are those the product enqueues
                 into a new study (its warm start); where it enqueues none, PRESETS narrowed to the
                 space (archs outside it dropped, width and batch size moved into it).
-    kilotune-startup10
-                (an ablation, only when named in --methods) the kilotune arm with TPE's start-up at
-                Optuna's default 10 trials instead of kilotune's 5.
+Ablations, each one lever of the delivered model (rows of their own, not in the default grid
+unless named in --methods; the first two reuse the kilotune cell's search):
+
+    kilotune-single        the kilotune search's winner alone, trained for K x E epochs: the ensemble's share.
+    kilotune-trial-length  the ensemble with its members trained as long as a search trial: long final training's share.
+    kilotune-no-policies   the kilotune arm searching the space without RandAugment, AugMix and RandomErasing.
+    kilotune-startup10     TPE's start-up at Optuna's default 10 trials instead of kilotune's 5 (issue 15).
+
+Rows written before the final step existed (each method's winner retrained at the trial's epochs)
+have no ``final_epochs``; they stay in the rows file, apart, so the gain of the final step shows.
 
 The random and optuna arms use kilotune's space, split (800 train / 200 validation, the study
 defaults) and training core, with the last epoch's validation accuracy as objective.
@@ -61,7 +73,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("kilotune", "random", "kerastuner", "optuna", "preset")
 # Not in the default grid: the product with one choice changed, to measure that choice.
-ABLATIONS = ("kilotune-startup10",)  # TPE's start-up at Optuna's default 10 trials, not kilotune's 5
+ABLATIONS = ("kilotune-single", "kilotune-trial-length", "kilotune-no-policies", "kilotune-startup10")
+ENSEMBLES = ("kilotune", "kilotune-trial-length", "kilotune-no-policies")  # methods that deliver an ensemble
+SHARED_SEARCH = {"kilotune-single": "kilotune", "kilotune-trial-length": "kilotune"}  # same study, another final step
+NO_POLICIES = {"policy": "none", "random_erasing": 0.0}
 DATASET = "fashion-mnist"
 SPACE = "small"  # kilotune's built-in small space (search/space.py NAMED_SPACES)
 DEFAULT_OUT = "bench/results/search_budget.json"
@@ -93,14 +108,17 @@ class Bench:
     epochs: int  # per trial, every method
     subset: Path
     runs_dir: Path
+    final_epochs: int = 18  # a member's epochs in the final step (a single model trains ensemble x this)
+    ensemble: int = 3  # members of kilotune's delivered ensemble
 
     def cell_dir(self, cell: Cell) -> Path:
         return self.runs_dir / cell.key
 
-    def space_spec(self, seed: int) -> dict[str, Any]:
+    def space_spec(self, seed: int, method: str = "kilotune") -> dict[str, Any]:
         from kilotune.search.space import NAMED_SPACES
 
-        return {**NAMED_SPACES[SPACE], "seed": seed}  # the run's seed is every trial's training seed
+        # The run's seed is every trial's training seed; the policies' ablation leaves them out.
+        return {**NAMED_SPACES[SPACE], "seed": seed, **(NO_POLICIES if method == "kilotune-no-policies" else {})}
 
 
 @dataclasses.dataclass
@@ -118,9 +136,11 @@ class Search:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + ABLATIONS)
-    parser.add_argument("--budgets", nargs="+", type=int, default=[150, 450], help="training epochs a run (default: %(default)s)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs-per-trial", type=int, default=15, help="every method's epochs a trial (default: %(default)s)")
+    parser.add_argument("--budgets", nargs="+", type=int, default=[60, 180], help="training epochs a run (default: %(default)s)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs-per-trial", type=int, default=6, help="every method's epochs a trial (default: %(default)s)")
+    parser.add_argument("--final-epochs", type=int, default=Bench.final_epochs, help="an ensemble member's epochs in the final step (default: %(default)s)")
+    parser.add_argument("--ensemble", type=int, default=Bench.ensemble, help="kilotune's members; a single model trains this x --final-epochs (default: %(default)s)")
     parser.add_argument("--subset", help="subset file (default: a random 100-a-class subset, built once in --runs-dir)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="rows file (default: %(default)s)")
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS, help="per-cell studies, logs, retrains (default: %(default)s)")
@@ -132,14 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         print(report(out))
         return 0
-    if args.epochs_per_trial < 1 or args.parallel < 1 or min(args.budgets) < 1:
-        raise SystemExit(f"need --epochs-per-trial, --parallel and --budgets >= 1; got {args.epochs_per_trial=}, {args.parallel=}, {args.budgets=}")
-    bench = Bench(args.epochs_per_trial, Path(args.subset) if args.subset else default_subset(runs_dir), runs_dir)
+    if min(args.epochs_per_trial, args.parallel, args.final_epochs, *args.budgets) < 1 or args.ensemble < 2:
+        raise SystemExit(f"need --epochs-per-trial, --parallel, --final-epochs and --budgets >= 1 and --ensemble >= 2; got "
+                         f"{args.epochs_per_trial=}, {args.parallel=}, {args.final_epochs=}, {args.budgets=}, {args.ensemble=}")
+    bench = Bench(args.epochs_per_trial, Path(args.subset) if args.subset else default_subset(runs_dir), runs_dir, args.final_epochs, args.ensemble)
     if args.cell:
         row = run_cell(Cell.parse(args.cell), bench)
         write_json_atomic(bench.cell_dir(Cell.parse(args.cell)) / "row.json", row)
         return 0
-    cells = [Cell(m, b, s) for b in sorted(set(args.budgets)) for s in args.seeds for m in args.methods]
+    # Seed by seed, every method at each: partial rows compare methods on the same seeds.
+    cells = [Cell(m, b, s) for s in args.seeds for b in sorted(set(args.budgets)) for m in args.methods]
     run_grid(cells, bench, out, args.parallel)
     print(report(out))
     return 0
@@ -151,8 +173,8 @@ def run_grid(cells: list[Cell], bench: Bench, out: Path, parallel: int) -> None:
     """Runs the cells not yet in ``out``, ``parallel`` at once, merging each row as its process ends."""
     rows = load_rows(out)
     check_protocol(rows, bench, out)
-    done = {(r["method"], r["budget_epochs"], r["seed"]) for r in rows}
-    pending = [c for c in cells if (c.method, c.budget, c.seed) not in done]
+    done = {_row_key(r) for r in rows}
+    pending = [c for c in cells if (c.method, c.budget, c.seed, bench.final_epochs) not in done]
     print(f"{len(cells) - len(pending)} of {len(cells)} cells already in {out}; running {len(pending)}, {parallel} at once", flush=True)
     env = dict(os.environ)
     # Several processes on one GPU: each takes memory as it needs it, none preallocates it all.
@@ -168,7 +190,8 @@ def run_grid(cells: list[Cell], bench: Bench, out: Path, parallel: int) -> None:
                 cell_dir.mkdir(parents=True, exist_ok=True)
                 (cell_dir / "row.json").unlink(missing_ok=True)
                 command = [sys.executable, str(Path(__file__).resolve()), "--cell", cell.key, "--subset", str(bench.subset),
-                           "--epochs-per-trial", str(bench.epochs), "--runs-dir", str(bench.runs_dir)]
+                           "--epochs-per-trial", str(bench.epochs), "--runs-dir", str(bench.runs_dir),
+                           "--final-epochs", str(bench.final_epochs), "--ensemble", str(bench.ensemble)]
                 with open(cell_dir / "cell.log", "a") as log:
                     running[cell] = (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO), time.time())
                 print(f"{_now()} start {cell.key} (log: {cell_dir / 'cell.log'})", flush=True)
@@ -182,15 +205,20 @@ def run_grid(cells: list[Cell], bench: Bench, out: Path, parallel: int) -> None:
                     print(f"{_now()} FAILED {cell.key}: exit {process.returncode}; see {bench.cell_dir(cell) / 'cell.log'}", flush=True)
                     continue
                 row = json.loads(row_path.read_text())
-                rows = [r for r in load_rows(out) if (r["method"], r["budget_epochs"], r["seed"]) != (cell.method, cell.budget, cell.seed)]
+                rows = [r for r in load_rows(out) if _row_key(r) != _row_key(row)]
                 rows.append(row)
-                rows.sort(key=lambda r: (r["budget_epochs"], r["seed"], (METHODS + ABLATIONS).index(r["method"])))  # the order cells run in
+                rows.sort(key=lambda r: (r.get("final_epochs") or 0, r["budget_epochs"], r["seed"], (METHODS + ABLATIONS).index(r["method"])))
                 write_json_atomic(out, rows)
                 print(f"{_now()} done {cell.key}: test accuracy {row['test_accuracy']}, {row['epochs_spent']} epochs, "
                       f"{row['trials']} trials, {time.time() - started:.0f} s", flush=True)
     finally:
         for process, _ in running.values():  # a killed bench stops its cells; their studies resume
             process.terminate()
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, int, int, int | None]:
+    """A row's cell: rows from before the final step (no ``final_epochs``) are cells of their own."""
+    return row["method"], row["budget_epochs"], row["seed"], row.get("final_epochs")
 
 
 def check_protocol(rows: list[dict[str, Any]], bench: Bench, out: Path) -> None:
@@ -235,25 +263,24 @@ def default_subset(runs_dir: Path) -> Path:
 # --- one cell ------------------------------------------------------------------------------------
 
 def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
-    """Searches, exports the winner, retrains it on all chosen images and tests it: one row."""
+    """Searches, then the final step: the delivered model trained on all chosen images and tested: one row."""
     if cell.method not in SEARCHES:
         raise ValueError(f"unknown method {cell.method!r}; allowed: {list(SEARCHES)}")
     started_at, started, load = _now(), time.perf_counter(), _load()
     cell_dir = bench.cell_dir(cell)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    search = SEARCHES[cell.method](cell, bench, cell_dir)
+    searched = Cell(SHARED_SEARCH.get(cell.method, cell.method), cell.budget, cell.seed)  # an ablation of the final step reuses it
+    search = SEARCHES[searched.method](searched, bench, bench.cell_dir(searched))
     search_s = time.perf_counter() - started
     row: dict[str, Any] = {
         "method": cell.method, "budget_epochs": cell.budget, "seed": cell.seed, "test_accuracy": None,
         "epochs_per_trial": bench.epochs, "epochs_spent": search.epochs_spent, "trials": search.trials,
         "trials_complete": search.complete, "trials_pruned": search.pruned,
     }
+    study = search.details.pop("study", None)  # (url, name) of a kilotune study: not for the row
     retrain_dir = Path(search.details.pop("retrain_dir", cell_dir / "retrain"))  # a path: not for the row
     if search.export is not None:
-        retrained = retrain_winner(search.export, retrain_dir, bench.subset)
-        row["test_accuracy"] = retrained["test_accuracy"]["mean"]
-        row["retrain_status"] = retrained["runs"][0]["status"]
-        row["retrain_wall_s"] = round(retrained.pop("bench_wall_s", 0.0), 1)
+        row.update(deliver(cell, bench, search.export, study, retrain_dir))
         p = search.export["provenance"]
         cv_mean, cv_se = find_cv(search.export)
         row.update(winner_trial=p.get("trial"), winner_val=p.get("value"), cv_mean=cv_mean, cv_se=cv_se,
@@ -261,7 +288,7 @@ def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
     row.update(search.details)
     row.update(
         search_wall_s=round(search.details.get("search_wall_s", search_s), 1), wall_s=round(time.perf_counter() - started, 1),
-        subset=subset_info(bench.subset), space=bench.space_spec(cell.seed), **environment(),
+        subset=subset_info(bench.subset), space=bench.space_spec(cell.seed, cell.method), **environment(),
         started_at=started_at, finished_at=_now(), loadavg_start=load, loadavg_end=_load(),
     )
     for heavy in ("checkpoints", "kerastuner"):  # trial checkpoints and KerasTuner's trial models
@@ -269,8 +296,36 @@ def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
     return row
 
 
-def retrain_winner(export: dict[str, Any], retrain_dir: Path, subset: Path) -> dict[str, Any]:
-    """``kilotune retrain`` of the export (once per directory: a resumed cell reuses it)."""
+def deliver(cell: Cell, bench: Bench, export: dict[str, Any], study: tuple[str, str] | None, retrain_dir: Path) -> dict[str, Any]:
+    """The final step, at equal compute: kilotune's ensemble export (``--ensemble`` members of
+    ``--final-epochs`` each) or a single config for ``--ensemble`` x ``--final-epochs`` epochs."""
+    if cell.method not in ENSEMBLES:
+        epochs = bench.ensemble * bench.final_epochs
+        results = retrain_export(export, retrain_dir, bench.subset, epochs)
+        return {"test_accuracy": results["test_accuracy"]["mean"], "retrain_status": results["runs"][0]["status"],
+                "final_epochs": bench.final_epochs, "final_members": 1, "final_total_epochs": epochs,
+                "retrain_wall_s": round(results.get("bench_wall_s", 0.0), 1)}
+    from kilotune.cli.main import main as kilotune
+
+    url, name = study
+    ensemble_export = retrain_dir / "ensemble-export.json"
+    retrain_dir.mkdir(parents=True, exist_ok=True)
+    if not ensemble_export.is_file():  # the product's default selection
+        _check(kilotune(["export", "--study", name, "--storage", url, "--ensemble", str(bench.ensemble), "--out", str(ensemble_export)]),
+               "kilotune export --ensemble")
+    exported = json.loads(ensemble_export.read_text())
+    member_epochs = bench.epochs if cell.method == "kilotune-trial-length" else bench.final_epochs
+    results = retrain_export(exported, retrain_dir, bench.subset, member_epochs)
+    e = exported["ensemble"]
+    return {"test_accuracy": results["ensemble_test_accuracy"], "final_epochs": bench.final_epochs, "member_epochs": member_epochs,
+            "final_members": len(results["members"]), "final_total_epochs": results["total_epochs"],
+            "members": [{k: m.get(k) for k in ("trial", "weight", "seed", "status", "test_accuracy", "tta_test_accuracy")} for m in results["members"]],
+            "flip_tta": results["flip_tta"], "selection": e["selection"], "selection_note": e["note"], "ensemble_validation": e["validation"],
+            "retrain_wall_s": round(results.get("bench_wall_s", 0.0), 1)}
+
+
+def retrain_export(export: dict[str, Any], retrain_dir: Path, subset: Path, epochs: int) -> dict[str, Any]:
+    """``kilotune retrain --epochs`` of the export (once per directory: a resumed cell reuses it)."""
     results = retrain_dir / "results.json"
     if not results.is_file():
         from kilotune.cli.main import main as kilotune
@@ -278,12 +333,14 @@ def retrain_winner(export: dict[str, Any], retrain_dir: Path, subset: Path) -> d
         export_path = retrain_dir / "export.json"
         write_json_atomic(export_path, export)
         started = time.perf_counter()
-        _check(kilotune(["retrain", str(export_path), "--subset", str(subset), "--out-dir", str(retrain_dir)]), "kilotune retrain")
+        _check(kilotune(["retrain", str(export_path), "--subset", str(subset), "--out-dir", str(retrain_dir), "--epochs", str(epochs)]),
+               "kilotune retrain")
         data = json.loads(results.read_text())
         data["bench_wall_s"] = time.perf_counter() - started
         write_json_atomic(results, data)
-        for model in retrain_dir.glob("seed-*/*.keras"):  # the figure is what is kept, not the model
+        for model in retrain_dir.glob("*/*.keras"):  # the figure is what is kept, not the models
             model.unlink()
+        (retrain_dir / "ensemble.keras").unlink(missing_ok=True)
     return json.loads(results.read_text())
 
 
@@ -298,32 +355,38 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     url, name = f"sqlite:///{cell_dir / 'study.db'}", cell.key
     os.environ["KILOTUNE_CHECKPOINT_DIR"] = str(cell_dir / "checkpoints")
     space_file = cell_dir / "space.json"
-    write_json_atomic(space_file, bench.space_spec(cell.seed))
+    write_json_atomic(space_file, bench.space_spec(cell.seed, cell.method))
+    # The product's budget is in trials: as many as the epochs would buy unpruned.
     _check(kilotune(["study", "create", "--study", name, "--storage", url, "--dataset", DATASET, "--subset", str(bench.subset),
-                     "--epochs", str(bench.epochs), "--space", str(space_file), "--seed", str(cell.seed)]), "kilotune study create")
+                     "--epochs", str(bench.epochs), "--space", str(space_file), "--seed", str(cell.seed),
+                     "--n-trials", str(cell.budget // bench.epochs)]), "kilotune study create")
     started = time.perf_counter()
     from kilotune.workers.worker import Worker
 
     worker = Worker(name, url, worker_id="bench", subset_path=str(bench.subset))  # a named stream: reproducible
     _wait_for_stale(worker.study)  # a killed bench's trial: failed and queued for retry, from its checkpoint
-    while (spent := product_epochs(worker.study)) < cell.budget:
+    while (spent := product_epochs(worker.study, worker.storage)) < cell.budget:
         with _epoch_budget(worker, spent, cell.budget):
             finished = worker.run(max_trials=1)
-        if not finished and product_epochs(worker.study) == spent:
-            raise RuntimeError(f"{cell.key}: the worker trained nothing with {cell.budget - spent} epochs of budget left")
+        if not finished and product_epochs(worker.study, worker.storage) == spent:
+            break  # the study's trial budget is spent (pruning left some epochs)
     search_s = time.perf_counter() - started
     export_path, started = cell_dir / "export.json", time.perf_counter()
     if not export_path.is_file():
         if kilotune(["export", "--study", name, "--storage", url, "--out", str(export_path)]) != 0:
             export_path = None  # e.g. no complete trial within the budget: the row says so
-    trials = worker.study.get_trials(deepcopy=False)
     from optuna.trial import TrialState
 
+    from kilotune.search.winner import StudyTrials
+
+    read = StudyTrials.read(worker.study, worker.storage)
+    trials = [*read.search, *read.folds]
     return Search(
         export=json.loads(export_path.read_text()) if export_path else None,
-        epochs_spent=product_epochs(worker.study), trials=sum(t.state != TrialState.WAITING for t in trials),
+        epochs_spent=product_epochs(worker.study, worker.storage), trials=sum(t.state != TrialState.WAITING for t in trials),
         complete=sum(t.state == TrialState.COMPLETE for t in trials), pruned=sum(t.state == TrialState.PRUNED for t in trials),
-        details={"search_wall_s": search_s, "export_wall_s": round(time.perf_counter() - started, 1),
+        details={"search_wall_s": search_s, "export_wall_s": round(time.perf_counter() - started, 1), "study": (url, name),
+                 "fold_trials": len(read.folds), "cv_top_k": worker.settings.cv_top_k, "cv_folds": worker.settings.cv_folds,
                  "warm_start_trials": sum("preset" in t.user_attrs for t in trials),
                  "tpe_startup_trials": study_module.TPE_STARTUP_TRIALS,
                  "settings": {k: v for k, v in worker.study.user_attrs.items() if k in ("sampler", "pruner", "epochs", "val_fraction", "split_seed")}},
@@ -342,14 +405,19 @@ def search_kilotune_startup10(cell: Cell, bench: Bench, cell_dir: Path) -> Searc
     return search_kilotune(cell, bench, cell_dir)
 
 
-def product_epochs(study: Any) -> int:
-    """Epochs the study's trials trained; a retry inherits its parent's reports, which count once."""
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+def product_epochs(study: Any, storage: Any) -> int:
+    """Epochs the study's trials trained, its fold trials' too; a retry inherits its parent's
+    reports, which count once."""
+    from kilotune.search.winner import StudyTrials
+
+    read = StudyTrials.read(study, storage)
     spent = 0
-    for t in trials.values():
-        history = t.system_attrs.get("retry_history", [])  # RetryHeartbeatStaleTrialCallback.retry_history
-        inherited = len(trials[history[-1]].intermediate_values) if history and history[-1] in trials else 0
-        spent += max(0, len(t.intermediate_values) - inherited)
+    for group in (read.search, read.folds):  # numbers are per study
+        trials = {t.number: t for t in group}
+        for t in trials.values():
+            history = t.system_attrs.get("retry_history", [])  # RetryHeartbeatStaleTrialCallback.retry_history
+            inherited = len(trials[history[-1]].intermediate_values) if history and history[-1] in trials else 0
+            spent += max(0, len(t.intermediate_values) - inherited)
     return spent
 
 
@@ -408,7 +476,7 @@ def search_optuna(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     from kilotune.workers.train import train
 
     data, _, _ = _holdout(bench)
-    space = SearchSpace.from_spec(bench.space_spec(cell.seed))
+    space = SearchSpace.from_spec(bench.space_spec(cell.seed, cell.method))
     storage = f"sqlite:///{cell_dir / 'optuna.db'}"
     existing = _optuna_trials(storage, cell.key)
     # A resumed study gets a fresh seed, or it would draw its first configurations again.
@@ -496,9 +564,12 @@ def search_kerastuner(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
             if self.epochs >= cell.budget:
                 raise Spent(f"{self.epochs} epochs")
 
+    from kilotune.subset.datasets import channel_stats
+
     data, _, _ = _holdout(bench)
-    hypermodel = KilotuneHyperModel(SearchSpace.from_spec(bench.space_spec(cell.seed)), epochs=bench.epochs,
-                                    input_shape=data.x_train.shape[1:], num_classes=data.num_classes, n_train=len(data.x_train))
+    hypermodel = KilotuneHyperModel(SearchSpace.from_spec(bench.space_spec(cell.seed, cell.method)), epochs=bench.epochs,
+                                    input_shape=data.x_train.shape[1:], num_classes=data.num_classes, n_train=len(data.x_train),
+                                    normalization=channel_stats(data.x_train))
     log, started = EpochLog(), time.perf_counter()
     # Enough Hyperband iterations that the epoch budget, not the tuner, ends the search.
     tuner = keras_tuner.Hyperband(hypermodel, objective="val_accuracy", max_epochs=bench.epochs, factor=3, hyperband_iterations=1000,
@@ -547,7 +618,8 @@ def search_preset(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     export = _export(bench, cell, best["config"], best["preset"], best["val_accuracy"]) if best else None
     return Search(export, sum(r["epochs"] for r in results), len(results), len(usable), 0,
                   {"search_wall_s": time.perf_counter() - started, "presets": [{k: r[k] for k in ("preset", "val_accuracy", "status")} for r in results],
-                   "preset_source": source, "winner_preset": best["preset"] if best else None, "retrain_dir": str(shared / "retrain")})
+                   "preset_source": source, "winner_preset": best["preset"] if best else None,
+                   "retrain_dir": str(shared / f"retrain-{bench.ensemble}x{bench.final_epochs}")})
 
 
 def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tuple[str, Any]], str]:
@@ -583,8 +655,9 @@ def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tup
 
 # --- shared helpers ---------------------------------------------------------------------------------
 
-SEARCHES = {"kilotune": search_kilotune, "random": search_optuna, "optuna": search_optuna,
-            "kerastuner": search_kerastuner, "preset": search_preset, "kilotune-startup10": search_kilotune_startup10}
+SEARCHES = {"kilotune": search_kilotune, "random": search_optuna, "optuna": search_optuna, "kerastuner": search_kerastuner,
+            "preset": search_preset, "kilotune-single": search_kilotune, "kilotune-trial-length": search_kilotune,
+            "kilotune-no-policies": search_kilotune, "kilotune-startup10": search_kilotune_startup10}
 
 
 def _holdout(bench: Bench) -> tuple[Any, Any, Any]:
@@ -691,27 +764,77 @@ def summarise(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any
         if row.get("test_accuracy") is not None:
             groups.setdefault((row["method"], row["budget_epochs"]), []).append(row)
     summary = {}
-    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0]) if kv[0][0] in METHODS else 99)):
+    order = METHODS + ABLATIONS
+    for key, rs in sorted(groups.items(), key=lambda kv: (kv[0][1], order.index(kv[0][0]) if kv[0][0] in order else 99)):
         acc = [r["test_accuracy"] for r in rs]
-        mean = sum(acc) / len(acc)
-        std = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
-        summary[key] = {"mean": mean, "std": std, "n": len(acc), "seeds": sorted(r["seed"] for r in rs),
+        summary[key] = {**_mean_std(acc), "n": len(acc), "seeds": sorted(r["seed"] for r in rs), "by_seed": {r["seed"]: r["test_accuracy"] for r in rs},
                         "epochs_spent": sum(r["epochs_spent"] for r in rs) / len(rs), "trials": sum(r["trials"] for r in rs) / len(rs),
-                        "wall_s": sum(r.get("wall_s", 0.0) for r in rs) / len(rs)}
+                        "final_total_epochs": rs[0].get("final_total_epochs"), "wall_s": sum(r.get("wall_s", 0.0) for r in rs) / len(rs)}
     return summary
 
 
+def _mean_std(values: list[float]) -> dict[str, float]:
+    mean = sum(values) / len(values)
+    return {"mean": mean, "std": math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0}
+
+
 def report(out: Path) -> str:
-    """The markdown table from the rows file; writes the figure beside it (HTML, and PNG with kaleido)."""
-    summary = summarise(load_rows(out))
-    lines = ["| method | budget (epochs) | test accuracy (mean ± std) | n seeds | epochs spent (mean) | trials (mean) | wall s (mean) |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
-    for (method, budget), s in summary.items():
-        lines.append(f"| {method} | {budget} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} | {s['epochs_spent']:.0f} | {s['trials']:.1f} | {s['wall_s']:.0f} |")
-    if summary:
-        written = write_figure(summary, out.with_suffix(".html"))
+    """Markdown tables from the rows file (the delivered models; the targets, paired by seed; each
+    lever's ablation; the rows from before the final step); writes the figure beside it."""
+    rows = load_rows(out)
+    delivered = summarise([r for r in rows if r.get("final_epochs") is not None])
+    before = summarise([r for r in rows if r.get("final_epochs") is None])
+    lines = ["Delivered models (final step at equal compute):", "",
+             "| method | budget (epochs) | test accuracy (mean ± std) | n seeds | epochs spent (mean) | final epochs | trials (mean) | wall s (mean) |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for (method, budget), s in delivered.items():
+        lines.append(f"| {method} | {budget} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} | {s['epochs_spent']:.0f} | "
+                     f"{s['final_total_epochs']} | {s['trials']:.1f} | {s['wall_s']:.0f} |")
+    lines += ["", *targets(delivered), "", *levers(delivered)]
+    if before:
+        lines += ["", "Before the final step (each winner retrained at the trial's epochs; rows without final_epochs):", "",
+                  "| method | budget (epochs) | test accuracy (mean ± std) | n seeds |", "| --- | ---: | --- | ---: |"]
+        lines += [f"| {m} | {b} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} |" for (m, b), s in before.items()]
+    if delivered:
+        written = write_figure(delivered, out.with_suffix(".html"))
         lines.append("\nfigure: " + ", ".join(str(p) for p in written))
     return "\n".join(lines)
+
+
+def targets(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """Issue 27's targets per budget: kilotune's lead over every other method's mean, and over the
+    best alternative in each seed (both on the seeds every method has)."""
+    lines = ["| budget | kilotune | best other method (mean) | lead | seeds kilotune beat the best alternative |", "| ---: | ---: | --- | ---: | ---: |"]
+    for budget in sorted({b for _, b in summary}):
+        mine = summary.get(("kilotune", budget))
+        others = {m: s for (m, b), s in summary.items() if b == budget and m in METHODS and m != "kilotune"}
+        if mine is None or not others:
+            continue
+        seeds = sorted(set(mine["by_seed"]).intersection(*(s["by_seed"] for s in others.values())))
+        if not seeds:
+            continue
+        means = {m: sum(s["by_seed"][x] for x in seeds) / len(seeds) for m, s in others.items()}
+        best = max(means, key=means.get)
+        own = sum(mine["by_seed"][x] for x in seeds) / len(seeds)
+        wins = sum(mine["by_seed"][x] > max(s["by_seed"][x] for s in others.values()) for x in seeds)
+        lines.append(f"| {budget} | {own:.4f} | {best} {means[best]:.4f} | {100 * (own - means[best]):+.1f} points | {wins} of {len(seeds)} |")
+    return lines
+
+
+def levers(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
+    """What each lever adds: kilotune's delivered model less each ablation's, paired by seed."""
+    lines = ["| budget | lever (kilotune less this ablation) | mean difference ± std (points) | seeds kilotune higher |", "| ---: | --- | ---: | ---: |"]
+    for (method, budget), s in summary.items():
+        mine = summary.get(("kilotune", budget))
+        if method not in ABLATIONS or mine is None:
+            continue
+        seeds = sorted(set(mine["by_seed"]) & set(s["by_seed"]))
+        if not seeds:
+            continue
+        diffs = [100 * (mine["by_seed"][x] - s["by_seed"][x]) for x in seeds]
+        d = _mean_std(diffs)
+        lines.append(f"| {budget} | {method} | {d['mean']:+.1f} ± {d['std']:.1f} | {sum(x > 0 for x in diffs)} of {len(seeds)} |")
+    return lines
 
 
 def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> list[Path]:
@@ -726,7 +849,7 @@ def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> 
         fig.add_trace(go.Scatter(x=[b * dodge for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers", name=method,
                                  error_y={"type": "data", "array": [s["std"] for _, s in points], "visible": True},
                                  hovertext=[f"{b} epochs, n={s['n']} seeds" for b, s in points]))
-    fig.update_layout(title="Retrained winner's test accuracy against the search budget (mean ± std over seeds)",
+    fig.update_layout(title="Delivered model's test accuracy against the search budget (mean ± std over seeds; equal final compute)",
                       xaxis_title="search budget (training epochs a run)", yaxis_title="test accuracy (10,000 images)", template="plotly_white")
     fig.update_xaxes(tickvals=sorted({b for _, b in summary}))  # ticks at the budgets run, not at round numbers
     path.parent.mkdir(parents=True, exist_ok=True)

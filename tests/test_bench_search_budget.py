@@ -26,10 +26,10 @@ def test_report_gives_mean_and_std_over_seeds_per_method_and_budget(tmp_path):
     bench = load_bench()
     rng = np.random.default_rng(7)
     rows = [{"method": m, "budget_epochs": b, "seed": s, "test_accuracy": float(rng.uniform(0.5, 0.9)),
-             "epochs_spent": b, "trials": int(rng.integers(3, 30)), "wall_s": 10.0}
+             "epochs_spent": b, "trials": int(rng.integers(3, 30)), "wall_s": 10.0, "final_epochs": 18, "final_total_epochs": 54}
             for b in (30, 90) for m in ("kilotune", "random", "preset") for s in (0, 1, 2)]
-    rows.append({"method": "random", "budget_epochs": 30, "seed": 3, "test_accuracy": None, "epochs_spent": 30, "trials": 2})  # no winner
-    rows.append({"method": "optuna", "budget_epochs": 90, "seed": 0, "test_accuracy": 0.61, "epochs_spent": 90, "trials": 5})
+    rows.append({"method": "random", "budget_epochs": 30, "seed": 3, "test_accuracy": None, "epochs_spent": 30, "trials": 2, "final_epochs": 18})  # no winner
+    rows.append({"method": "optuna", "budget_epochs": 90, "seed": 0, "test_accuracy": 0.61, "epochs_spent": 90, "trials": 5, "final_epochs": 18})
     out = tmp_path / "rows.json"
     out.write_text(json.dumps(rows))
 
@@ -42,6 +42,21 @@ def test_report_gives_mean_and_std_over_seeds_per_method_and_budget(tmp_path):
     assert "| random | 30 |" in table and table.count("| random | 30 |") == 1
     html = (tmp_path / "rows.html").read_text()
     assert "plotly" in html and all(f'"name":"{m}"' in html for m in ("kilotune", "random", "preset", "optuna"))
+
+
+def test_the_targets_pair_seeds_and_the_levers_pair_kilotune_with_each_ablation(tmp_path):
+    bench = load_bench()
+    acc = {"kilotune": [0.86, 0.84, 0.85], "random": [0.80, 0.85, 0.82], "optuna": [0.83, 0.80, 0.84], "kilotune-single": [0.84, 0.83, 0.85]}
+    rows = [{"method": m, "budget_epochs": 180, "seed": s, "test_accuracy": a[s], "epochs_spent": 100, "trials": 9, "final_epochs": 18}
+            for m, a in acc.items() for s in range(3)]
+    rows.append({"method": "kilotune", "budget_epochs": 180, "seed": 0, "test_accuracy": 0.70, "epochs_spent": 180, "trials": 30})  # before the final step
+    out = tmp_path / "rows.json"
+    out.write_text(json.dumps(rows))
+    table = bench.report(out)
+    # optuna's mean is the best other (0.8233 vs random's 0.8233: the first ranked), kilotune 0.85: +2.7 points; seed 1 lost to random.
+    assert "| 180 | 0.8500 | " in table and "| +2.7 points | 2 of 3 |" in table, table
+    assert "| 180 | kilotune-single | +1.0 ± 1.0 | 2 of 3 |" in table, table
+    assert "Before the final step" in table and "| kilotune | 180 | 0.7000 ± 0.0000 | 1 |" in table
 
 
 def test_rows_of_another_protocol_are_refused(tmp_path):
@@ -73,21 +88,28 @@ def run_bench(*args):
 
 
 @pytest.mark.slow
-def test_cells_spend_exactly_the_budget_and_a_rerun_resumes(tmp_path, fashion_subset):
+def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_resumes(tmp_path, fashion_subset):
     from kilotune.subset.subsetfile import load_subset
 
     out, runs, checksum = tmp_path / "rows.json", tmp_path / "runs", load_subset(fashion_subset).checksum
-    common = ["--epochs-per-trial", "2", "--seeds", "0", "--subset", str(fashion_subset), "--out", str(out), "--runs-dir", str(runs)]
+    common = ["--epochs-per-trial", "2", "--seeds", "0", "--subset", str(fashion_subset), "--out", str(out), "--runs-dir", str(runs),
+              "--final-epochs", "1", "--ensemble", "2"]
 
     first = run_bench("--methods", "kilotune", "random", "--budgets", "3", *common)
     assert first.returncode == 0, first.stdout + first.stderr
     rows = json.loads(out.read_text())
     assert [(r["method"], r["budget_epochs"], r["seed"]) for r in rows] == [("kilotune", 3, 0), ("random", 3, 0)]
+    kilotune, random = rows
+    # random: one whole 2-epoch trial, and a second cut after its first epoch: the budget, no more.
+    assert random["epochs_spent"] == 3 and random["trials"] >= 2
+    # kilotune: its budget is 3 // 2 = 1 trial, in the product's currency.
+    assert kilotune["epochs_spent"] == 2 and kilotune["trials"] == 1
+    assert random["final_members"] == 1 and random["final_total_epochs"] == 2, "a single config trains ensemble x final epochs"
+    assert kilotune["final_members"] == 2 and kilotune["final_total_epochs"] == 2 and kilotune["selection"] == "seeds", \
+        "one trial: nothing cross-validated, a seed ensemble of the winner"
+    assert [m["seed"] for m in kilotune["members"]] == [0, 1] and kilotune["flip_tta"] is True
     for row in rows:
-        # One whole 2-epoch trial, and a second cut after its first epoch: the budget, no more.
-        assert row["epochs_spent"] == 3, row
-        assert row["trials_complete"] >= 1 and row["trials"] >= 2
-        assert 0.0 < row["test_accuracy"] < 1.0
+        assert row["final_epochs"] == 1 and 0.0 < row["test_accuracy"] < 1.0
         assert row["subset"]["checksum"] == checksum and row["subset"]["method"] == "random"
         assert row["winner_config"]["epochs"] == 2 and row["winner_config"]["seed"] == 0
         assert row["backend"] and row["machine"]["cores"] >= 1 and row["kilotune_version"]
