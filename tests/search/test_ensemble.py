@@ -41,14 +41,16 @@ def test_predictions_round_trip_compactly():
 
 @pytest.fixture
 def study_and_storage(tmp_path):
-    """Three cross-validated candidates on 3 folds: a strong one, a good one that errs where the
-    strong one errs too, and a weaker one that errs elsewhere (diverse)."""
-    url = f"sqlite:///{tmp_path / 'e.db'}"
+    return make_cv_study(f"sqlite:///{tmp_path / 'e.db'}")
+
+
+def make_cv_study(url: str, seed: int = 1) -> tuple[optuna.Study, optuna.storages.BaseStorage]:
+    """Three cross-validated candidates on 3 folds, of skill 0.8, 0.75 and 0.6, with predictions."""
     storage = open_storage(url)
     study = optuna.create_study(study_name="e", storage=storage, direction="maximize")
     for key, value in {**ATTRS, "n_trials": 9, "cv_top_k": 3, "cv_folds": 3}.items():
         study.set_user_attr(key, value)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     labels = {f: rng.integers(0, CLASSES, N) for f in range(3)}
     cv = load_cv_study(study, storage, create=True)
     for number, skill in enumerate((0.8, 0.75, 0.6)):
