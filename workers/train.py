@@ -263,7 +263,10 @@ def probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = False,
     """A trained model's softmax on uint8 images, averaged with their flipped copies' with ``flip_tta``."""
     xs = normalize(x, *result.normalization)
     views = [xs, xs[:, :, ::-1]] if flip_tta else [xs]
-    softmax = [keras.ops.convert_to_numpy(keras.ops.softmax(result.model.predict(v, batch_size=batch_size, verbose=0), axis=-1)) for v in views]
+    # The model called batch by batch, not Model.predict: each trial's new model would retrace
+    # predict's function and TensorFlow warns of it in every worker's log.
+    softmax = [np.concatenate([keras.ops.convert_to_numpy(keras.ops.softmax(result.model(v[i : i + batch_size], training=False), axis=-1))
+                               for i in range(0, len(v), batch_size)]) for v in views]  # fmt: skip
     return np.mean(softmax, axis=0)
 
 
