@@ -790,7 +790,7 @@ def report(out: Path) -> str:
     for (method, budget), s in delivered.items():
         lines.append(f"| {method} | {budget} | {s['mean']:.4f} ± {s['std']:.4f} | {s['n']} | {s['epochs_spent']:.0f} | "
                      f"{s['final_total_epochs']} | {s['trials']:.1f} | {s['wall_s']:.0f} |")
-    lines += ["", *targets(delivered), "", *levers(delivered)]
+    lines += ["", *targets(delivered), "", *levers(delivered), "", *policies([r for r in rows if r.get("final_epochs") is not None])]
     if before:
         lines += ["", "Before the final step (each winner retrained at the trial's epochs; rows without final_epochs):", "",
                   "| method | budget (epochs) | test accuracy (mean ± std) | n seeds |", "| --- | ---: | --- | ---: |"]
@@ -818,6 +818,22 @@ def targets(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
         own = sum(mine["by_seed"][x] for x in seeds) / len(seeds)
         wins = sum(mine["by_seed"][x] > max(s["by_seed"][x] for s in others.values()) for x in seeds)
         lines.append(f"| {budget} | {own:.4f} | {best} {means[best]:.4f} | {100 * (own - means[best]):+.1f} points | {wins} of {len(seeds)} |")
+    return lines
+
+
+def policies(rows: list[dict[str, Any]]) -> list[str]:
+    """Which augmentation policy the searches' winners use, per method and budget (what the search picks)."""
+    counts: dict[tuple[str, int], dict[str, int]] = {}
+    for r in rows:
+        config = r.get("winner_config")
+        if config is None or r["method"] not in METHODS:
+            continue
+        picked = config.get("policy", "none") + (" + random erasing" if config.get("random_erasing", 0) else "")
+        group = counts.setdefault((r["method"], r["budget_epochs"]), {})
+        group[picked] = group.get(picked, 0) + 1
+    lines = ["| method | budget | the winners' policies (seeds) |", "| --- | ---: | --- |"]
+    for (method, budget), group in sorted(counts.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0]))):
+        lines.append(f"| {method} | {budget} | " + ", ".join(f"{k}: {v}" for k, v in sorted(group.items(), key=lambda kv: -kv[1])) + " |")
     return lines
 
 

@@ -47,7 +47,8 @@ def test_report_gives_mean_and_std_over_seeds_per_method_and_budget(tmp_path):
 def test_the_targets_pair_seeds_and_the_levers_pair_kilotune_with_each_ablation(tmp_path):
     bench = load_bench()
     acc = {"kilotune": [0.86, 0.84, 0.85], "random": [0.80, 0.85, 0.82], "optuna": [0.83, 0.80, 0.84], "kilotune-single": [0.84, 0.83, 0.85]}
-    rows = [{"method": m, "budget_epochs": 180, "seed": s, "test_accuracy": a[s], "epochs_spent": 100, "trials": 9, "final_epochs": 18}
+    rows = [{"method": m, "budget_epochs": 180, "seed": s, "test_accuracy": a[s], "epochs_spent": 100, "trials": 9, "final_epochs": 18,
+             "winner_config": {"policy": "randaugment" if s else "none", "random_erasing": 0.25 * (s == 2)}}
             for m, a in acc.items() for s in range(3)]
     rows.append({"method": "kilotune", "budget_epochs": 180, "seed": 0, "test_accuracy": 0.70, "epochs_spent": 180, "trials": 30})  # before the final step
     out = tmp_path / "rows.json"
@@ -57,6 +58,7 @@ def test_the_targets_pair_seeds_and_the_levers_pair_kilotune_with_each_ablation(
     assert "| 180 | 0.8500 | " in table and "| +2.7 points | 2 of 3 |" in table, table
     assert "| 180 | kilotune-single | +1.0 ± 1.0 | 2 of 3 |" in table, table
     assert "Before the final step" in table and "| kilotune | 180 | 0.7000 ± 0.0000 | 1 |" in table
+    assert "| kilotune | 180 | none: 1, randaugment: 1, randaugment + random erasing: 1 |" in table, "what the search picks"
 
 
 def test_rows_of_another_protocol_are_refused(tmp_path):
