@@ -278,7 +278,8 @@ def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
         "trials_complete": search.complete, "trials_pruned": search.pruned,
     }
     study = search.details.pop("study", None)  # (url, name) of a kilotune study: not for the row
-    retrain_dir = Path(search.details.pop("retrain_dir", cell_dir / "retrain"))  # a path: not for the row
+    # A path (not for the row), per final step: a cell's search serves every --final-epochs.
+    retrain_dir = Path(search.details.pop("retrain_dir", cell_dir / f"retrain-{bench.ensemble}x{bench.final_epochs}"))
     if search.export is not None:
         row.update(deliver(cell, bench, search.export, study, retrain_dir))
         p = search.export["provenance"]
