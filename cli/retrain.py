@@ -37,7 +37,9 @@ def run_retrain(args: argparse.Namespace) -> int:
             tta = f", with flip TTA {m['tta_test_accuracy']:.4f}" if "tta_test_accuracy" in m else ""
             print(f"member {i} (trial {m['trial'] if m['trial'] is not None else '-'}, seed {m['seed']}, weight {m['weight']}): "
                   f"test accuracy {m['test_accuracy']:.4f}{tta}")
-        print(f"ensemble of {count_of(len(results['members']), 'member')}{' with flip TTA' if results['flip_tta'] else ''}: "
+        flipped = sum(results["flip_tta"])
+        tta = "" if not flipped else " with flip TTA" if flipped == len(results["flip_tta"]) else f" with flip TTA for {flipped} trained with flips"
+        print(f"ensemble of {count_of(len(results['members']), 'member')}{tta}: "
               f"test accuracy {results['ensemble_test_accuracy']:.4f} ({results['total_epochs']} epochs in all); "
               f"one predictor: {out_dir}/ensemble.keras (kilotune.load_predictor)")
     for key, label in (("test_accuracy", "test accuracy"), ("tta_test_accuracy", "with flip TTA"), ("snapshot_test_accuracy", "snapshot ensemble")):

@@ -109,7 +109,7 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
     assert random["final_members"] == 1 and random["final_total_epochs"] == 2, "a single config trains ensemble x final epochs"
     assert kilotune["final_members"] == 2 and kilotune["final_total_epochs"] == 2 and kilotune["selection"] == "seeds", \
         "one trial: nothing cross-validated, a seed ensemble of the winner"
-    assert [m["seed"] for m in kilotune["members"]] == [0, 1] and kilotune["flip_tta"] is True
+    assert [m["seed"] for m in kilotune["members"]] == [0, 1] and kilotune["flip_tta"] == [kilotune["winner_config"]["flip"]] * 2
     for row in rows:
         assert row["final_epochs"] == 1 and 0.0 < row["test_accuracy"] < 1.0
         assert row["subset"]["checksum"] == checksum and row["subset"]["method"] == "random"

@@ -6,7 +6,8 @@ of it, so the saved file needs nothing beside it:
     predictor = kilotune.load_predictor("retrain-kilotune-3/ensemble.keras")
     classes = predictor.predict(images).argmax(axis=1)     # images: (N, H, W, C), 0-255
 
-With ``flip_tta`` every member also sees the horizontally flipped images, and both views count.
+A member trained with horizontal flips may also see the flipped images (``flip_tta``), both
+views counting; one trained without them is not shown flipped images it never learned from.
 The two small layers here are registered with Keras, so ``keras.models.load_model`` loads the
 file too once kilotune is imported.
 """
@@ -49,7 +50,7 @@ def ensemble_predictor(
     weights: Sequence[float],
     input_shape: tuple[int, int, int],
     *,
-    flip_tta: bool = False,
+    flip_tta: Sequence[bool] | None = None,
 ) -> keras.Model:
     """One model averaging ``members`` (each a trained model that outputs logits, with the
     ``(mean, std)`` its inputs were normalised with, as ``training.train`` returns them).
@@ -58,22 +59,25 @@ def ensemble_predictor(
         members: The trained models and their normalisation.
         weights: One per member (a member chosen twice weighs 2).
         input_shape: The images' shape, e.g. ``(32, 32, 1)``.
-        flip_tta: Also average each member over horizontally flipped images.
+        flip_tta: Per member, whether it also sees the horizontally flipped images (each view
+            counts half of its weight); default none does.
     """
-    if len(members) != len(weights) or not members:
-        raise ValueError(f"need one weight per member, got {len(members)} members and {len(weights)} weights")
+    flips = list(flip_tta) if flip_tta is not None else [False] * len(members)
+    if not members or not len(members) == len(weights) == len(flips):
+        raise ValueError(f"need one weight and one flip per member, got {len(members)} members, {len(weights)} weights, {len(flips)} flips")
     images = keras.Input(input_shape, name="images")
-    views = [images, HorizontalFlip(name="flipped")(images)] if flip_tta else [images]
-    outputs = []
-    for i, (model, (mean, std)) in enumerate(members):
+    flipped = HorizontalFlip(name="flipped")(images) if any(flips) else None
+    outputs, view_weights = [], []
+    for i, ((model, (mean, std)), weight, flip) in enumerate(zip(members, weights, flips)):
         mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         normalise = keras.layers.Rescaling(scale=1.0 / (255.0 * std), offset=-mean / std, name=f"normalise_{i}")
         # Its own name: members of one architecture share their model's name, which a model refuses twice.
         inner = keras.Input(input_shape)
         member = keras.Model(inner, model(inner), name=f"member_{i}")
+        views = [images, flipped] if flip else [images]
         for view in views:
             outputs.append(keras.layers.Softmax(name=f"softmax_{len(outputs)}")(member(normalise(view))))
-    view_weights = [float(w) for w in weights for _ in views]
+            view_weights.append(float(weight) / len(views))
     return keras.Model(images, WeightedMean(view_weights, name="mean")(outputs), name="kilotune_ensemble")
 
 

@@ -127,7 +127,7 @@ def test_an_ensemble_export_trains_every_member_and_saves_one_predictor(exported
     best, _ = exported
     data = json.loads(best.read_text())
     data["ensemble"] = {"selection": "seeds", "note": None, "validation": None,
-                        "members": [{"trial": None, "weight": w, "config": {**TINY.to_dict(), "seed": s}} for s, w in ((5, 1), (6, 2))]}
+                        "members": [{"trial": None, "weight": w, "config": {**TINY.to_dict(), "seed": s, "flip": s == 5}} for s, w in ((5, 1), (6, 2))]}
     path = tmp_path / "ensemble.json"
     path.write_text(json.dumps(data))
     out = tmp_path / "out"
@@ -135,8 +135,10 @@ def test_an_ensemble_export_trains_every_member_and_saves_one_predictor(exported
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
     assert [m["seed"] for m in results["members"]] == [5, 6] and [m["epochs"] for m in results["members"]] == [2, 2]
-    assert results["final_epochs"] == [2, 2] and results["total_epochs"] == 4 and results["flip_tta"] is True
-    assert "ensemble of 2 members with flip TTA: test accuracy" in printed and "member 2 (trial -, seed 6, weight 2)" in printed
+    assert results["final_epochs"] == [2, 2] and results["total_epochs"] == 4
+    assert results["flip_tta"] == [True, False], "flipped test images only for the member trained with flips"
+    assert "tta_test_accuracy" in results["members"][0] and "tta_test_accuracy" not in results["members"][1]
+    assert "ensemble of 2 members with flip TTA for 1 trained with flips: test accuracy" in printed and "member 2 (trial -, seed 6, weight 2)" in printed
     predictor = kilotune.load_predictor(out / "ensemble.keras")
     probabilities = predictor.predict(dataset.x_test[:500].astype(np.float32), verbose=0)
     assert probabilities.shape == (500, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
