@@ -405,7 +405,7 @@ def search_optuna(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     from optuna.trial import TrialState
 
     from kilotune.search.space import SearchSpace
-    from kilotune.workers.train import train
+    from kilotune.training.train import train
 
     data, _, _ = _holdout(bench)
     space = SearchSpace.from_spec(bench.space_spec(cell.seed))
@@ -522,7 +522,7 @@ def search_preset(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
 
     The result depends only on the seed and how many presets fit, so cells share it (and its retrain).
     """
-    from kilotune.workers.train import train
+    from kilotune.training.train import train
 
     candidates, source = preset_candidates(bench, cell.seed, cell_dir)
     fits = candidates[: cell.budget // bench.epochs]
@@ -558,7 +558,7 @@ def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tup
     from kilotune.cli.main import main as kilotune
     from kilotune.search.space import PRESETS, SearchSpace
     from kilotune.search.study import load_study, open_storage
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.config import TrainConfig
 
     space_file, url = cell_dir / "space.json", f"sqlite:///{cell_dir / 'presets.db'}"
     write_json_atomic(space_file, bench.space_spec(seed))
@@ -592,7 +592,7 @@ def _holdout(bench: Bench) -> tuple[Any, Any, Any]:
     from kilotune.search.study import StudySettings
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.data import holdout_data
+    from kilotune.training.data import holdout_data
 
     defaults = {f.name: f.default for f in dataclasses.fields(StudySettings)}
     dataset = load_dataset(DATASET)

@@ -48,9 +48,9 @@ from kilotune.search.study import StudySettings, create_study, load_study, open_
 from kilotune.subset.datasets import ImageDataset, load_dataset  # noqa: E402
 from kilotune.subset.features import ensure_default_subset  # noqa: E402
 from kilotune.subset.subsetfile import load_subset  # noqa: E402
-from kilotune.workers.data import holdout_data  # noqa: E402
-from kilotune.workers.retrain import retrain  # noqa: E402
-from kilotune.workers.train import TrainData  # noqa: E402
+from kilotune.training.data import holdout_data  # noqa: E402
+from kilotune.training.retrain import retrain  # noqa: E402
+from kilotune.training.train import TrainData  # noqa: E402
 from kilotune.workers.worker import Worker  # noqa: E402
 
 METHODS = ("kilotune", "random", "kerastuner")

@@ -95,7 +95,7 @@ def run_enqueue(args: argparse.Namespace) -> int:
     from kilotune.models.names import listing
     from kilotune.search.space import PRESETS, params_for
     from kilotune.search.study import load_study, open_storage
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.config import TrainConfig
 
     configs: list[tuple[str, TrainConfig]] = []  # checked before the storage is opened
     for name in args.preset:

@@ -38,7 +38,7 @@ def register_subset(sub: argparse._SubParsersAction) -> None:
 
     c = actions.add_parser("compare", help="train one config on several subsets and compare held-out accuracy")
     c.add_argument("files", nargs="+", type=readable_file, help="subset JSON files, all of the same dataset")
-    c.add_argument("--config", type=readable_file, help="TrainConfig JSON (default: a small CPU-sized VGG-8, see workers/compare.py)")
+    c.add_argument("--config", type=readable_file, help="TrainConfig JSON (default: a small CPU-sized VGG-8, see training/compare.py)")
     c.add_argument("--seeds", type=whole_number(1), default=3, help="training seeds per subset: 0..N-1 (default: %(default)s)")
     c.add_argument("--holdout", type=whole_number(1), default=2000, help="class-balanced held-out training images, in no subset (default: %(default)s)")
     c.add_argument("--epochs", type=whole_number(1), help="override the config's epochs")
@@ -109,8 +109,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.files import write_json
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.compare import COMPARE_CONFIG, compare_subsets
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.compare import COMPARE_CONFIG, compare_subsets
+    from kilotune.training.config import TrainConfig
 
     subsets = [load_subset(f) for f in args.files]
     if len({s.dataset_checksum for s in subsets}) > 1:

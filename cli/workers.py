@@ -44,7 +44,7 @@ def run_train(args: argparse.Namespace) -> int:
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.splits import class_balanced_sample
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.config import TrainConfig
 
     if args.preset is not None and args.preset not in PRESETS:
         raise ValueError(f"unknown preset {args.preset!r}; choose one of {listing(sorted(PRESETS))}")
@@ -59,8 +59,8 @@ def run_train(args: argparse.Namespace) -> int:
         if size % dataset.num_classes or size <= 0:
             raise ValueError(f"--train-size={size} must be a positive multiple of {dataset.num_classes} classes")
         chosen = class_balanced_sample(dataset.y_train, size // dataset.num_classes, config.seed)
-    from kilotune.workers.data import holdout_data  # Keras: after the checks and the data
-    from kilotune.workers.train import evaluate, train
+    from kilotune.training.data import holdout_data  # Keras: after the checks and the data
+    from kilotune.training.train import evaluate, train
 
     data = holdout_data(dataset, chosen, args.val_fraction, config.seed)
     validating = f", validating on {len(data.x_val)}" if len(data.x_val) else ", no validation hold-out"
@@ -92,7 +92,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from kilotune.workers.gpu import configure_gpu
+    from kilotune.training.gpu import configure_gpu
 
     device = configure_gpu()  # before Keras loads a backend
     from kilotune.workers.worker import Worker

@@ -1,5 +1,5 @@
 """The architectures and activations the models build: names only, so the training
-configuration (workers/config.py) and the search space validate against them without Keras.
+configuration (training/config.py) and the search space validate against them without Keras.
 And how names and values read in what a user is told (``listing``, ``shown``; counts: subset/files.count_of)."""
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from kilotune.search.attrs import CONFIG
 from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
 from kilotune.subset.files import installed_version, now_iso, write_json
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 __all__ = ["check_export", "export_trial", "provenance", "read_export", "write_json"]
 

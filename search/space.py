@@ -19,7 +19,7 @@ import yaml
 
 from kilotune.search.attrs import PRESET_CONFIG
 from kilotune.models.names import ACTIVATIONS, ARCHITECTURES, listing
-from kilotune.workers.config import OPTIMIZERS, SCHEDULES, TrainConfig
+from kilotune.training.config import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 class Param(ABC):

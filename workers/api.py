@@ -151,8 +151,8 @@ def retrain(
     out_dir = checked("out_dir", out_dir, writable_directory, optional=True)
     data_dir = checked("data_dir", data_dir, path_string, optional=True)
     subset = checked("subset", subset, readable_file, optional=True)
-    from kilotune.workers.retrain import load_training_set  # Keras: after the checks
-    from kilotune.workers.retrain import retrain as retrain_export
+    from kilotune.training.retrain import load_training_set  # Keras: after the checks
+    from kilotune.training.retrain import retrain as retrain_export
 
     p = export["provenance"]
     dataset, chosen = load_training_set(export, data_dir, subset)

@@ -44,7 +44,7 @@ from kilotune.search.study import (
 from kilotune.search import optuna_internals
 from kilotune.search.trial_writes import BufferedWrites, store
 from kilotune.search.winner import load_cv_study
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
 # Reports are read at prune checks (which flush) and by the dashboard; the chaos test shortens it.

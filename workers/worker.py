@@ -33,11 +33,11 @@ from kilotune.search.study import RetryKilledTrials, check_same_data, load_study
 from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
-from kilotune.workers.checkpoint import Checkpoint, check_writable
-from kilotune.workers.data import holdout_data
-from kilotune.workers.gpu import is_out_of_memory
+from kilotune.training.checkpoint import Checkpoint, check_writable
+from kilotune.training.data import holdout_data
+from kilotune.training.gpu import is_out_of_memory
 from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
-from kilotune.workers.train import EpochReport, TrainData, TrainingInterrupted, train
+from kilotune.training.train import EpochReport, TrainData, TrainingInterrupted, train
 
 log = logging.getLogger("kilotune.worker")
 

@@ -122,7 +122,7 @@ def exported_study(fashion_subset, tmp_path_factory):
     from kilotune.search.study import StudySettings, create_study, open_storage
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.config import TrainConfig
 
     dataset, subset = load_dataset("fashion-mnist"), load_subset(fashion_subset)
     url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'x.db'}"

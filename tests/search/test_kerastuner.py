@@ -5,7 +5,7 @@ import pytest
 
 from kilotune.search.kerastuner import HyperParametersTrial, KilotuneHyperModel
 from kilotune.search.space import SearchSpace
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 
 def hypermodel(space: SearchSpace, epochs: int = 10, n_train: int = 800) -> KilotuneHyperModel:

@@ -4,7 +4,7 @@ import optuna
 import pytest
 
 from kilotune.search.space import DEFAULT_SPACE, PRESETS, SearchSpace, params_for, space_table
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -27,7 +27,7 @@ from kilotune.search.study import (
     study_timed_out,
 )
 from kilotune.search.space import PRESETS
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 from tests.conftest import REPO, wait_for_exit
 
 

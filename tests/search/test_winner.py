@@ -20,7 +20,7 @@ from kilotune.search.winner import (
     winner_line,
     winner_note,
 )
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 
 def test_the_value_is_the_mean_of_the_last_k_finite_epochs():

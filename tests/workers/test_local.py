@@ -22,7 +22,7 @@ from kilotune.cli.main import main
 from kilotune.search.export import export_trial
 from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.search.winner import StudyTrials
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 from kilotune.workers.local import QUIET, Display, Snapshot, print_best
 from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
 

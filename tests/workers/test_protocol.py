@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from kilotune.search.study import RetryKilledTrials, StudySettings, create_study, open_storage, stale_trial_ids
 from kilotune.search.trial_writes import BufferedWrites, store
 from tests.conftest import wait_for
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 from kilotune.workers.protocol import TrialRecorder, TrialSource
 
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from kilotune.models import build_model
 from kilotune.subset.datasets import channel_stats, normalize
-from kilotune.workers.augment import BatchMixer, MixedBatches, image_augmentation
-from kilotune.workers.checkpoint import Checkpoint
-from kilotune.workers.config import ONECYCLE_WARMUP, TrainConfig
+from kilotune.training.augment import BatchMixer, MixedBatches, image_augmentation
+from kilotune.training.checkpoint import Checkpoint
+from kilotune.training.config import ONECYCLE_WARMUP, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 
 def image_augmentation(config: TrainConfig, input_shape: tuple[int, int, int]) -> list[keras.Layer]:

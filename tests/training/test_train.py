@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.train import EpochReport, TrainData, evaluate, train
+from kilotune.training.config import TrainConfig
+from kilotune.training.train import EpochReport, TrainData, evaluate, train
 from tests.conftest import run_bounded
 
 pytestmark = pytest.mark.slow  # every test here trains a model
@@ -80,8 +80,8 @@ def test_the_training_core_runs_under_jax(tmp_path):
     pytest.importorskip("jax")
     code = f"""
 import keras, numpy as np
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.train import TrainData, train
+from kilotune.training.config import TrainConfig
+from kilotune.training.train import TrainData, train
 rng = np.random.default_rng(0)
 y = np.arange(48) % 4
 x = (rng.integers(0, 60, (48, 16, 16, 3)) + 60 * y[:, None, None, None]).astype(np.uint8)

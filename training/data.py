@@ -6,7 +6,7 @@ import numpy as np
 
 from kilotune.subset.datasets import ImageDataset
 from kilotune.subset.splits import stratified_fold
-from kilotune.workers.train import TrainData
+from kilotune.training.train import TrainData
 
 
 def holdout_data(dataset: ImageDataset, chosen: np.ndarray, val_fraction: float, seed: int, fold: int = 0) -> TrainData:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from kilotune.workers.config import ARCHITECTURES, TrainConfig
+from kilotune.training.config import ARCHITECTURES, TrainConfig
 
 
 def test_round_trip_through_json(tmp_path):

@@ -9,10 +9,10 @@ import os
 import keras
 import pytest
 
-from kilotune.workers.checkpoint import Checkpoint
-from kilotune.workers.train import EpochReport, train
-from tests.workers.test_train import TINY as TWO_EPOCHS
-from tests.workers.test_train import data  # noqa: F401 (the training core's tiny data, a fixture)
+from kilotune.training.checkpoint import Checkpoint
+from kilotune.training.train import EpochReport, train
+from tests.training.test_train import TINY as TWO_EPOCHS
+from tests.training.test_train import data  # noqa: F401 (the training core's tiny data, a fixture)
 
 pytestmark = pytest.mark.slow  # every test here trains a model
 TINY = TWO_EPOCHS.replace(epochs=1)

@@ -1,6 +1,6 @@
 import pytest
 
-from kilotune.workers import gpu
+from kilotune.training import gpu
 
 
 @pytest.fixture

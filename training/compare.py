@@ -17,8 +17,8 @@ from kilotune.subset.datasets import ImageDataset
 from kilotune.subset.files import count_of
 from kilotune.subset.splits import class_balanced_sample
 from kilotune.subset.subsetfile import check_dataset, SubsetFile
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.train import TrainData, train
+from kilotune.training.config import TrainConfig
+from kilotune.training.train import TrainData, train
 
 # Small enough for CPU: VGG-8 at half width (~1.2M parameters), 15 epochs of 1000 images.
 COMPARE_CONFIG = TrainConfig(arch="vgg8", width=0.5, epochs=15, batch_size=64, learning_rate=0.05)

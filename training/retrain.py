@@ -23,8 +23,8 @@ from kilotune.models.progress import EpochProgress, duration
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
 from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, load_subset
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.train import TrainData, TrainResult, evaluate, train
+from kilotune.training.config import TrainConfig
+from kilotune.training.train import TrainData, TrainResult, evaluate, train
 
 
 def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:
@@ -71,7 +71,7 @@ def all_chosen(dataset: ImageDataset, indices: np.ndarray) -> TrainData:
 def snapshot_epochs(config: TrainConfig, steps_per_epoch: int, k: int) -> list[int]:
     """The ``k`` epochs whose weights a snapshot ensemble keeps.
 
-    ``cosine_restarts`` (see ``workers.train.make_schedule``: cycles of f, 2f and 4f steps,
+    ``cosine_restarts`` (see ``training.train.make_schedule``: cycles of f, 2f and 4f steps,
     f = total // 7) is snapshotted at the last epoch before each restart, where the learning
     rate is lowest. Other schedules, or more snapshots than cycles, take ``k`` evenly spaced
     epochs over the last quarter of training (at least ``k`` epochs), ending at the last.

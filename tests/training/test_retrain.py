@@ -11,8 +11,8 @@ from kilotune.search.study import StudySettings
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.splits import class_balanced_sample
 from kilotune.subset.subsetfile import load_subset, write_subset
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.retrain import snapshot_epochs
+from kilotune.training.config import TrainConfig
+from kilotune.training.retrain import snapshot_epochs
 
 TINY = TrainConfig(arch="vgg8", width=0.125, epochs=1, batch_size=16, seed=5)
 
