@@ -44,7 +44,9 @@ import optuna  # noqa: E402
 
 from kilotune.search.kerastuner import KilotuneHyperModel  # noqa: E402
 from kilotune.search.space import PRESETS, SearchSpace  # noqa: E402
-from kilotune.search.study import StudySettings, create_study, load_study, open_storage  # noqa: E402
+from kilotune.search.settings import StudySettings  # noqa: E402
+from kilotune.search.storage import open_storage  # noqa: E402
+from kilotune.search.study import create_study, load_study  # noqa: E402
 from kilotune.subset.datasets import ImageDataset, load_dataset  # noqa: E402
 from kilotune.subset.features import ensure_default_subset  # noqa: E402
 from kilotune.subset.subsetfile import load_subset  # noqa: E402

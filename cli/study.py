@@ -53,7 +53,8 @@ def run_list(args: argparse.Namespace) -> int:
     import optuna
 
     from kilotune.search.attrs import DATASET
-    from kilotune.search.study import StudySettings, open_storage
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage
     from kilotune.search.winner import StudyTrials, cross_validated_best, is_cv_study
 
     storage = open_storage(args.storage, must_exist=True)
@@ -78,7 +79,8 @@ def run_list(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     import optuna
 
-    from kilotune.search.study import load_study, open_storage
+    from kilotune.search.storage import open_storage
+    from kilotune.search.study import load_study
     from kilotune.search.winner import load_cv_study
 
     storage = open_storage(args.storage, must_exist=True)
@@ -94,7 +96,8 @@ def run_delete(args: argparse.Namespace) -> int:
 def run_enqueue(args: argparse.Namespace) -> int:
     from kilotune.models.names import listing
     from kilotune.search.space import PRESETS, params_for
-    from kilotune.search.study import load_study, open_storage
+    from kilotune.search.storage import open_storage
+    from kilotune.search.study import load_study
     from kilotune.training.config import TrainConfig
 
     configs: list[tuple[str, TrainConfig]] = []  # checked before the storage is opened
@@ -115,7 +118,8 @@ def run_enqueue(args: argparse.Namespace) -> int:
 
 def run_extend(args: argparse.Namespace) -> int:
     from kilotune.search.attrs import N_TRIALS, TIMEOUT_S
-    from kilotune.search.study import extend_budget, load_study, open_storage
+    from kilotune.search.storage import open_storage
+    from kilotune.search.study import extend_budget, load_study
 
     study, _ = load_study(args.study, open_storage(args.storage, must_exist=True))
     change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)

@@ -153,7 +153,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     from optuna_dashboard import wsgi
 
-    from kilotune.search.study import open_storage, redact, storage_url
+    from kilotune.search.storage import open_storage, redact, storage_url
 
     server_class = type("WSGIServerIPv6", (WSGIServer,), {"address_family": socket.AF_INET6}) if ":" in args.host else WSGIServer
     try:

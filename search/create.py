@@ -23,7 +23,9 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
             existing study continues with the budget it records (``run`` must end by itself).
     """
     from kilotune.search.space import PRESETS, SearchSpace
-    from kilotune.search.study import StudySettings, create_study, open_storage, recorded_budget, storage_url
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage, storage_url
+    from kilotune.search.study import create_study, recorded_budget
     from kilotune.subset.datasets import check_dataset_name, load_dataset
     from kilotune.subset.features import DEFAULT_METHOD, cache_dir, default_subset_path, ensure_default_subset
     from kilotune.subset.files import installed_version, now_iso
@@ -87,7 +89,7 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
 
 def _new_file(url: str) -> bool:
     """Whether ``url`` names a SQLite or journal file that does not exist yet (opening it makes it)."""
-    from kilotune.search.study import local_path
+    from kilotune.search.storage import local_path
 
     path = local_path(url)
     return path is not None and not path.exists()

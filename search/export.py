@@ -21,7 +21,9 @@ from optuna.storages import BaseStorage
 
 from kilotune.models.names import listing
 from kilotune.search.attrs import CONFIG
-from kilotune.search.study import StudySettings, load_study, open_storage
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage
+from kilotune.search.study import load_study
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
 from kilotune.subset.files import installed_version, now_iso, write_json
 from kilotune.training.config import TrainConfig

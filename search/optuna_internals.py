@@ -116,7 +116,7 @@ def new_trial(study: optuna.Study, storage: RDBStorage) -> optuna.Trial:
 
 
 def budget_rows(storage: RDBStorage, study_id: int, *, status_key: str = "status", fold_key: str = "cv_of") -> tuple[int, list[int]]:
-    """Trials counting toward the budget (``search.study.counts_toward_budget``: not fold
+    """Trials counting toward the budget (``search.budget.counts_toward_budget``: not fold
     trials, which have ``fold_key``, and not failed trials unless their ``status_key`` is
     "failed"), and the WAITING trials' ids: two indexed queries on Optuna's schema."""
     from optuna.storages._rdb.models import TrialModel, TrialUserAttributeModel  # Optuna's versioned schema

@@ -9,7 +9,7 @@ subset, as "fold trials". They are Optuna trials of a companion study, ``<study>
 search alone. A fold trial carries the candidate's params and exact config, and the user
 attributes ``cv_of`` (the candidate's number) and ``fold``. Workers take fold trials once the
 search's share of the trial budget is spent and every search trial has finished
-(``search.study.claim_trial``), with the fault tolerance of any trial; they are never pruned. The
+(``search.budget.claim_trial``), with the fault tolerance of any trial; they are never pruned. The
 winner is the candidate with the best mean over its folds (fold 0 is its own search trial), and
 the study's note in optuna-dashboard says which it is (``winner_note``).
 

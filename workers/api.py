@@ -22,7 +22,8 @@ import optuna
 from kilotune.models.quiet import quiet_tensorflow
 from kilotune.search.export import export_study as _export_study
 from kilotune.search.export import check_export, read_export
-from kilotune.search.study import load_study, open_storage
+from kilotune.search.storage import open_storage
+from kilotune.search.study import load_study
 from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, check_dataset_name, dataset_from_arrays, load_dataset, save_dataset
 from kilotune.subset.files import cache_dir
 from kilotune.workers.options import (

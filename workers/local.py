@@ -36,7 +36,9 @@ from kilotune.search.create import create_from_args
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.space import PRESETS
-from kilotune.search.study import StudySettings, load_study, open_storage, redact, storage_url
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage, redact, storage_url
+from kilotune.search.study import load_study
 from kilotune.search.winner import StudyTrials, fold_label, is_fold_trial, ranking, trial_arch, winner_line
 from kilotune.subset.files import count_of
 

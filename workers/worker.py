@@ -29,7 +29,10 @@ from kilotune.search.attrs import (
     WORKER, WORKER_ID,
 )
 from kilotune.search.optuna_internals import frozen_trial
-from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
+from kilotune.search.budget import study_timed_out
+from kilotune.search.retries import RetryKilledTrials
+from kilotune.search.storage import open_storage, storage_url, with_retry
+from kilotune.search.study import check_same_data, load_study
 from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset

@@ -14,7 +14,10 @@ from optuna.storages import RDBStorage
 
 from kilotune.search import optuna_internals, pruners
 from kilotune.search.optuna_internals import IndexedHyperbandPruner, SnapshotTPESampler
-from kilotune.search.study import StudySettings, claim_trial, create_study, open_storage
+from kilotune.search.budget import claim_trial
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage
+from kilotune.search.study import create_study
 from kilotune.search.trial_writes import PendingWrites, store
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from kilotune.search.pruners import IndexedHyperbandPruner, IndexedMedianPruner, IndexedSuccessiveHalvingPruner
-from kilotune.search.study import StudySettings
+from kilotune.search.settings import StudySettings
 
 EPOCHS = 27  # Hyperband: rungs 3, 9, 27 in 3 brackets
 

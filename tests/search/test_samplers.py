@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 import kilotune.search.optuna_internals
 from kilotune.search.samplers import SnapshotTPESampler
 from kilotune.search.space import SearchSpace
-from kilotune.search.study import StudySettings
+from kilotune.search.settings import StudySettings
 
 EPOCHS = 9
 SETTINGS = StudySettings(dataset="d", dataset_checksum="-", subset_path="-", subset_checksum="-",

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from kilotune.cli.main import main
-from kilotune.search.study import StudySettings
+from kilotune.search.settings import StudySettings
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.splits import class_balanced_sample
 from kilotune.subset.subsetfile import load_subset, write_subset

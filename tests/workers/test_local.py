@@ -20,7 +20,9 @@ from rich.console import Console
 
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial
-from kilotune.search.study import StudySettings, load_study, open_storage
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage
+from kilotune.search.study import load_study
 from kilotune.search.winner import StudyTrials
 from kilotune.training.config import TrainConfig
 from kilotune.workers.local import QUIET, Display, Snapshot, print_best
