@@ -49,6 +49,7 @@ def main() -> None:
 
     from kilotune.search.space import SearchSpace
     from kilotune.search.budget import budget_left, claim_trial
+    from kilotune.search.pruners import PRUNERS
     from kilotune.search.settings import StudySettings
     from kilotune.search.storage import _with_driver, open_storage
     from kilotune.search.study import create_study, load_study
@@ -105,7 +106,7 @@ def main() -> None:
                     study.pruner = pruner
                     trial = claim_trial(study, settings, storage, time.time())
                     # At the first rung of the trial's bracket (epoch 3, 9 or 27), where the rule reads the study.
-                    for step in range(1, settings._min_resource * 3 ** optuna_pruner._get_bracket_id(study, trial) + 1):
+                    for step in range(1, PRUNERS[settings.pruner].min_resource(settings) * 3 ** optuna_pruner._get_bracket_id(study, trial) + 1):
                         trial.report(random.random(), step)
                     started = time.perf_counter()
                     trial.should_prune()

@@ -47,7 +47,7 @@ def main() -> None:
     import sqlalchemy
 
     from kilotune.search.budget import claim_trial
-    from kilotune.search.samplers import SnapshotTPESampler
+    from kilotune.search.optuna_internals import SnapshotTPESampler
     from kilotune.search.settings import StudySettings
     from kilotune.search.space import SearchSpace
     from kilotune.search.storage import _with_driver, open_storage

@@ -293,7 +293,7 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     """A study made by ``kilotune study create`` (its defaults), trained by the product's Worker one
     trial at a time until the budget is spent; the winner is what ``kilotune export`` writes."""
     from kilotune.cli.main import main as kilotune
-    from kilotune.search import settings as settings_module
+    from kilotune.search.samplers import tpe
 
     url, name = f"sqlite:///{cell_dir / 'study.db'}", cell.key
     os.environ["KILOTUNE_CHECKPOINT_DIR"] = str(cell_dir / "checkpoints")
@@ -325,7 +325,7 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
         complete=sum(t.state == TrialState.COMPLETE for t in trials), pruned=sum(t.state == TrialState.PRUNED for t in trials),
         details={"search_wall_s": search_s, "export_wall_s": round(time.perf_counter() - started, 1),
                  "warm_start_trials": sum("preset" in t.user_attrs for t in trials),
-                 "tpe_startup_trials": settings_module.TPE_STARTUP_TRIALS,
+                 "tpe_startup_trials": tpe.STARTUP_TRIALS,
                  "settings": {k: v for k, v in worker.study.user_attrs.items() if k in ("sampler", "pruner", "epochs", "val_fraction", "split_seed")}},
     )
 
@@ -336,9 +336,9 @@ def search_kilotune_startup10(cell: Cell, bench: Bench, cell_dir: Path) -> Searc
     Same seed, same worker stream: the two arms draw the same warm start and first random trials,
     so they differ only from the 6th finished trial on, where kilotune's TPE starts modelling.
     """
-    from kilotune.search import settings as settings_module
+    from kilotune.search.samplers import tpe
 
-    settings_module.TPE_STARTUP_TRIALS = 10  # this cell's own process: nothing else sees it
+    tpe.STARTUP_TRIALS = 10  # this cell's own process: nothing else sees it
     return search_kilotune(cell, bench, cell_dir)
 
 

@@ -252,7 +252,7 @@ def store_rdb(rdb: RDBStorage, trial_id: int, writes: Any) -> None:
             )
 
 
-# -- TPE reading the study once a trial (search/samplers.py) --------------------------------
+# -- TPE reading the study once a trial (search/samplers/tpe.py) -----------------------------
 
 TPE_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)  # the states TPE reads
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -375,7 +375,7 @@ def _distribution(distribution_json: str) -> BaseDistribution:
     return json_to_distribution(distribution_json)
 
 
-# -- Pruners with indexed checks (search/pruners.py) ----------------------------------------
+# -- Pruners with indexed checks (search/pruners/) -----------------------------------------
 
 RUNG_KEY_PREFIX = "completed_rung_"  # optuna.pruners._successive_halving._completed_rung_key
 

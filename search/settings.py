@@ -11,22 +11,22 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import optuna
-from optuna.storages import BaseStorage
+from typing import TYPE_CHECKING
 
 from kilotune.models.names import listing
-from kilotune.search import pruners
 from kilotune.search.attrs import CREATED_AT, CV_FOLDS, CV_TOP_K, DATASET, KILOTUNE_VERSION, N_TRIALS, SUBSET_PATH
-from kilotune.search.samplers import tpe_sampler
-from kilotune.search.winner import DEFAULT_OBJECTIVE_EPOCHS, plan_cross_validation
+from kilotune.search.pruners import PRUNERS
+from kilotune.search.samplers import SAMPLERS
 from kilotune.subset.files import count_of
 from kilotune.subset.splits import fold_count
 
-SAMPLERS = ("tpe", "random")
-PRUNERS = ("hyperband", "successive-halving", "median", "none")
-# Small budgets (tens of trials), chosen in docs/search-efficiency.md ("Small budgets"):
-TPE_STARTUP_TRIALS = 5  # against Optuna's default 10: better in 5 of 6 cells (search_budget.py kilotune-startup10)
-REDUCTION_FACTOR = 3  # replayed against 2 and 4 by bench/rung_choice.py: best or within 1 point
+if TYPE_CHECKING:  # Optuna loads where a study is opened, not where the command line is read
+    import optuna
+    from optuna.storages import BaseStorage
+
+DEFAULT_OBJECTIVE_EPOCHS = 3
+MAX_CV_TOP_K = 3  # the top trials cross-validated when the budget allows (``plan_cross_validation``)
+CV_SHARE = 3  # cross-validation takes at most 1/CV_SHARE of a trial budget
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class StudySettings:
     objective_epochs: int | None = None
     # The top trials re-trained on other folds before the winner is picked (0: none), and the folds
     # each is validated on, fold 0 included. Their fold trials count in n_trials. None and None:
-    # as the budget allows, resolved on construction (search.winner.plan_cross_validation).
+    # as the budget allows, resolved on construction (plan_cross_validation).
     cv_top_k: int | None = None
     cv_folds: int | None = None
     kilotune_version: str = ""
@@ -131,10 +131,10 @@ class StudySettings:
         # Studies from before the noise-aware objective valued a trial by its last epoch alone.
         recorded = {"objective_epochs": 1, **{k: v for k, v in attrs.items() if k in names}}
         if CV_FOLDS not in attrs:
-            # From before fold trials counted in the budget: the top cv_top_k (3 if unrecorded) were
-            # validated on every fold beyond the n_trials search trials, which the total now includes.
-            folds = fold_count(recorded.get("val_fraction", 0.2))
-            top_k = recorded.get(CV_TOP_K, 3) if folds > 1 and recorded.get(N_TRIALS) is not None else 0
+            # From before fold trials counted in the budget: the top cv_top_k (MAX_CV_TOP_K if unrecorded)
+            # were validated on every fold beyond the n_trials search trials, which the total now includes.
+            folds = fold_count(recorded.get("val_fraction", cls.val_fraction))
+            top_k = recorded.get(CV_TOP_K, MAX_CV_TOP_K) if folds > 1 and recorded.get(N_TRIALS) is not None else 0
             recorded.update(cv_top_k=top_k, cv_folds=folds if top_k else 1)
             if top_k:
                 recorded[N_TRIALS] += top_k * (folds - 1)
@@ -148,18 +148,8 @@ class StudySettings:
         return fold_count(self.val_fraction)
 
     def sampler_for(self) -> optuna.samplers.BaseSampler:
-        """The study's sampler, seeded with ``seed``; a worker takes ``worker_sampler`` instead."""
-        if self.sampler == "random":
-            return optuna.samplers.RandomSampler(seed=self.seed)
-        # group=True keeps multivariate TPE exact over the conditional (define-by-run) space;
-        # constant_liar stops parallel workers from sampling the same point (read once a take:
-        # search/samplers.py). TPE models from the 6th finished (complete or pruned) trial, the
-        # warm-start presets among the first 5: with Optuna's 10, runs of 8-13 trials had 0-2
-        # trials sampled by TPE (docs/search-efficiency.md). TPE sees every trial, Hyperband's
-        # brackets included (optuna 5.1's TPE reads the study's unfiltered trials, which brackets do not filter).
-        return tpe_sampler(
-            multivariate=True, group=True, constant_liar=True, n_startup_trials=TPE_STARTUP_TRIALS, seed=self.seed
-        )
+        """The study's sampler (search/samplers/), seeded with ``seed``; a worker takes ``worker_sampler`` instead."""
+        return SAMPLERS[self.sampler].make(self)
 
     def worker_sampler(self, stream: str = "") -> optuna.samplers.BaseSampler:
         """The sampler of one worker: ``sampler_for`` with the seed of the worker's own ``stream``.
@@ -174,56 +164,47 @@ class StudySettings:
         derived = int.from_bytes(hashlib.sha256(f"{self.seed}:{stream}".encode()).digest()[:4], "big")
         return replace(self, seed=derived).sampler_for()
 
-    @property
-    def _min_resource(self) -> int:
-        # The first rung at 1/9 of a trial (epoch 1 of 9). Replayed on recorded 9-epoch curves
-        # at 18-63 epochs a search (bench/rung_choice.py), halving from there kept the best or
-        # nearly the best final value: a weak rung (Spearman 0.50-0.65 with the final value) that
-        # screens twice the configurations of one at epoch 3 (0.75-0.84). Every halving beat no
-        # pruning by 2-4 points. A fraction, as the learning-rate schedules scale with the epochs.
-        return max(1, round(self.epochs / 9))
-
-    @property
-    def _brackets(self) -> int:
-        """Hyperband's bracket count: floor(log_eta(max / min)) + 1."""
-        brackets, rung = 1, self._min_resource * REDUCTION_FACTOR
-        while rung <= self.epochs:
-            brackets, rung = brackets + 1, rung * REDUCTION_FACTOR
-        return brackets
-
-    @property
-    def _warmup_steps(self) -> int:
-        return max(1, self.epochs // 5)
-
     def pruner_for(self, storage: BaseStorage | None = None) -> optuna.pruners.BasePruner:
-        """The study's pruner; on an RDB storage, one whose checks read one indexed query
-        (search/pruners.py) instead of every running trial."""
-        if self.pruner == "none":
-            return optuna.pruners.NopPruner()
-        optuna_pruner, kwargs = {
-            "hyperband": (optuna.pruners.HyperbandPruner,
-                          dict(min_resource=self._min_resource, max_resource=self.epochs, reduction_factor=REDUCTION_FACTOR)),
-            "successive-halving": (optuna.pruners.SuccessiveHalvingPruner,
-                                   dict(min_resource=self._min_resource, reduction_factor=REDUCTION_FACTOR)),
-            "median": (optuna.pruners.MedianPruner, dict(n_startup_trials=5, n_warmup_steps=self._warmup_steps)),
-        }[self.pruner]
-        return pruners.pruner(optuna_pruner, storage, **kwargs)
+        """The study's pruner (search/pruners/); on an RDB storage, one whose checks read one
+        indexed query instead of every running trial."""
+        return PRUNERS[self.pruner].make(self, storage)
 
     def may_prune_at(self, epoch: int) -> bool:
-        """Whether the pruner can stop a trial after this epoch; asking elsewhere only costs storage reads.
+        """Whether the study's pruner can stop a trial after this epoch; asking elsewhere only costs storage reads."""
+        return PRUNERS[self.pruner].may_prune_at(self, epoch)
 
-        Hyperband's brackets and successive halving decide only at their rungs,
-        ``min_resource * REDUCTION_FACTOR**k``; the median pruner decides after its warm-up; "none" never does.
-        """
-        if self.pruner in ("hyperband", "successive-halving"):
-            rung = self._min_resource
-            while rung < epoch:
-                rung *= REDUCTION_FACTOR
-            return rung == epoch
-        if self.pruner == "median":
-            return epoch > self._warmup_steps
-        return False
 
+def plan_cross_validation(n_trials: int | None, folds: int, top_k: int | None = None) -> tuple[int, int]:
+    """How a trial budget is split: ``(cv_top_k, cv_folds)``, the top trials cross-validated and
+    the folds each is validated on (its own fold 0 included). Fold trials take
+    ``cv_top_k * (cv_folds - 1)`` of the ``n_trials``, at most a third (``CV_SHARE``); the
+    search takes the rest.
+
+    Args:
+        n_trials: The study's trial budget; None (a time budget only): no cross-validation.
+        folds: The subset's folds (5 for a validation fraction of 0.2).
+        top_k: The top trials to cross-validate; None: up to ``MAX_CV_TOP_K``, each on at
+            least 2 more folds, as the budget allows; 0: none.
+
+    Raises:
+        ValueError: if ``top_k`` trials cannot each take one more fold within the share.
+
+    Example: 12 trials, 5 folds: ``(2, 3)``, the top 2 on 2 more folds (4 fold trials, 8 search
+    trials); 30 trials: ``(3, 4)``; 45 trials: ``(3, 5)``.
+    """
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"cv_top_k={top_k} must be 0 (no cross-validation) or more")
+    if n_trials is None or folds < 2 or top_k == 0:
+        return 0, 1
+    share = n_trials // CV_SHARE
+    k = min(MAX_CV_TOP_K, share // 2) if top_k is None else top_k
+    if k == 0:
+        return 0, 1
+    extra = min(folds - 1, share // k)
+    if extra == 0:
+        raise ValueError(f"cv_top_k={k} needs at least {k * CV_SHARE} trials (cross-validation takes at most "
+                         f"a third of n_trials={n_trials}); give more trials, a smaller cv_top_k, or cv_top_k=0 for none")
+    return k, 1 + extra
 
 
 def _as_json(values: dict[str, Any]) -> dict[str, Any]:

@@ -151,6 +151,8 @@ def retrain(
     """
     if seeds < 1:
         raise ValueError(f"seeds must be at least 1, got {seeds=}")
+    if tta and not dataset.flip_keeps_class:
+        raise ValueError(f"flip test-time augmentation averages over flipped test images, but a horizontal flip changes the class of an image of {dataset.name}")
     if snapshots < 0:
         raise ValueError(f"snapshots must be 0 (off) or positive, got {snapshots=}")
     config = TrainConfig.from_dict(export["config"])

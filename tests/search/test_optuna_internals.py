@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.storages import RDBStorage
 
-from kilotune.search import optuna_internals, pruners
+from kilotune.search import optuna_internals
+from kilotune.search.pruners import PRUNERS
 from kilotune.search.optuna_internals import IndexedHyperbandPruner, SnapshotTPESampler
 from kilotune.search.budget import claim_trial
 from kilotune.search.settings import StudySettings
@@ -21,7 +22,7 @@ from kilotune.search.study import create_study
 from kilotune.search.trial_writes import PendingWrites, store
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("search", "models", "subset", "workers", "cli")
+PACKAGES = tuple(sorted(p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"))  # every folder of the package
 SETTINGS = StudySettings(dataset="d", dataset_checksum="-", subset_path="-", subset_checksum="-", epochs=9, n_trials=4)
 
 
@@ -61,7 +62,7 @@ def test_outside_range_optunas_public_api(tmp_path, outside_range):
         sampler = SETTINGS.sampler_for()
     assert type(sampler) is optuna.samplers.TPESampler
     assert type(SETTINGS.pruner_for(storage)) is optuna.pruners.HyperbandPruner
-    assert type(pruners.pruner(optuna.pruners.MedianPruner, storage)) is optuna.pruners.MedianPruner
+    assert type(PRUNERS["median"].make(SETTINGS, storage)) is optuna.pruners.MedianPruner
     assert optuna_internals.rdb_of(storage) is None
     study, _ = create_study("s", SETTINGS, storage)
     trials = [claim_trial(study, SETTINGS, storage, started=0.0) for _ in range(5)]

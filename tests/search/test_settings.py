@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from kilotune.cli.main import main
-from kilotune.search.settings import StudySettings
+from kilotune.search.settings import StudySettings, plan_cross_validation
 from kilotune.search.storage import open_storage
 from kilotune.search.study import create_study, extend_budget
 
@@ -67,44 +67,6 @@ def test_the_budget_says_what_it_buys():
     assert settings(timeout_s=60).budget_text() == "trials of 3 epochs until 60 s have passed, not cross-validated"
 
 
-def test_prune_checks_only_where_the_pruner_can_decide():
-    assert [e for e in range(1, 31) if settings(epochs=30).may_prune_at(e)] == [3, 9, 27]
-    assert [e for e in range(1, 41) if settings(epochs=40, pruner="hyperband").may_prune_at(e)] == [4, 12, 36]
-    assert [e for e in range(1, 31) if settings(epochs=30, pruner="successive-halving").may_prune_at(e)] == [3, 9, 27]
-    assert [e for e in range(1, 11) if settings(epochs=10, pruner="median").may_prune_at(e)] == [3, 4, 5, 6, 7, 8, 9, 10]
-    assert not any(settings(epochs=10, pruner="none").may_prune_at(e) for e in range(1, 11))
-
-
-@pytest.mark.parametrize("pruner", ["hyperband", "successive-halving"])
-def test_rung_pruners_decide_only_at_their_rungs(pruner):
-    """The rung rule above matches what Optuna's pruners actually do: a trial that reports
-    worse than every other at each epoch is pruned at a rung epoch, never in between."""
-    study = optuna.create_study(direction="maximize", pruner=settings(epochs=30, pruner=pruner).pruner_for(),
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    pruned_at = []
-    for i in range(60):
-        trial = study.ask()
-        for epoch in range(1, 31):
-            trial.report(float(i % 7) / 10 + epoch / 100, epoch)
-            if trial.should_prune():
-                pruned_at.append(epoch)
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                break
-        else:
-            study.tell(trial, float(i % 7))
-    assert pruned_at and set(pruned_at) <= {3, 9, 27}
-
-
-def test_small_budgets_get_an_early_first_rung_and_a_short_tpe_start_up():
-    """The rungs are at 1/9 of a trial times powers of 3, and TPE models from the 6th trial (see sampler_for)."""
-    assert [e for e in range(1, 10) if settings(epochs=9).may_prune_at(e)] == [1, 3, 9]
-    assert [e for e in range(1, 16) if settings(epochs=15).may_prune_at(e)] == [2, 6]
-    assert settings(epochs=9)._brackets == 3 and settings(epochs=15)._brackets == 2 and settings(epochs=2)._brackets == 1
-    assert settings(epochs=9).pruner_for()._min_resource == 1
-    for pruner in ("hyperband", "median", "none"):
-        assert settings(epochs=30, pruner=pruner).sampler_for()._n_startup_trials == 5
-
-
 def test_objective_epochs_over_the_epochs_are_refused_and_the_default_fits_short_trials(tmp_path):
     """A trial's value is the mean of its last ``objective_epochs`` epochs: more than it trains was accepted."""
     assert settings(epochs=2).objective_epochs == 2 and settings(epochs=5).objective_epochs == 3
@@ -113,3 +75,31 @@ def test_objective_epochs_over_the_epochs_are_refused_and_the_default_fits_short
     study, _ = create_study("old", settings(epochs=2), open_storage(f"sqlite:///{tmp_path}/old.db"))
     study.set_user_attr("objective_epochs", 3)  # as a study made before the refusal records it
     assert StudySettings.from_study(study).objective_epochs == 2, "it loads, valued by the mean of every epoch as before"
+
+
+@pytest.mark.parametrize(("n_trials", "top_k", "plan"), [
+    (12, None, (2, 3)),  # the main job: 8 search trials, the top 2 on 2 more folds
+    (30, None, (3, 4)),
+    (45, None, (3, 5)),
+    (200, None, (3, 5)),  # never more folds than the subset has
+    (6, None, (1, 3)),
+    (5, None, (0, 1)),  # a third of 5 is 1 fold trial: too few to compare two candidates
+    (3, None, (0, 1)),
+    (None, None, (0, 1)),  # a time budget only
+    (30, 0, (0, 1)),
+    (12, 1, (1, 5)),
+    (12, 4, (4, 2)),
+])
+def test_cross_validation_takes_at_most_a_third_of_the_trial_budget(n_trials, top_k, plan):
+    k, folds = plan_cross_validation(n_trials, 5, top_k)
+    assert (k, folds) == plan
+    if n_trials:
+        assert k * (folds - 1) <= n_trials // 3
+
+
+def test_a_top_k_the_budget_cannot_cross_validate_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"cv_top_k=3 needs at least 9 trials"):
+        plan_cross_validation(6, 5, 3)
+    with pytest.raises(ValueError, match=r"cv_top_k=-1"):
+        plan_cross_validation(30, 5, -1)
+    assert plan_cross_validation(30, 1, None) == (0, 1), "one fold: nothing to cross-validate on"

@@ -114,3 +114,18 @@ def test_snapshot_epochs(schedule, epochs, steps, k, expected):
 def test_snapshot_epochs_rejects_more_snapshots_than_epochs():
     with pytest.raises(ValueError, match="snapshots must be from 1 to the 2 epochs trained"):
         snapshot_epochs(TrainConfig(epochs=2), 1, 3)
+
+
+def test_flip_test_time_augmentation_is_refused_where_a_flip_changes_the_class(tmp_path):
+    """A dataset declares whether a horizontal flip keeps the class (subset/datasets/); flip TTA needs it to."""
+    import numpy as np
+
+    from kilotune.subset.datasets import ImageDataset
+    from kilotune.training.retrain import retrain
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    digits = ImageDataset("digits", images, np.array([0, 1, 0, 1]), images, np.array([0, 1, 0, 1]), ("0", "1"), flip_keeps_class=False)
+    export = {"config": TrainConfig(arch="vgg8", epochs=1).to_dict(), "provenance": {}}
+    with pytest.raises(ValueError, match="a horizontal flip changes the class of an image of digits"):
+        retrain(export, digits, np.arange(4), tta=True, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "refused before anything is trained or written"

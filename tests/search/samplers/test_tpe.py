@@ -12,7 +12,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 import kilotune.search.optuna_internals
-from kilotune.search.samplers import SnapshotTPESampler
+from kilotune.search.optuna_internals import SnapshotTPESampler
 from kilotune.search.space import SearchSpace
 from kilotune.search.settings import StudySettings
 

@@ -11,7 +11,7 @@ import pytest
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from kilotune.search.pruners import IndexedHyperbandPruner, IndexedMedianPruner, IndexedSuccessiveHalvingPruner
+from kilotune.search.optuna_internals import IndexedHyperbandPruner, IndexedMedianPruner, IndexedSuccessiveHalvingPruner
 from kilotune.search.settings import StudySettings
 
 EPOCHS = 27  # Hyperband: rungs 3, 9, 27 in 3 brackets
