@@ -556,7 +556,8 @@ def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tup
     from optuna.trial import TrialState
 
     from kilotune.cli.main import main as kilotune
-    from kilotune.search.space import PRESETS, SearchSpace
+    from kilotune.search.presets import PRESETS
+    from kilotune.search.space import SearchSpace
     from kilotune.search.storage import open_storage
     from kilotune.search.study import load_study
     from kilotune.training.config import TrainConfig

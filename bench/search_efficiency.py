@@ -43,7 +43,8 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from kilotune.search.kerastuner import KilotuneHyperModel  # noqa: E402
-from kilotune.search.space import PRESETS, SearchSpace  # noqa: E402
+from kilotune.search.presets import PRESETS  # noqa: E402
+from kilotune.search.space import SearchSpace  # noqa: E402
 from kilotune.search.settings import StudySettings  # noqa: E402
 from kilotune.search.storage import open_storage  # noqa: E402
 from kilotune.search.study import create_study, load_study  # noqa: E402

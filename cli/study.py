@@ -95,16 +95,14 @@ def run_delete(args: argparse.Namespace) -> int:
 
 def run_enqueue(args: argparse.Namespace) -> int:
     from kilotune.models.names import listing
-    from kilotune.search.space import PRESETS, params_for
+    from kilotune.search.presets import PRESETS, check_presets
+    from kilotune.search.space import params_for
     from kilotune.search.storage import open_storage
     from kilotune.search.study import load_study
     from kilotune.training.config import TrainConfig
 
     configs: list[tuple[str, TrainConfig]] = []  # checked before the storage is opened
-    for name in args.preset:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {listing(sorted(PRESETS))}")
-        configs.append((name, PRESETS[name]))
+    configs += [(name, PRESETS[name]) for name in check_presets(args.preset)]
     configs += [(path, TrainConfig.from_json(path)) for path in args.config]
     if not configs:
         raise ValueError(f"nothing to enqueue: give --preset ({listing(sorted(PRESETS))}) or --config FILE")

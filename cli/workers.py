@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from kilotune.cli.retrain import REGISTER as RETRAIN
-from kilotune.models.names import listing
 from kilotune.subset.files import count_of
 from kilotune.workers.options import (
     add_run_arguments,
@@ -40,14 +39,14 @@ def register_train(sub: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kilotune.search.space import PRESETS
+    from kilotune.search.presets import PRESETS, check_presets
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.splits import class_balanced_sample
     from kilotune.subset.subsetfile import load_subset
     from kilotune.training.config import TrainConfig
 
-    if args.preset is not None and args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {listing(sorted(PRESETS))}")
+    if args.preset is not None:
+        check_presets([args.preset])
     config = TrainConfig.from_json(args.config) if args.config else PRESETS[args.preset] if args.preset else TrainConfig()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     config = config.replace(**overrides)

@@ -22,7 +22,8 @@ def create_from_args(args: argparse.Namespace, default_trials: int | None = None
         default_trials: Where ``args`` give no budget: a new study's trial budget, while an
             existing study continues with the budget it records (``run`` must end by itself).
     """
-    from kilotune.search.space import PRESETS, SearchSpace
+    from kilotune.search.presets import PRESETS
+    from kilotune.search.space import SearchSpace
     from kilotune.search.settings import StudySettings
     from kilotune.search.storage import open_storage, storage_url
     from kilotune.search.study import create_study, recorded_budget
@@ -101,14 +102,12 @@ def warm_start(study: Any, settings: Any, names: list[str]) -> list[str]:
 
     At most ``n_trials`` are queued: queued trials always run. Returns one line per preset.
     """
-    from kilotune.models.names import listing
-    from kilotune.search.space import PRESETS, SearchSpace
+    from kilotune.search.presets import PRESETS, check_presets
+    from kilotune.search.space import SearchSpace
     from kilotune.subset.files import count_of
 
     space, lines = SearchSpace.from_spec(settings.space), []
-    for name in names:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {listing(sorted(PRESETS))}")
+    for name in check_presets(names):
         config, note = space.project(PRESETS[name], settings.epochs)
         if config is None:
             lines.append(f"warm start: skipped preset {name}: {note}")

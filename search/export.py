@@ -11,7 +11,6 @@ Rank 1 is the study's cross-validated winner (search/winner.py). The file is wha
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from kilotune.search.settings import StudySettings
 from kilotune.search.storage import open_storage
 from kilotune.search.study import load_study
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
-from kilotune.subset.files import installed_version, now_iso, write_json
+from kilotune.subset.files import installed_version, now_iso, read_json, write_json
 from kilotune.training.config import TrainConfig
 
 __all__ = ["check_export", "export_trial", "provenance", "read_export", "write_json"]
@@ -134,14 +133,7 @@ def library_versions() -> dict[str, str]:
 
 def read_export(path: str | Path) -> dict[str, Any]:
     """Reads an export file, checking it has a valid config and the provenance retrain needs."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"export file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"export file {path} is not readable JSON ({e})") from None
-    return check_export(data, f"export file {path}")
+    return check_export(read_json(path, "export file"), f"export file {path}")
 
 
 def check_export(data: Any, source: str = "the export") -> dict[str, Any]:

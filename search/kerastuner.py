@@ -29,7 +29,7 @@ except ImportError as e:  # an extra: only the benches and tests compare against
 
 from kilotune.search.space import SearchSpace
 from kilotune.subset.datasets import channel_stats, normalize
-from kilotune.training.augment import BatchMixer, MixedBatches
+from kilotune.training.batches import BatchMixer, MixedBatches
 from kilotune.training.config import TrainConfig
 from kilotune.training.train import build_compiled_model
 
@@ -83,8 +83,8 @@ class KilotuneHyperModel(keras_tuner.HyperModel):
         # Declare every parameter up front, conditional ones included: KerasTuner gives a parameter
         # first met inside a branch its default (the minimum), not a sample, for that trial.
         trial = HyperParametersTrial(hp)
-        for name, param in self.space.params.items():
-            param.suggest(trial, name)
+        for param in self.space.params.values():
+            param.suggest(trial)
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         config = self.config(hp)

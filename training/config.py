@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kilotune.models.names import ACTIVATIONS, ARCHITECTURES, listing
+from kilotune.subset.files import read_json
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "cosine_restarts", "onecycle")
@@ -119,12 +120,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str | Path) -> TrainConfig:
         """Reads a config file; a file with a ``config`` key (an export) is read from there."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"config file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {path} is not valid JSON: {e}") from None
+        data = read_json(path, "config file")
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a JSON object")
         return cls.from_dict(data.get("config", data))

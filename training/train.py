@@ -18,7 +18,8 @@ import numpy as np
 
 from kilotune.models import build_model
 from kilotune.subset.datasets import channel_stats, normalize
-from kilotune.training.augment import BatchMixer, MixedBatches, image_augmentation
+from kilotune.training.augment import image_augmentation
+from kilotune.training.batches import BatchMixer, MixedBatches
 from kilotune.training.checkpoint import Checkpoint
 from kilotune.training.config import ONECYCLE_WARMUP, TrainConfig
 

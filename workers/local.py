@@ -30,12 +30,11 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from kilotune.models.names import listing
 from kilotune.search.attrs import CV_OF, DATASET, EPOCH_SECONDS, FAIL_REASON, STATUS, WORKER, WORKER_ID
 from kilotune.search.create import create_from_args
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
-from kilotune.search.space import PRESETS
+from kilotune.search.presets import check_presets
 from kilotune.search.settings import StudySettings
 from kilotune.search.storage import open_storage, redact, storage_url
 from kilotune.search.study import load_study
@@ -63,9 +62,7 @@ def run_local(args: argparse.Namespace) -> int:
     spent, shows their progress and prints the best configuration; 0 if every worker exited 0."""
     if args.workers < 1:
         raise ValueError(f"--workers={args.workers} must be at least 1")
-    unknown = [p for p in args.preset if p not in PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset(s) {listing(unknown, 'and')}; choose from {listing(sorted(PRESETS))}")
+    check_presets(args.preset)
     study, created = create_from_args(args, default_trials=DEFAULT_TRIALS)  # a local run must end by itself
     url = storage_url(args.storage)
     storage = open_storage(url)

@@ -12,7 +12,7 @@ from kilotune.cli.main import main
 from kilotune.search.settings import StudySettings
 from kilotune.search.storage import open_storage
 from kilotune.search.study import create_study, load_study
-from kilotune.search.space import PRESETS
+from kilotune.search.presets import PRESETS
 from kilotune.training.config import TrainConfig
 from tests.conftest import REPO, wait_for_exit
 from tests.search.test_settings import settings
@@ -200,3 +200,14 @@ def test_a_typo_in_the_dataset_leaves_no_database(tmp_path, monkeypatch, capsys)
     assert list(tmp_path.iterdir()) == [], "no kilotune.db, nothing else"
 
 
+
+
+def test_a_study_that_records_a_pruner_this_kilotune_lacks_is_one_clear_line(tmp_path, capsys):
+    """A pruner added on another branch (or removed here) names itself, never a KeyError."""
+    url = f"sqlite:///{tmp_path}/p.db"
+    study, _ = create_study("p", settings(), open_storage(url))
+    study.set_user_attr("pruner", "patient-median")
+    with pytest.raises(ValueError, match=r"^pruner='patient-median' is not allowed; choose one of hyperband, successive-halving, median or none$"):
+        load_study("p", open_storage(url))
+    assert main(["export", "--study", "p", "--storage", url, "--out", str(tmp_path / "b.json")]) == 2
+    assert capsys.readouterr().err == "kilotune export: error: pruner='patient-median' is not allowed; choose one of hyperband, successive-halving, median or none\n"
