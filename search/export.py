@@ -62,12 +62,12 @@ def export_trial(study: optuna.Study, storage: BaseStorage, rank: int = 1) -> di
     return {"config": config.to_dict(), "provenance": provenance(study, settings, evaluated)}
 
 
-def export_study(study: str, storage: str | None = None, rank: int = 1) -> dict[str, Any]:
+def export_study(study: str, storage: str, rank: int = 1) -> dict[str, Any]:
     """What ``kilotune export`` writes for study ``study``: :func:`export_trial` of its ``rank``-th best trial.
 
     Args:
         study: The study name.
-        storage: Its storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
+        storage: Its storage URL, resolved (``search.storage.storage_url``).
         rank: 1 for the best complete trial, 2 for the runner-up, ...
     """
     opened = open_storage(storage, must_exist=True)

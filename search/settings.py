@@ -1,24 +1,31 @@
-"""What a study is about, recorded in it when it is created: ``StudySettings`` (docs/study-format.md).
+"""A study's options, declared once: ``StudySettings`` (what a study is about, recorded in it when it
+is created: docs/study-format.md) and ``RunOptions`` (what only a local run and ``study create``
+take beside them). Each option is a dataclass field whose metadata holds its help line, the check
+its values pass (search/checks.py) and its flag: the command line's parser is built from them
+(cli/options.py), ``kilotune.run`` takes the same names (``search.create.run_options`` checks
+them), the study records the settings and every worker reads them back from it, so the study,
+not each worker's command line, decides the search.
 
-Every worker rebuilds the sampler and pruner from the settings recorded in the study, so the
-study, not each worker's command line, decides the search.
+Nothing here loads Optuna: the command line reads these declarations before anything heavy loads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
-
-from typing import TYPE_CHECKING
+import os
+from dataclasses import Field, asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from kilotune.models.names import listing
 from kilotune.search.attrs import CREATED_AT, CV_FOLDS, CV_TOP_K, DATASET, KILOTUNE_VERSION, N_TRIALS, SUBSET_PATH
+from kilotune.search.checks import checked, flag, name_list, real, subset_file, text, whole_number
 from kilotune.search.pruners import PRUNERS
 from kilotune.search.samplers import SAMPLERS
+from kilotune.subset.datasets import DATASETS
 from kilotune.subset.files import count_of
 from kilotune.subset.splits import fold_count
+from kilotune.training.config import TrainConfig
 
 if TYPE_CHECKING:  # Optuna loads where a study is opened, not where the command line is read
     import optuna
@@ -29,30 +36,74 @@ MAX_CV_TOP_K = 3  # the top trials cross-validated when the budget allows (``pla
 CV_SHARE = 3  # cross-validation takes at most 1/CV_SHARE of a trial budget
 
 
+def option(default: Any, help: str, *, check: Any = None, flag: str | None = None, name: str | None = None) -> Any:
+    """A dataclass field that is an option of the command line and of ``kilotune.run``.
+
+    Args:
+        default: Its default, declared here only.
+        help: Its help line (``%(default)s`` shows the default).
+        check: What its values pass (search/checks.py); none for text and paths.
+        flag: Its flag where it is not ``--<name>`` (``--no-warm-start``, ``--preset``).
+        name: Its name where it is not the field's (``timeout`` for ``timeout_s``, as recorded).
+    """
+    return field(default=default, metadata={"help": help, "check": check, "flag": flag, "name": name})
+
+
+def options_of(owner: type) -> dict[str, Field]:
+    """The option fields of ``StudySettings`` or ``RunOptions`` by their option names, in order."""
+    return {f.metadata.get("name") or f.name: f for f in fields(owner) if "help" in f.metadata}
+
+
+def checked_option(name: str, value: Any, declared: Field) -> Any:
+    """``value`` as the option ``name`` takes it from Python, checked as its command-line argument
+    would be; a ValueError naming both. A flag takes True or False, a repeatable option a list
+    of names, and None leaves any other unset."""
+    if isinstance(declared.default, bool):
+        return checked(name, value, flag)
+    if isinstance(declared.default, tuple):
+        return tuple(checked(name, value, name_list))
+    if value is None:
+        return None
+    if declared.metadata["check"] is not None:
+        return checked(name, value, declared.metadata["check"])
+    return os.fspath(value) if isinstance(value, os.PathLike) else checked(name, value, text)  # names, URLs, directories
+
+
+def _choices(registry: dict) -> str:
+    return "; ".join(f"{name}: {entry.help}" for name, entry in registry.items()) + " (default: %(default)s)"
+
+
 @dataclass(frozen=True)
 class StudySettings:
-    """What a study is about; recorded as study user attributes (docs/study-format.md)."""
+    """What a study is about; recorded as study user attributes (docs/study-format.md).
 
-    dataset: str
-    dataset_checksum: str
-    subset_path: str
-    subset_checksum: str
-    val_fraction: float = 0.2
+    The fields with option metadata are ``study create``'s and ``run``'s options; the others are
+    found (the data's checksums), derived or stamped when the study is created.
+    """
+
+    dataset: str  # a built-in dataset's name, or a user's .npz file (RunOptions.dataset is what was given)
+    dataset_checksum: str = ""
+    subset_path: str = ""
+    subset_checksum: str = ""
+    val_fraction: float = option(0.2, "stratified hold-out inside the subset (default: %(default)s)", check=real())
     split_seed: int = 0
-    epochs: int = 40
-    space: dict | None = None
-    sampler: str = "tpe"
-    pruner: str = "hyperband"
-    n_trials: int | None = None
-    timeout_s: float | None = None
-    seed: int | None = None
+    epochs: int = option(TrainConfig.epochs, "epochs per trial, the pruner's max resource (default: %(default)s)", check=whole_number())
+    space: dict | None = None  # the --space restrictions (RunOptions.space names the file or built-in space)
+    sampler: str = option("tpe", _choices(SAMPLERS))
+    pruner: str = option("hyperband", _choices(PRUNERS))
+    n_trials: int | None = option(None, "global trial budget for the whole study, the cross-validation's fold trials included",
+                                  check=whole_number())  # fmt: skip
+    timeout_s: float | None = option(None, "global time budget in seconds, from the study's creation", check=real(), name="timeout")
+    seed: int | None = option(None, "sampler seed (default: random)", check=whole_number(0))
     # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py);
     # None: DEFAULT_OBJECTIVE_EPOCHS, or every epoch where a trial trains fewer.
-    objective_epochs: int | None = None
+    objective_epochs: int | None = option(None, "a trial's value is the mean validation accuracy of its last this many epochs "
+                                          f"(default: {DEFAULT_OBJECTIVE_EPOCHS}, or --epochs if fewer)", check=whole_number())  # fmt: skip
     # The top trials re-trained on other folds before the winner is picked (0: none), and the folds
     # each is validated on, fold 0 included. Their fold trials count in n_trials. None and None:
     # as the budget allows, resolved on construction (plan_cross_validation).
-    cv_top_k: int | None = None
+    cv_top_k: int | None = option(None, "re-train the top this many trials on other folds and pick the winner by the mean; 0: off "
+                                  f"(default: up to {MAX_CV_TOP_K}, as a third of --n-trials allows)", check=whole_number())  # fmt: skip
     cv_folds: int | None = None
     kilotune_version: str = ""
     created_at: str = ""
@@ -212,3 +263,22 @@ def _as_json(values: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(values))
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What a local run takes beside its study's settings (``kilotune run``, ``kilotune.run``);
+    ``study create`` takes all but ``workers`` and ``presets``. Made by ``search.create.run_options``,
+    which checks every value, reads the space file, resolves the storage URL and settles the budget.
+    """
+
+    settings: StudySettings  # the study's settings as given (the data's checksums are found when it is created)
+    study: str = option("kilotune", "study name (default: %(default)s)")
+    storage: str | None = option(None, "storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")  # made: the URL resolved
+    dataset: str = option("cifar10", f"{listing(DATASETS)} or FILE.npz of your own arrays (default: %(default)s)")
+    data_dir: str | None = option(None, "where the dataset files are (default: per dataset, see README)")
+    subset: str | None = option(None, "subset file to train on, or all: every training image "
+                                "(default: build/reuse the cached default subset, random)", check=subset_file)  # fmt: skip
+    space: str | None = option(None, "YAML/JSON file that narrows the space or fixes values, or a built-in: small")
+    warm_start: bool = option(True, "do not queue the presets (projected into the space) as a new study's first trials", flag="--no-warm-start")
+    keep_settings: bool = option(False, "join an existing study of this name as recorded, though these settings differ (default: refuse)")
+    workers: int = option(2, "local worker processes (default: %(default)s)", check=whole_number(1))
+    presets: tuple[str, ...] = option((), "enqueue this preset first (repeatable)", flag="--preset")

@@ -42,11 +42,11 @@ def storage_url(url: str | None = None) -> str:
     return url or os.environ.get("KILOTUNE_STORAGE") or DEFAULT_STORAGE
 
 
-def open_storage(url: str | None = None, *, must_exist: bool = False, patient: bool = False) -> BaseStorage:
+def open_storage(url: str, *, must_exist: bool = False, patient: bool = False) -> BaseStorage:
     """Opens the storage, checking that it is reachable; one clear ValueError if not.
 
     Args:
-        url: The storage URL (``storage_url`` resolves it).
+        url: The storage URL, resolved (``storage_url``) where the command's or call's options are made.
         must_exist: Refuse a SQLite or journal file that does not exist, rather than create it:
             for commands that only read or join a study, where a typo must not leave a new file.
         patient: Wait up to ``RESTART_WAIT_SECONDS`` for a server that refuses connections too
@@ -58,7 +58,7 @@ def open_storage(url: str | None = None, *, must_exist: bool = False, patient: b
     them and wait briefly for one when all four are busy, so 64 workers never hold more than
     256, below the 300 that docker-compose.yml gives PostgreSQL.
     """
-    url = _with_driver(storage_url(url))
+    url = _with_driver(url)
     path = local_path(url)
     if must_exist and path is not None and not path.is_file():
         raise ValueError(f"no storage at {redact(url)}: {path} does not exist (a study's database is made by "

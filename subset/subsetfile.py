@@ -105,7 +105,7 @@ def write_subset(
         seed: Selection seed.
         per_class: Images per class.
         extractor: ``{"path", "train_accuracy", "arch"}`` of the feature extractor, or None.
-        objectives: What :func:`subset.selection.objectives` returned, or None.
+        objectives: What :func:`subset.objectives.objectives` returned, or None.
 
     Returns:
         The written file, as :func:`load_subset` would read it.

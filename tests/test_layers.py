@@ -121,3 +121,15 @@ def test_every_folder_is_a_package_pyproject_installs():
     listed = text.split("packages = [", 1)[1].split("]", 1)[0]
     packages = {name for name, path in modules().items() if path.name == "__init__.py"}
     assert packages == {p.strip().strip('"') for p in listed.split(",") if p.strip()}
+
+
+def test_nothing_below_the_cli_sees_argparse():
+    """The options are dataclasses (search/settings.py); only cli/ turns them into a parser."""
+    below = [name for name, path in modules().items() if layer_of(name) != "cli"
+             and any(isinstance(node, (ast.Import, ast.ImportFrom)) and "argparse" in ast.unparse(node) for node in ast.walk(ast.parse(path.read_text())))]
+    assert below == []
+
+
+def test_no_product_file_is_over_400_lines():
+    long = {str(path.relative_to(REPO)): n for path in modules().values() if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}, "split it by concern"

@@ -31,7 +31,7 @@ from kilotune.search.attrs import (
 from kilotune.search.optuna_internals import frozen_trial
 from kilotune.search.budget import study_timed_out
 from kilotune.search.retries import RetryKilledTrials
-from kilotune.search.storage import open_storage, storage_url, with_retry
+from kilotune.search.storage import open_storage, with_retry
 from kilotune.search.study import check_same_data, load_study
 from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
@@ -65,7 +65,7 @@ class Worker:
     def __init__(
         self,
         study_name: str,
-        storage: str | None = None,
+        url: str,
         *,
         worker_id: str | None = None,
         device: str = "cpu",
@@ -74,7 +74,7 @@ class Worker:
         stop: threading.Event | None = None,
     ) -> None:
         check_writable(checkpoint_root())  # before any trial is taken, which would fail and count
-        self.url = storage_url(storage)
+        self.url = url  # resolved by the process's entry point (workers/process.py)
         self.storage = open_storage(self.url, must_exist=True, patient=True)  # compose may start it while PostgreSQL restarts
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Each worker samples its own stream of a seeded study (reproducible per --worker-id), and a

@@ -6,7 +6,7 @@ re-reads every trial from the storage for each parameter group (kilotune's condi
 Optuna's cached storage each read loads every unfinished trial with all its reports, user and
 system attributes: with 64 workers, ~10 reads of 128 running trials a take.
 
-``SnapshotTPESampler`` (search/optuna_internals.py, with every other use of Optuna's internals)
+``SnapshotTPESampler`` (search/optuna_internals/tpe.py, with every other use of Optuna's internals)
 reads once per trial, at its first sample, and hands Optuna's TPE code a study whose (private)
 trial reads answer from that snapshot. On an RDB storage the snapshot holds only what TPE reads:
 params, values, system attributes (the liar's relative params) and a pruned trial's last report,

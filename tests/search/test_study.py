@@ -173,23 +173,22 @@ def test_study_create_again_with_another_budget_is_one_line_naming_it(tmp_path, 
 
 def test_a_run_given_no_budget_continues_the_studys_own(tmp_path, fashion_subset):
     """``kilotune run`` without --n-trials/--timeout joins a study with its recorded budget; a new one gets the default."""
-    from kilotune.search.create import create_from_args
-    from kilotune.workers.options import run_arguments
+    from kilotune.search.create import RUN_TRIALS, create, run_options
 
-    def args(**given):
-        return run_arguments({"study": "s", "storage": f"sqlite:///{tmp_path}/run.db", "dataset": "fashion-mnist",
-                              "subset": str(fashion_subset), "epochs": 4, "warm_start": False, **given})  # fmt: skip
+    def options(**given):
+        return run_options({"study": "s", "storage": f"sqlite:///{tmp_path}/run.db", "dataset": "fashion-mnist",
+                            "subset": str(fashion_subset), "epochs": 4, "warm_start": False, **given})  # fmt: skip
 
-    _, created = create_from_args(args(n_trials=12), default_trials=30)
-    joined = args()
-    study, again = create_from_args(joined, default_trials=30)
-    assert created and not again and (joined.n_trials, joined.timeout) == (12, None), "the recorded budget, not 30"
+    _, created = create(options(n_trials=12))
+    joined = options()
+    study, again = create(joined)
+    assert created and not again and (joined.settings.n_trials, joined.settings.timeout_s) == (12, None), "the recorded budget, not 30"
     assert study.user_attrs["n_trials"] == 12
-    new = args(study="fresh")
-    create_from_args(new, default_trials=30)
-    assert new.n_trials == 30
+    new = options(study="fresh")
+    create(new)
+    assert new.settings.n_trials == RUN_TRIALS == 30
     with pytest.raises(ValueError, match=r"n_trials=12 \(given 24\)"):  # a budget given is still checked
-        create_from_args(args(n_trials=24), default_trials=30)
+        create(options(n_trials=24))
 
 
 def test_a_typo_in_the_dataset_leaves_no_database(tmp_path, monkeypatch, capsys):

@@ -25,7 +25,8 @@ from kilotune.search.storage import open_storage
 from kilotune.search.study import load_study
 from kilotune.search.winner import StudyTrials
 from kilotune.training.config import TrainConfig
-from kilotune.workers.local import QUIET, Display, Snapshot, print_best
+from kilotune.workers.display import Display, Snapshot, print_best
+from kilotune.workers.launch import QUIET
 from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
 
 EPOCHS = 10

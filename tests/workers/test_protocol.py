@@ -199,7 +199,7 @@ def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
 
 def test_progress_tells_training_from_taken_ahead_and_failed_from_handed_back(source):
     from kilotune.search.report import outcome
-    from kilotune.workers.local import Snapshot
+    from kilotune.workers.display import Snapshot
 
     started = time.time()
     training, ahead = source.take(started), source.take(started)

@@ -11,7 +11,7 @@ import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-import kilotune.search.optuna_internals
+import kilotune.search.optuna_internals.tpe
 from kilotune.search.optuna_internals import SnapshotTPESampler
 from kilotune.search.space import SearchSpace
 from kilotune.search.settings import StudySettings
@@ -85,7 +85,7 @@ def test_samples_as_optunas_tpe_reading_in_chunks(tmp_path, monkeypatch):
     """A worker joining a big study reads its trials a chunk a query (SQLite bounds a query's variables)."""
     url = f"sqlite:///{tmp_path / 's.db'}"
     expected = sample_with(url, optuna.samplers.TPESampler, prune_every=3)
-    monkeypatch.setattr(kilotune.search.optuna_internals, "READ_CHUNK", 4)
+    monkeypatch.setattr(kilotune.search.optuna_internals.tpe, "READ_CHUNK", 4)
     assert sample_with(url, SnapshotTPESampler, prune_every=3) == expected
 
 
