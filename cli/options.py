@@ -41,8 +41,8 @@ def add_option(parser: argparse.ArgumentParser, owner: type, name: str, **change
     kwargs: dict[str, Any] = {"dest": name, "help": meta["help"]}
     if isinstance(declared.default, bool):
         kwargs["action"] = "store_false" if declared.default else "store_true"
-    elif isinstance(declared.default, tuple):
-        kwargs.update(action="append", default=list(declared.default))
+    elif isinstance(declared.default, tuple):  # repeatable, one name each: ``--preset NAME --preset NAME``
+        kwargs.update(action="append", default=list(declared.default), metavar=meta["flag"].lstrip("-").upper())
     else:
         kwargs["default"] = declared.default
         if meta["check"] is not None:

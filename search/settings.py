@@ -273,7 +273,7 @@ class RunOptions:
     settings: StudySettings  # the study's settings as given (the data's checksums are found when it is created)
     study: str = option("kilotune", "study name (default: %(default)s)")
     storage: str | None = option(None, "storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")  # made: the URL resolved
-    dataset: str = option("cifar10", f"{listing(DATASETS)} or FILE.npz of your own arrays (default: %(default)s)")
+    dataset: str = option("cifar10", f"{listing([*DATASETS, 'FILE.npz of your own arrays'])} (default: %(default)s)")
     data_dir: str | None = option(None, "where the dataset files are (default: per dataset, see README)")
     subset: str | None = option(None, "subset file to train on, or all: every training image "
                                 "(default: build/reuse the cached default subset, random)", check=subset_file)  # fmt: skip

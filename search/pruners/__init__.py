@@ -12,5 +12,5 @@ from kilotune.search.pruners.median import Median
 from kilotune.search.pruners.none import NoPruning
 from kilotune.search.pruners.successive_halving import SuccessiveHalving
 
-# By name, in the order ``--pruner``'s help lists them; the first is the default.
+# By name, in the order ``--pruner``'s help lists them (its default: ``StudySettings.pruner``).
 PRUNERS: dict[str, Pruner] = {p.name: p for p in (Hyperband(), SuccessiveHalving(), Median(), NoPruning())}

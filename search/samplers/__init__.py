@@ -10,5 +10,5 @@ from kilotune.search.samplers.base import Sampler
 from kilotune.search.samplers.random import RandomSearch
 from kilotune.search.samplers.tpe import TPE
 
-# By name, in the order ``--sampler``'s help lists them; the first is the default.
+# By name, in the order ``--sampler``'s help lists them (its default: ``StudySettings.sampler``).
 SAMPLERS: dict[str, Sampler] = {s.name: s for s in (TPE(), RandomSearch())}

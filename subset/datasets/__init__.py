@@ -20,7 +20,7 @@ from kilotune.subset.datasets.fashion_mnist import FashionMnist
 __all__ = ["ARRAYS_SUFFIX", "DATASETS", "Dataset", "DatasetError", "ImageDataset", "channel_stats", "check_dataset_name",
            "dataset_from_arrays", "load_dataset", "normalize", "save_dataset"]  # fmt: skip
 
-# By name, as --dataset takes them; the first is the default.
+# By name, as --dataset takes them (its default: ``RunOptions.dataset``).
 DATASETS: dict[str, Dataset] = {d.name: d for d in (Cifar10(), FashionMnist())}
 
 
