@@ -1,7 +1,8 @@
 """kilotune: hyperparameter search for small-data image classification.
 
 The repository root is this package (pyproject's package-dir): ``kilotune.models``,
-``kilotune.subset``, ``kilotune.workers`` and ``kilotune.search`` are the top-level folders.
+``kilotune.subset``, ``kilotune.training``, ``kilotune.search``, ``kilotune.workers`` and
+``kilotune.cli`` are the top-level folders, a layer each (docs/architecture.md).
 
 The Python API (``kilotune.run``, ``best``, ``retrain``, ``report``, ``dataset_from_arrays``...)
 lives in ``kilotune.workers.api`` and is imported on first use, so ``import kilotune`` (and

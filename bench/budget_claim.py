@@ -10,7 +10,7 @@ each step times, single process and uncontended, the two ways to claim a trial:
 
 - ``budget_left`` + ``study.ask()`` (kilotune before 2026-11-22): both re-read every unfinished
   trial through Optuna's cached storage;
-- ``search.study.claim_trial``: two indexed queries, then the trial is created;
+- ``search.budget.claim_trial``: two indexed queries, then the trial is created;
 
 and the two ways to check a trial at the first rung of its Hyperband bracket (epoch 3, 9 or 27;
 before it, the rule reads nothing), ``trial.should_prune()``:
@@ -48,7 +48,11 @@ def main() -> None:
     import sqlalchemy
 
     from kilotune.search.space import SearchSpace
-    from kilotune.search.study import StudySettings, _with_driver, budget_left, claim_trial, create_study, load_study, open_storage
+    from kilotune.search.budget import budget_left, claim_trial
+    from kilotune.search.pruners import PRUNERS
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import _with_driver, open_storage
+    from kilotune.search.study import create_study, load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     server = sqlalchemy.engine.make_url(_with_driver(args.storage))
@@ -102,7 +106,7 @@ def main() -> None:
                     study.pruner = pruner
                     trial = claim_trial(study, settings, storage, time.time())
                     # At the first rung of the trial's bracket (epoch 3, 9 or 27), where the rule reads the study.
-                    for step in range(1, settings._min_resource * 3 ** optuna_pruner._get_bracket_id(study, trial) + 1):
+                    for step in range(1, PRUNERS[settings.pruner].min_resource(settings) * 3 ** optuna_pruner._get_bracket_id(study, trial) + 1):
                         trial.report(random.random(), step)
                     started = time.perf_counter()
                     trial.should_prune()

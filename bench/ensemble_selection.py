@@ -38,7 +38,8 @@ def study_scores(url: str) -> dict[str, float] | None:
 
     from kilotune.search.ensemble import choose_members, ensemble_accuracy, split_folds
     from kilotune.search.ensemble import candidates as find_candidates
-    from kilotune.search.study import StudySettings, open_storage
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage
     from kilotune.search.winner import StudyTrials, is_cv_study
 
     storage = open_storage(url, must_exist=True)

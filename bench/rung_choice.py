@@ -32,7 +32,7 @@ import math
 import numpy as np
 from scipy.stats import spearmanr
 
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 LAST = 3  # the objective: mean validation accuracy of the last 3 epochs
 

@@ -46,16 +46,19 @@ def main() -> None:
     import optuna
     import sqlalchemy
 
-    import kilotune.search.study as study_module
-    from kilotune.search.samplers import SnapshotTPESampler
+    from kilotune.search.budget import claim_trial
+    from kilotune.search.optuna_internals import SnapshotTPESampler
+    from kilotune.search.settings import StudySettings
     from kilotune.search.space import SearchSpace
+    from kilotune.search.storage import _with_driver, open_storage
+    from kilotune.search.study import create_study, load_study
     from kilotune.search.trial_writes import PendingWrites, store
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace.from_spec(None)
-    server = sqlalchemy.engine.make_url(study_module._with_driver(args.storage))
-    settings = study_module.StudySettings(dataset="bench", dataset_checksum="-", subset_path="-",
-                                          subset_checksum="-", epochs=30, pruner="hyperband")
+    server = sqlalchemy.engine.make_url(_with_driver(args.storage))
+    settings = StudySettings(dataset="bench", dataset_checksum="-", subset_path="-",
+                             subset_checksum="-", epochs=30, pruner="hyperband")
     kilotunes = settings.sampler_for()
     assert isinstance(kilotunes, SnapshotTPESampler)
     print(f"optuna {optuna.__version__}; storage {server.render_as_string(hide_password=True)}; "
@@ -65,7 +68,7 @@ def main() -> None:
     def take(study: optuna.Study, storage: optuna.storages.BaseStorage, timings: list[tuple[float, float]]) -> optuna.Trial:
         """Claim a trial and sample its config, as the worker's take does without its lock and batched writes."""
         wall, cpu = time.perf_counter(), time.process_time()
-        trial = study_module.claim_trial(study, settings, storage, started)
+        trial = claim_trial(study, settings, storage, started)
         space.suggest(trial, settings.epochs)
         timings.append((time.perf_counter() - wall, time.process_time() - cpu))
         return trial
@@ -81,9 +84,9 @@ def main() -> None:
         else:
             url = f"{args.storage.rstrip('/')}/{name}.db"
         try:
-            storage = study_module.open_storage(url)
-            study_module.create_study("sampler", settings, storage)
-            study, _ = study_module.load_study("sampler", storage)
+            storage = open_storage(url)
+            create_study("sampler", settings, storage)
+            study, _ = load_study("sampler", storage)
             if variant == "kilotune":
                 study.sampler = settings.sampler_for()
             else:

@@ -351,7 +351,7 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     """A study made by ``kilotune study create`` (its defaults), trained by the product's Worker one
     trial at a time until the budget is spent; the winner is what ``kilotune export`` writes."""
     from kilotune.cli.main import main as kilotune
-    from kilotune.search import study as study_module
+    from kilotune.search.samplers import tpe
 
     url, name = f"sqlite:///{cell_dir / 'study.db'}", cell.key
     os.environ["KILOTUNE_CHECKPOINT_DIR"] = str(cell_dir / "checkpoints")
@@ -389,7 +389,7 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
         details={"search_wall_s": search_s, "export_wall_s": round(time.perf_counter() - started, 1), "study": (url, name),
                  "fold_trials": len(read.folds), "cv_top_k": worker.settings.cv_top_k, "cv_folds": worker.settings.cv_folds,
                  "warm_start_trials": sum("preset" in t.user_attrs for t in trials),
-                 "tpe_startup_trials": study_module.TPE_STARTUP_TRIALS,
+                 "tpe_startup_trials": tpe.STARTUP_TRIALS,
                  "settings": {k: v for k, v in worker.study.user_attrs.items() if k in ("sampler", "pruner", "epochs", "val_fraction", "split_seed")}},
     )
 
@@ -400,9 +400,9 @@ def search_kilotune_startup10(cell: Cell, bench: Bench, cell_dir: Path) -> Searc
     Same seed, same worker stream: the two arms draw the same warm start and first random trials,
     so they differ only from the 6th finished trial on, where kilotune's TPE starts modelling.
     """
-    from kilotune.search import study as study_module
+    from kilotune.search.samplers import tpe
 
-    study_module.TPE_STARTUP_TRIALS = 10  # this cell's own process: nothing else sees it
+    tpe.STARTUP_TRIALS = 10  # this cell's own process: nothing else sees it
     return search_kilotune(cell, bench, cell_dir)
 
 
@@ -454,7 +454,7 @@ def _wait_for_stale(study: Any) -> None:
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from kilotune.search.study import GRACE_SECONDS, HEARTBEAT_SECONDS
+    from kilotune.search.retries import GRACE_SECONDS, HEARTBEAT_SECONDS
 
     deadline = time.monotonic() + GRACE_SECONDS + 2 * HEARTBEAT_SECONDS
     while any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)) and time.monotonic() < deadline:
@@ -474,7 +474,7 @@ def search_optuna(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     from optuna.trial import TrialState
 
     from kilotune.search.space import SearchSpace
-    from kilotune.workers.train import train
+    from kilotune.training.train import train
 
     data, _, _ = _holdout(bench)
     space = SearchSpace.from_spec(bench.space_spec(cell.seed, cell.method))
@@ -594,7 +594,7 @@ def search_preset(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
 
     The result depends only on the seed and how many presets fit, so cells share it (and its retrain).
     """
-    from kilotune.workers.train import train
+    from kilotune.training.train import train
 
     candidates, source = preset_candidates(bench, cell.seed, cell_dir)
     fits = candidates[: cell.budget // bench.epochs]
@@ -629,9 +629,11 @@ def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tup
     from optuna.trial import TrialState
 
     from kilotune.cli.main import main as kilotune
-    from kilotune.search.space import PRESETS, SearchSpace
-    from kilotune.search.study import load_study, open_storage
-    from kilotune.workers.config import TrainConfig
+    from kilotune.search.presets import PRESETS
+    from kilotune.search.space import SearchSpace
+    from kilotune.search.storage import open_storage
+    from kilotune.search.study import load_study
+    from kilotune.training.config import TrainConfig
 
     space_file, url = cell_dir / "space.json", f"sqlite:///{cell_dir / 'presets.db'}"
     write_json_atomic(space_file, bench.space_spec(seed))
@@ -663,10 +665,10 @@ SEARCHES = {"kilotune": search_kilotune, "random": search_optuna, "optuna": sear
 
 def _holdout(bench: Bench) -> tuple[Any, Any, Any]:
     """The study's split of the subset (its default validation fraction and split seed)."""
-    from kilotune.search.study import StudySettings
+    from kilotune.search.settings import StudySettings
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.data import holdout_data
+    from kilotune.training.data import holdout_data
 
     defaults = {f.name: f.default for f in dataclasses.fields(StudySettings)}
     dataset = load_dataset(DATASET)
@@ -677,7 +679,7 @@ def _holdout(bench: Bench) -> tuple[Any, Any, Any]:
 def _export(bench: Bench, cell: Cell, config: dict[str, Any], trial: Any, value: float | None) -> dict[str, Any]:
     """What ``kilotune export`` would write for a baseline's winner, so ``kilotune retrain`` reads it."""
     from kilotune.cli.main import version
-    from kilotune.search.study import StudySettings
+    from kilotune.search.settings import StudySettings
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
 

@@ -43,14 +43,17 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 
 from kilotune.search.kerastuner import KilotuneHyperModel  # noqa: E402
-from kilotune.search.space import PRESETS, SearchSpace  # noqa: E402
-from kilotune.search.study import StudySettings, create_study, load_study, open_storage  # noqa: E402
+from kilotune.search.presets import PRESETS  # noqa: E402
+from kilotune.search.space import SearchSpace  # noqa: E402
+from kilotune.search.settings import StudySettings  # noqa: E402
+from kilotune.search.storage import open_storage  # noqa: E402
+from kilotune.search.study import create_study, load_study  # noqa: E402
 from kilotune.subset.datasets import ImageDataset, load_dataset  # noqa: E402
 from kilotune.subset.features import ensure_default_subset  # noqa: E402
 from kilotune.subset.subsetfile import load_subset  # noqa: E402
-from kilotune.workers.data import holdout_data  # noqa: E402
-from kilotune.workers.retrain import retrain  # noqa: E402
-from kilotune.workers.train import TrainData  # noqa: E402
+from kilotune.training.data import holdout_data  # noqa: E402
+from kilotune.training.retrain import retrain  # noqa: E402
+from kilotune.training.train import TrainData  # noqa: E402
 from kilotune.workers.worker import Worker  # noqa: E402
 
 METHODS = ("kilotune", "random", "kerastuner")

@@ -5,7 +5,7 @@
 For each storage (PostgreSQL, the embedded SQLite WAL default, Optuna's JournalFileStorage) and
 each process count (1, 4, 16, 64), one fresh kilotune study (``search.study.create_study``, TPE
 and the pruner as ``kilotune study create --pruner`` records them; Hyperband by default) is worked
-by that many spawned processes. Each opens its own storage through ``search.study.open_storage``
+by that many spawned processes. Each opens its own storage through ``search.storage.open_storage``
 (so the bounded, pre-pinged pool is what is measured), loads the study and, from a common start
 time, runs up to ``--trials`` trials the way ``Worker.run`` does, with the worker's own code
 (``workers.protocol``): ``TrialSource.take`` (stale trials, budget lock, ask, the default space's
@@ -79,11 +79,12 @@ def objective_value(x: float, lr: float, c: str, step: int) -> float:
 
 
 def worker_main(index: int, inbox: Any, outbox: Any) -> None:
-    """Serves runs until told to stop; imports only optuna and search.study."""
+    """Serves runs until told to stop; imports only optuna and search/."""
     started = time.perf_counter()
     import optuna
 
-    from kilotune.search.study import load_study, open_storage, with_retry
+    from kilotune.search.storage import open_storage, with_retry
+    from kilotune.search.study import load_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)  # JournalFileStorage's deprecation, once per process
@@ -142,7 +143,7 @@ class _RetryCounter(logging.Handler):
 
 def new_record(task: dict[str, Any]) -> tuple[dict[str, list[float]], Any]:
     """Per-op wall times of one trial, and ``timed(op, call)``: a call in with_retry, timed."""
-    from kilotune.search.study import with_retry
+    from kilotune.search.storage import with_retry
 
     wall: dict[str, list[float]] = {op: [] for op in OPS}
 
@@ -416,7 +417,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def run_one(pool: Pool, run: Run, url: str, steps: int, worker_calls: bool, retry_deadline: float, dbname: str | None,
             run_pruner: str = "median", run_sampler: str = "tpe") -> dict[str, Any]:
-    from kilotune.search.study import StudySettings, create_study, open_storage
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage
+    from kilotune.search.study import create_study
 
     name = f"scale-{run.backend}-{run.procs}-{'stress' if not run.step_sleep else 'paced'}"
     settings = StudySettings(
@@ -595,11 +598,12 @@ def main() -> None:
     import optuna
     import sqlalchemy
 
-    import kilotune.search.study
+    import kilotune.search.retries
+    import kilotune.search.study  # noqa: F401  (what a worker process imports: no Keras)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    heavy_here = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)  # search.study must not pull keras in
+    heavy_here = sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)  # search/ must not pull keras in
     # Smallest counts first, every storage at each, PostgreSQL last among the largest: if the
     # budget runs out, what is lost is the heaviest cell, not a whole storage.
     order = sorted(args.backends, key=lambda b: (b == "postgresql", BACKENDS.index(b)))
@@ -626,7 +630,7 @@ def main() -> None:
 
     def save(done: bool) -> None:
         payload = {"args": vars(args) | {"out": out.name}, "cpu": cpu, "nproc": os.cpu_count(), "optuna": optuna.__version__,
-                   "sqlalchemy": sqlalchemy.__version__, "postgresql": pg, "heartbeat_seconds": kilotune.search.study.HEARTBEAT_SECONDS,
+                   "sqlalchemy": sqlalchemy.__version__, "postgresql": pg, "heartbeat_seconds": kilotune.search.retries.HEARTBEAT_SECONDS,
                    "load_before": load_before, "parent_heavy_modules": heavy_here,
                    "pool": {"spawn_seconds": pool.spawn_seconds, "workers": pool.info} if pool else None, "results": rows, "done": done}
         if done:

@@ -7,7 +7,7 @@ is chosen by.
 Builds every method's subset with the product's ``build_subset`` (100 per class; the feature
 extractor is the cached one, trained on first use; existing subset files in ``--subsets-dir``
 are reused), then runs ``compare_subsets`` (what ``kilotune subset compare`` runs): the
-compare config (``workers.compare.COMPARE_CONFIG``) trained on each subset with seeds
+compare config (``training.compare.COMPARE_CONFIG``) trained on each subset with seeds
 0..N-1, scored on held-out training images in none of the subsets. The test set is not used.
 Prints a markdown table, each method's difference to the best with its standard error, and
 writes everything as JSON (rewritten after every training run, so a stopped run keeps its runs).
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from kilotune.subset.datasets import load_dataset  # noqa: E402
 from kilotune.subset.features import build_subset  # noqa: E402
 from kilotune.subset.subsetfile import load_subset  # noqa: E402
-from kilotune.workers.compare import COMPARE_CONFIG, compare_subsets  # noqa: E402
+from kilotune.training.compare import COMPARE_CONFIG, compare_subsets  # noqa: E402
 from subset_quality import _cpu_model  # noqa: E402  (this script's folder is on sys.path)
 
 # (label, method, params, selection seed); --random-draws adds random seeds 1, 2...

@@ -24,7 +24,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kilotune.subset.datasets import load_dataset  # noqa: E402
 from kilotune.subset.features import ensure_extractor, extract_features, load_extractor  # noqa: E402
-from kilotune.subset.selection import objectives, select  # noqa: E402
+from kilotune.subset.objectives import objectives  # noqa: E402
+from kilotune.subset.selection import select  # noqa: E402
 
 # (label, method, params); greedy-only variants show what the swap searches add.
 RUNS = (

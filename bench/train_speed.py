@@ -4,7 +4,7 @@
     python bench/train_speed.py --channels 3 --out runs/train_speed_rgb.json # tiled to RGB (CIFAR-10 compute)
 
 For every architecture (vgg8, vgg16, resnet9, resnet18, resnet20 depth 20, wrn depth 16 k 4)
-it runs the real training core, ``workers.train.train``, on 1000 class-balanced Fashion-MNIST
+it runs the real training core, ``training.train.train``, on 1000 class-balanced Fashion-MNIST
 images (32x32, from ``load_dataset``) with a TrainConfig per arch (batch 128, 3 epochs, default
 augmentation and schedule), and reads the figures trials pay from the core itself:
 ``TrainResult.build_seconds`` (build + compile) and ``EpochReport.seconds`` per epoch.
@@ -60,8 +60,8 @@ def balanced_indices(labels: np.ndarray, per_class: int, seed: int, exclude: np.
     return np.sort(np.concatenate(out))
 
 
-def make_data(images: int, val_images: int, channels: int, seed: int):  # -> workers.train.TrainData
-    from kilotune.workers.train import TrainData
+def make_data(images: int, val_images: int, channels: int, seed: int):  # -> training.train.TrainData
+    from kilotune.training.train import TrainData
 
     ds = load_dataset("fashion-mnist")
     train_idx = balanced_indices(ds.y_train, images // ds.num_classes, seed)
@@ -78,8 +78,8 @@ def make_data(images: int, val_images: int, channels: int, seed: int):  # -> wor
 def bench_arch(arch: str, width: float, data, epochs: int, batch_size: int) -> dict[str, Any]:
     import keras
 
-    from kilotune.workers.config import TrainConfig
-    from kilotune.workers.train import train
+    from kilotune.training.config import TrainConfig
+    from kilotune.training.train import train
 
     depth, k = ARCHS[arch]
     config = TrainConfig(arch=arch, width=width, depth=depth, widen_factor=k, batch_size=batch_size, epochs=epochs)
@@ -119,8 +119,8 @@ def bench_arch(arch: str, width: float, data, epochs: int, batch_size: int) -> d
 
 def warm_up(data) -> float:
     """One tiny trial first, so the TF runtime's one-off start-up lands on no architecture."""
-    from kilotune.workers.config import TrainConfig
-    from kilotune.workers.train import TrainData, train
+    from kilotune.training.config import TrainConfig
+    from kilotune.training.train import TrainData, train
 
     import keras
 

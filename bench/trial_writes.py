@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import optuna  # noqa: E402
 
-from kilotune.search.study import open_storage  # noqa: E402
+from kilotune.search.storage import open_storage  # noqa: E402
 from kilotune.search.trial_writes import BufferedWrites, store  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"

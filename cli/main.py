@@ -1,20 +1,21 @@
 """The ``kilotune`` command: one parser, its subcommands registered by the modules of cli/.
 
-Registration only declares arguments; each handler imports its heavy modules (Keras,
-Optuna) itself, so ``kilotune --help`` stays fast. The arguments' types (workers/options.py)
-check files and values while the parser reads them: a typo is one line before anything heavy loads.
+Registration only declares arguments, the study's and the run's made from their declarations
+(search/settings.py, cli/options.py); each handler imports its heavy modules (Keras, Optuna)
+itself, so ``kilotune --help`` stays fast. The arguments' checks (search/checks.py) run while
+the parser reads them: a typo is one line before anything heavy loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from kilotune.models.quiet import quiet_tensorflow
+from kilotune.models.names import described
+from kilotune.models.quiet import log_to_console, quiet_tensorflow
 
 
 class UsageError(Exception):
@@ -56,7 +57,7 @@ def version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one subcommand; user errors become one line on stderr and exit status 2."""
     quiet_tensorflow()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log_to_console()
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
@@ -71,8 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as e:  # OSError: a path that cannot be read or written, named in the line
         if os.environ.get("KILOTUNE_DEBUG"):
             raise
-        message = " ".join(_describe(e).split()) or type(e).__name__
-        print(f"kilotune {args.command}: error: {message}", file=sys.stderr)
+        print(f"kilotune {args.command}: error: {described(e)}", file=sys.stderr)
         return 2
 
 
@@ -82,14 +82,6 @@ def _quiet_optuna() -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-def _describe(error: Exception) -> str:
-    """The error as one line; an OSError as its reason and the path(s) it concerns."""
-    if isinstance(error, OSError) and error.filename is not None:
-        paths = " -> ".join(repr(str(p)) for p in (error.filename, error.filename2) if p is not None)
-        return f"{error.strerror or type(error).__name__}: {paths}"
-    return str(error)
 
 
 if __name__ == "__main__":

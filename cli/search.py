@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import argparse
 
+from kilotune.cli.options import add_study, argument
 from kilotune.models.names import ENSEMBLE_SELECTIONS
-from kilotune.workers.options import add_storage_argument, whole_number, writable_file
+from kilotune.search.checks import whole_number, writable_file
 
 
 def register_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of a study")
-    p.add_argument("--study", required=True, help="study name")
-    add_storage_argument(p)
-    p.add_argument("--out", required=True, type=writable_file, help="HTML file to write, e.g. report.html")
-    p.add_argument("--top", type=whole_number(1), default=10, help="configurations in the top table (default: %(default)s)")
+    add_study(p)
+    p.add_argument("--out", required=True, type=argument(writable_file), help="HTML file to write, e.g. report.html")
+    p.add_argument("--top", type=argument(whole_number(1)), default=10, help="configurations in the top table (default: %(default)s)")
     p.set_defaults(func=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:
     from kilotune.workers.api import report
 
-    path = report(args.study, args.out, storage=args.storage, top=args.top)
+    path = report(args.study, args.out, storage=args.storage, top=args.top)  # kilotune.report() in Python
     print(f"wrote {path}: report of study {args.study!r}")
     return 0
 
 
 def register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the best config with its provenance as JSON")
-    p.add_argument("--study", required=True, help="study name")
-    add_storage_argument(p)
-    p.add_argument("--rank", type=whole_number(1), default=1, help="1 = the cross-validated winner, 2 = the runner-up, ... (default: %(default)s)")
-    p.add_argument("--out", required=True, type=writable_file, help="JSON file to write, e.g. best.json")
-    p.add_argument("--ensemble", type=whole_number(0), default=0, metavar="K",
+    add_study(p)
+    p.add_argument("--rank", type=argument(whole_number(1)), default=1, help="1 = the cross-validated winner, 2 = the runner-up, ... (default: %(default)s)")
+    p.add_argument("--out", required=True, type=argument(writable_file), help="JSON file to write, e.g. best.json")
+    p.add_argument("--ensemble", type=argument(whole_number(0)), default=0, metavar="K",
                    help="also write an ensemble of K members around the winner, which retrain trains and saves as one predictor (default: 0, none)")
     p.add_argument("--selection", choices=ENSEMBLE_SELECTIONS, default=ENSEMBLE_SELECTIONS[0],
                    help="how the members are chosen: top (the best cross-validated trials), greedy (ensemble selection on their "

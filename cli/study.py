@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from kilotune.search.create import create_from_args, enqueue_config
-from kilotune.workers.options import add_storage_argument, add_study_arguments, readable_file, real, whole_number
+from kilotune.cli.options import add_option, add_study, add_study_options, argument, given
+from kilotune.search.checks import readable_file
+from kilotune.search.settings import RunOptions, StudySettings
 
 
 def register_study(sub: argparse._SubParsersAction) -> None:
@@ -14,37 +15,34 @@ def register_study(sub: argparse._SubParsersAction) -> None:
     study_sub = p.add_subparsers(dest="study_command", metavar="ACTION", required=True)
 
     create = study_sub.add_parser("create", help="create a study (idempotent; safe when many workers start at once)")
-    create.add_argument("--study", required=True, help="study name")
-    add_storage_argument(create)
-    add_study_arguments(create)
+    add_study_options(create, run=False)
     create.set_defaults(func=run_create)
 
     listing = study_sub.add_parser("list", help="list studies with their trial counts and best value")
-    add_storage_argument(listing)
+    add_option(listing, RunOptions, "storage")
     listing.set_defaults(func=run_list)
 
     delete = study_sub.add_parser("delete", help="delete a study and all its trials")
-    delete.add_argument("--study", required=True)
-    add_storage_argument(delete)
+    add_study(delete)
     delete.set_defaults(func=run_delete)
 
     enqueue = study_sub.add_parser("enqueue", help="queue known good configurations as the next trials")
-    enqueue.add_argument("--study", required=True)
-    add_storage_argument(enqueue)
-    enqueue.add_argument("--preset", action="append", default=[], help="preset name (repeatable): see README")
-    enqueue.add_argument("--config", action="append", default=[], type=readable_file, help="TrainConfig JSON file (repeatable)")
+    add_study(enqueue)
+    add_option(enqueue, RunOptions, "presets", help="preset name (repeatable): see README")
+    enqueue.add_argument("--config", action="append", default=[], type=argument(readable_file), help="TrainConfig JSON file (repeatable)")
     enqueue.set_defaults(func=run_enqueue)
 
     extend = study_sub.add_parser("extend", help="change a study's budget (running workers follow); recorded in the study")
-    extend.add_argument("--study", required=True)
-    add_storage_argument(extend)
-    extend.add_argument("--n-trials", type=whole_number(), help="the new total trial budget (more or fewer than now)")
-    extend.add_argument("--timeout", type=real(), help="the new total time budget in seconds, from the study's creation")
+    add_study(extend)
+    add_option(extend, StudySettings, "n_trials", help="the new total trial budget (more or fewer than now)")
+    add_option(extend, StudySettings, "timeout", help="the new total time budget in seconds, from the study's creation")
     extend.set_defaults(func=run_extend)
 
 
 def run_create(args: argparse.Namespace) -> int:
-    study, created = create_from_args(args)
+    from kilotune.search.create import create, run_options
+
+    study, created = create(run_options(given(args), run=False))
     print(f"{'created' if created else 'exists'}: study {study.study_name!r}")
     return 0
 
@@ -53,10 +51,11 @@ def run_list(args: argparse.Namespace) -> int:
     import optuna
 
     from kilotune.search.attrs import DATASET
-    from kilotune.search.study import StudySettings, open_storage
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage, storage_url
     from kilotune.search.winner import StudyTrials, cross_validated_best, is_cv_study
 
-    storage = open_storage(args.storage, must_exist=True)
+    storage = open_storage(storage_url(args.storage), must_exist=True)
     # A study's fold trials (its companion ``<name>.cv``) are listed with it, as its winner.
     summaries = [s for s in optuna.get_all_study_summaries(storage, include_best_trial=False) if not is_cv_study(s.user_attrs)]
     if not summaries:
@@ -78,10 +77,11 @@ def run_list(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     import optuna
 
-    from kilotune.search.study import load_study, open_storage
+    from kilotune.search.storage import open_storage, storage_url
+    from kilotune.search.study import load_study
     from kilotune.search.winner import load_cv_study
 
-    storage = open_storage(args.storage, must_exist=True)
+    storage = open_storage(storage_url(args.storage), must_exist=True)
     study, _ = load_study(args.study, storage)  # unknown names get the listing error
     cv_study = load_cv_study(study, storage)
     optuna.delete_study(study_name=args.study, storage=storage)
@@ -93,19 +93,18 @@ def run_delete(args: argparse.Namespace) -> int:
 
 def run_enqueue(args: argparse.Namespace) -> int:
     from kilotune.models.names import listing
-    from kilotune.search.space import PRESETS, params_for
-    from kilotune.search.study import load_study, open_storage
-    from kilotune.workers.config import TrainConfig
+    from kilotune.search.create import enqueue_config
+    from kilotune.search.presets import PRESETS, check_presets
+    from kilotune.search.space import params_for
+    from kilotune.search.storage import open_storage, storage_url
+    from kilotune.search.study import load_study
+    from kilotune.training.config import TrainConfig
 
-    configs: list[tuple[str, TrainConfig]] = []  # checked before the storage is opened
-    for name in args.preset:
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {listing(sorted(PRESETS))}")
-        configs.append((name, PRESETS[name]))
+    configs = [(name, PRESETS[name]) for name in check_presets(args.presets)]  # checked before the storage is opened
     configs += [(path, TrainConfig.from_json(path)) for path in args.config]
     if not configs:
         raise ValueError(f"nothing to enqueue: give --preset ({listing(sorted(PRESETS))}) or --config FILE")
-    study, settings = load_study(args.study, open_storage(args.storage, must_exist=True))
+    study, settings = load_study(args.study, open_storage(storage_url(args.storage), must_exist=True))
     for label, config in configs:
         config = config.replace(epochs=settings.epochs)
         enqueue_config(study, label, config)
@@ -115,9 +114,10 @@ def run_enqueue(args: argparse.Namespace) -> int:
 
 def run_extend(args: argparse.Namespace) -> int:
     from kilotune.search.attrs import N_TRIALS, TIMEOUT_S
-    from kilotune.search.study import extend_budget, load_study, open_storage
+    from kilotune.search.storage import open_storage, storage_url
+    from kilotune.search.study import extend_budget, load_study
 
-    study, _ = load_study(args.study, open_storage(args.storage, must_exist=True))
+    study, _ = load_study(args.study, open_storage(storage_url(args.storage), must_exist=True))
     change = extend_budget(study, n_trials=args.n_trials, timeout_s=args.timeout)
     before, after = change["from"], change["to"]
     print(f"study {args.study!r}: budget {before[N_TRIALS] or '-'} -> {after[N_TRIALS] or '-'} trials, "

@@ -6,44 +6,46 @@ import argparse
 import json
 from pathlib import Path
 
+from kilotune.cli.options import add_option, argument
 from kilotune.models.names import listing
+from kilotune.search.checks import readable_file, real, whole_number, writable_file
+from kilotune.search.settings import RunOptions
 from kilotune.subset.files import count_of
-from kilotune.workers.options import readable_file, real, whole_number, writable_file
 
 
 def register_subset(sub: argparse._SubParsersAction) -> None:
-    from kilotune.subset.features import DEFAULT_METHOD  # numpy only; Keras stays unimported
+    from kilotune.subset.features import DEFAULT_METHOD, DEFAULT_PER_CLASS  # numpy only; Keras stays unimported
 
     p = sub.add_parser("subset", help="choose, inspect and compare training subsets")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     b = actions.add_parser("build", help="select a subset of the training set and write it as JSON")
-    b.add_argument("--dataset", default="cifar10", help="cifar10, fashion-mnist or FILE.npz of your own arrays (default: %(default)s)")
-    b.add_argument("--data-dir", default=None, help="where the dataset files are (default: per dataset, see README)")
+    add_option(b, RunOptions, "dataset")
+    add_option(b, RunOptions, "data_dir")
     b.add_argument("--method", default=DEFAULT_METHOD, help="random, random-restarts, max-sum, k-center, representative or mixed (default: %(default)s, chosen by held-out accuracy in docs/subset.md)")
-    b.add_argument("--per-class", type=whole_number(1), default=100, help="images per class (default: %(default)s)")
-    b.add_argument("--seed", type=whole_number(0), default=0, help="selection seed (default: %(default)s)")
-    b.add_argument("--extractor", type=readable_file, help="saved feature extractor (.keras); default: the cached one, trained on first use")
-    b.add_argument("--draws", type=whole_number(1), help="random-restarts: random draws per class (default: 10000)")
-    b.add_argument("--weight", type=real(0, 1), help="mixed: weight of diversity against representativeness, in [0, 1] (default: 0.5)")
-    b.add_argument("--out", type=writable_file, help="subset file to write (default: in the cache, named by dataset, method, params, per-class and seed)")
+    b.add_argument("--per-class", type=argument(whole_number(1)), default=DEFAULT_PER_CLASS, help="images per class (default: %(default)s)")
+    b.add_argument("--seed", type=argument(whole_number(0)), default=0, help="selection seed (default: %(default)s)")
+    b.add_argument("--extractor", type=argument(readable_file), help="saved feature extractor (.keras); default: the cached one, trained on first use")
+    b.add_argument("--draws", type=argument(whole_number(1)), help="random-restarts: random draws per class (default: 10000)")
+    b.add_argument("--weight", type=argument(real(0, 1)), help="mixed: weight of diversity against representativeness, in [0, 1] (default: 0.5)")
+    b.add_argument("--out", type=argument(writable_file), help="subset file to write (default: in the cache, named by dataset, method, params, per-class and seed)")
     b.set_defaults(func=run_build)
 
     s = actions.add_parser("show", help="print a subset file's objectives and class counts")
-    s.add_argument("file", type=readable_file, help="subset JSON file")
-    s.add_argument("--grid", type=writable_file, help="also write a PNG of chosen images, one row per class")
-    s.add_argument("--per-row", type=whole_number(1), default=10, help="images per class in the grid (default: %(default)s)")
-    s.add_argument("--data-dir", default=None, help="where the dataset files are (for --grid)")
+    s.add_argument("file", type=argument(readable_file), help="subset JSON file")
+    s.add_argument("--grid", type=argument(writable_file), help="also write a PNG of chosen images, one row per class")
+    s.add_argument("--per-row", type=argument(whole_number(1)), default=10, help="images per class in the grid (default: %(default)s)")
+    add_option(s, RunOptions, "data_dir")
     s.set_defaults(func=run_show)
 
     c = actions.add_parser("compare", help="train one config on several subsets and compare held-out accuracy")
-    c.add_argument("files", nargs="+", type=readable_file, help="subset JSON files, all of the same dataset")
-    c.add_argument("--config", type=readable_file, help="TrainConfig JSON (default: a small CPU-sized VGG-8, see workers/compare.py)")
-    c.add_argument("--seeds", type=whole_number(1), default=3, help="training seeds per subset: 0..N-1 (default: %(default)s)")
-    c.add_argument("--holdout", type=whole_number(1), default=2000, help="class-balanced held-out training images, in no subset (default: %(default)s)")
-    c.add_argument("--epochs", type=whole_number(1), help="override the config's epochs")
-    c.add_argument("--data-dir", default=None, help="where the dataset files are")
-    c.add_argument("--out", type=writable_file, help="write the results as JSON here")
+    c.add_argument("files", nargs="+", type=argument(readable_file), help="subset JSON files, all of the same dataset")
+    c.add_argument("--config", type=argument(readable_file), help="TrainConfig JSON (default: a small CPU-sized VGG-8, see training/compare.py)")
+    c.add_argument("--seeds", type=argument(whole_number(1)), default=3, help="training seeds per subset: 0..N-1 (default: %(default)s)")
+    c.add_argument("--holdout", type=argument(whole_number(1)), default=2000, help="class-balanced held-out training images, in no subset (default: %(default)s)")
+    c.add_argument("--epochs", type=argument(whole_number(1)), help="override the config's epochs")
+    add_option(c, RunOptions, "data_dir")
+    c.add_argument("--out", type=argument(writable_file), help="write the results as JSON here")
     c.set_defaults(func=run_compare)
 
 
@@ -109,8 +111,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.files import write_json
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.compare import COMPARE_CONFIG, compare_subsets
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.compare import COMPARE_CONFIG, compare_subsets
+    from kilotune.training.config import TrainConfig
 
     subsets = [load_subset(f) for f in args.files]
     if len({s.dataset_checksum for s in subsets}) > 1:

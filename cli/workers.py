@@ -4,50 +4,40 @@ from __future__ import annotations
 
 import argparse
 
+from kilotune.cli.options import add_option, add_study, add_study_options, argument, given
 from kilotune.cli.retrain import REGISTER as RETRAIN
-from kilotune.models.names import listing
+from kilotune.search.checks import readable_file, real, whole_number, writable_file
+from kilotune.search.settings import RunOptions, StudySettings
 from kilotune.subset.files import count_of
-from kilotune.workers.options import (
-    add_run_arguments,
-    add_storage_argument,
-    readable_file,
-    real,
-    whole_number,
-    writable_file,
-)
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="cifar10", help="cifar10 or fashion-mnist (default: %(default)s)")
-    parser.add_argument("--data-dir", default=None, help="where the dataset files are (default: per dataset, see README)")
 
 
 def register_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one configuration and print its test accuracy")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--config", type=readable_file, help="TrainConfig JSON (or an export); default: the built-in defaults")
+    what.add_argument("--config", type=argument(readable_file), help="TrainConfig JSON (or an export); default: the built-in defaults")
     what.add_argument("--preset", help="a known good configuration by name (see README)")
-    add_data_arguments(p)
+    add_option(p, RunOptions, "dataset")
+    add_option(p, RunOptions, "data_dir")
     images = p.add_mutually_exclusive_group()
-    images.add_argument("--subset", type=readable_file, help="train on this subset file (e.g. a study's); default: --train-size random images")
-    images.add_argument("--train-size", type=whole_number(1), help="class-balanced random images to train on (default: 1000)")
-    p.add_argument("--val-fraction", type=real(0, 1, high_open=True), default=0.2,
-                   help="stratified hold-out for validation; 0 trains on every image (default: %(default)s)")
-    p.add_argument("--epochs", type=whole_number(1), help="override the config's epochs")
-    p.add_argument("--seed", type=whole_number(0), help="override the config's seed")
-    p.add_argument("--save", type=writable_file, help="write the trained model here (.keras)")
+    images.add_argument("--subset", type=argument(readable_file), help="train on this subset file (e.g. a study's); default: --train-size random images")
+    images.add_argument("--train-size", type=argument(whole_number(1)), default=1000, help="class-balanced random images to train on (default: %(default)s)")
+    add_option(p, StudySettings, "val_fraction", check=real(0, 1, high_open=True),
+               help="stratified hold-out for validation; 0 trains on every image (default: %(default)s)")
+    p.add_argument("--epochs", type=argument(whole_number(1)), help="override the config's epochs")
+    p.add_argument("--seed", type=argument(whole_number(0)), help="override the config's seed")
+    p.add_argument("--save", type=argument(writable_file), help="write the trained model here (.keras)")
     p.set_defaults(func=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from kilotune.search.space import PRESETS
+    from kilotune.search.presets import PRESETS, check_presets
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.splits import class_balanced_sample
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.config import TrainConfig
 
-    if args.preset is not None and args.preset not in PRESETS:
-        raise ValueError(f"unknown preset {args.preset!r}; choose one of {listing(sorted(PRESETS))}")
+    if args.preset is not None:
+        check_presets([args.preset])
     config = TrainConfig.from_json(args.config) if args.config else PRESETS[args.preset] if args.preset else TrainConfig()
     overrides = {k: v for k, v in (("epochs", args.epochs), ("seed", args.seed)) if v is not None}
     config = config.replace(**overrides)
@@ -55,12 +45,11 @@ def run_train(args: argparse.Namespace) -> int:
     if args.subset:
         chosen = load_subset(args.subset, dataset).indices
     else:
-        size = 1000 if args.train_size is None else args.train_size
-        if size % dataset.num_classes or size <= 0:
-            raise ValueError(f"--train-size={size} must be a positive multiple of {dataset.num_classes} classes")
-        chosen = class_balanced_sample(dataset.y_train, size // dataset.num_classes, config.seed)
-    from kilotune.workers.data import holdout_data  # Keras: after the checks and the data
-    from kilotune.workers.train import evaluate, train
+        if args.train_size % dataset.num_classes:
+            raise ValueError(f"--train-size={args.train_size} must be a positive multiple of {dataset.num_classes} classes")
+        chosen = class_balanced_sample(dataset.y_train, args.train_size // dataset.num_classes, config.seed)
+    from kilotune.training.data import holdout_data  # Keras: after the checks and the data
+    from kilotune.training.train import evaluate, train
 
     data = holdout_data(dataset, chosen, args.val_fraction, config.seed)
     validating = f", validating on {len(data.x_val)}" if len(data.x_val) else ", no validation hold-out"
@@ -79,42 +68,25 @@ def run_train(args: argparse.Namespace) -> int:
 
 def register_worker(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("worker", help="pull trials from a study and train them")
-    p.add_argument("--study", required=True, help="study name")
-    p.add_argument("--storage", help="storage URL (default: $KILOTUNE_STORAGE, else sqlite:///kilotune.db)")
+    add_study(p)
     p.add_argument("--worker-id", help="a name for this worker, recorded on its trials")
-    p.add_argument("--max-trials", type=whole_number(1), help="stop after this many trials (default: until the study's budget is spent)")
-    p.add_argument("--data-dir", help="where the dataset files are")
-    p.add_argument("--subset", type=readable_file, help="the study's subset file, where this host sees it at another path")
+    p.add_argument("--max-trials", type=argument(whole_number(1)), help="stop after this many trials (default: until the study's budget is spent)")
+    add_option(p, RunOptions, "data_dir")
+    add_option(p, RunOptions, "subset", check=readable_file, help="the study's subset file, where this host sees it at another path")
     p.set_defaults(func=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    import signal
-    import threading
+    from kilotune.search.storage import storage_url
+    from kilotune.workers.process import serve
 
-    from kilotune.workers.gpu import configure_gpu
-
-    device = configure_gpu()  # before Keras loads a backend
-    from kilotune.workers.worker import Worker
-
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: object) -> None:
-        # The first signal stops after the current batch; a second one kills at once.
-        stop.set()
-        signal.signal(signum, signal.SIG_DFL)
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    worker = Worker(args.study, args.storage, worker_id=args.worker_id, device=device, data_dir=args.data_dir, subset_path=args.subset, stop=stop)
-    done = worker.run(max_trials=args.max_trials)
-    print(f"worker {worker.name}: {count_of(done, 'trial')}{' (stopped by signal)' if stop.is_set() else ''}")
-    return 0
+    return serve(args.study, storage_url(args.storage), worker_id=args.worker_id, data_dir=args.data_dir, subset=args.subset,
+                 max_trials=args.max_trials)  # fmt: skip
 
 
 def register_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="the main job: a local search, then the best config")
-    add_run_arguments(p)
+    add_study_options(p, run=True)
     p.set_defaults(func=run_run)
 
 
@@ -123,9 +95,8 @@ def run_run(args: argparse.Namespace) -> int:
 
     from kilotune.workers.api import WorkersFailed, run
 
-    options = {k: v for k, v in vars(args).items() if k not in ("func", "command", "preset")}
     try:
-        run(presets=args.preset, **options)  # kilotune.run() in Python
+        run(**given(args))  # kilotune.run() in Python
     except WorkersFailed as e:
         print(f"kilotune run: {e}", file=sys.stderr)
         return 1
@@ -134,9 +105,9 @@ def run_run(args: argparse.Namespace) -> int:
 
 def register_dashboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
-    add_storage_argument(p)
+    add_option(p, RunOptions, "storage")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument("--port", type=whole_number(1, 65535), default=8080, help="port (default: %(default)s)")
+    p.add_argument("--port", type=argument(whole_number(1, 65535)), default=8080, help="port (default: %(default)s)")
     p.set_defaults(func=run_dashboard)
 
 
@@ -153,7 +124,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
     from optuna_dashboard import wsgi
 
-    from kilotune.search.study import open_storage, redact, storage_url
+    from kilotune.search.storage import open_storage, redact, storage_url
 
     server_class = type("WSGIServerIPv6", (WSGIServer,), {"address_family": socket.AF_INET6}) if ":" in args.host else WSGIServer
     try:

@@ -1,5 +1,5 @@
 """The architectures and activations the models build: names only, so the training
-configuration (workers/config.py) and the search space validate against them without Keras.
+configuration (training/config.py) and the search space validate against them without Keras.
 And how names and values read in what a user is told (``listing``, ``shown``; counts: subset/files.count_of)."""
 
 from __future__ import annotations
@@ -24,3 +24,13 @@ def shown(value: object, width: int = 60) -> str:
     """``repr(value)`` on one line, cut to ``width`` characters: a value as a message names it."""
     text = " ".join(repr(value).split())
     return text if len(text) <= width else f"{text[: width - 3]}..."
+
+
+def described(error: Exception) -> str:
+    """An error as one line for a user: its message; an OSError's reason and the path(s) it concerns."""
+    if isinstance(error, OSError) and error.filename is not None:
+        paths = " -> ".join(repr(str(p)) for p in (error.filename, error.filename2) if p is not None)
+        text = f"{error.strerror or type(error).__name__}: {paths}"
+    else:
+        text = str(error)
+    return " ".join(text.split()) or type(error).__name__

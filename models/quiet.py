@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.abc
+import logging
 import importlib.machinery
 import importlib.util
 import os
@@ -98,3 +99,9 @@ class _FilteredLoader(importlib.abc.Loader):
         module.__loader__ = module.__spec__.loader = self.loader
         with startup_lines_filtered():
             self.loader.exec_module(module)
+
+
+def log_to_console() -> None:
+    """kilotune's log lines on stderr, with the time and the logger, as every command and worker
+    process writes them (``kilotune run`` leaves its workers' INFO lines out by this format)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

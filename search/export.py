@@ -11,7 +11,6 @@ Rank 1 is the study's cross-validated winner (search/winner.py). The file is wha
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,14 @@ from optuna.storages import BaseStorage
 
 from kilotune.models.names import listing
 from kilotune.search.attrs import CONFIG
-from kilotune.search.study import StudySettings, load_study, open_storage
 from kilotune.search import ensemble
 from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage
+from kilotune.search.study import load_study
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
-from kilotune.subset.files import count_of, installed_version, now_iso, write_json
-from kilotune.workers.config import TrainConfig
+from kilotune.subset.files import count_of, installed_version, now_iso, read_json, write_json
+from kilotune.training.config import TrainConfig
 
 __all__ = ["check_export", "export_trial", "provenance", "read_export", "write_json"]
 
@@ -105,13 +106,13 @@ def export_ensemble(study: optuna.Study, storage: BaseStorage, k: int, selection
     return exported
 
 
-def export_study(study: str, storage: str | None = None, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
+def export_study(study: str, storage: str, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
     """What ``kilotune export`` writes for study ``study``: :func:`export_trial` of its ``rank``-th
     best trial, or with ``ensemble`` members, :func:`export_ensemble`.
 
     Args:
         study: The study name.
-        storage: Its storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
+        storage: Its storage URL, resolved (``search.storage.storage_url``).
         rank: 1 for the best complete trial, 2 for the runner-up, ...
         ensemble: 0 for one configuration; 2 or more for an ensemble of that many members.
         selection: How an ensemble's members are chosen: top, greedy or seeds.
@@ -183,14 +184,7 @@ def library_versions() -> dict[str, str]:
 
 def read_export(path: str | Path) -> dict[str, Any]:
     """Reads an export file, checking it has a valid config and the provenance retrain needs."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"export file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"export file {path} is not readable JSON ({e})") from None
-    return check_export(data, f"export file {path}")
+    return check_export(read_json(path, "export file"), f"export file {path}")
 
 
 def check_export(data: Any, source: str = "the export") -> dict[str, Any]:

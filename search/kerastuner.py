@@ -9,8 +9,8 @@ Optuna trial that turns each ``suggest_*`` call into the matching ``keras_tuner`
     tuner.search(data.x_train, data.y_train, validation_data=(data.x_val, data.y_val))
     config = hypermodel.config(tuner.get_best_hyperparameters()[0])
 
-``fit`` takes what ``workers.train.TrainData`` holds (uint8 images, int labels) and prepares
-them as ``workers.train.train`` does, so a configuration trains the same way under either tuner.
+``fit`` takes what ``training.train.TrainData`` holds (uint8 images, int labels) and prepares
+them as ``training.train.train`` does, so a configuration trains the same way under either tuner.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ except ImportError as e:  # an extra: only the benches and tests compare against
 
 from kilotune.search.space import SearchSpace
 from kilotune.subset.datasets import channel_stats, normalize
-from kilotune.workers.augment import BatchMixer, MixedBatches
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.train import build_compiled_model
+from kilotune.training.batches import BatchMixer, MixedBatches
+from kilotune.training.config import TrainConfig
+from kilotune.training.train import build_compiled_model
 
 
 class HyperParametersTrial:
@@ -86,12 +86,12 @@ class KilotuneHyperModel(keras_tuner.HyperModel):
         # Declare every parameter up front, conditional ones included: KerasTuner gives a parameter
         # first met inside a branch its default (the minimum), not a sample, for that trial.
         trial = HyperParametersTrial(hp)
-        for name, param in self.space.params.items():
-            param.suggest(trial, name)
+        for param in self.space.params.values():
+            param.suggest(trial)
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         config = self.config(hp)
-        keras.utils.set_random_seed(config.seed)  # as workers.train.train does
+        keras.utils.set_random_seed(config.seed)  # as training.train.train does
         steps = math.ceil(self.n_train / min(config.batch_size, self.n_train))
         return build_compiled_model(config, self.input_shape, self.num_classes, steps, self.normalization)
 
@@ -109,7 +109,7 @@ class KilotuneHyperModel(keras_tuner.HyperModel):
         KerasTuner's ``epochs``, ``initial_epoch`` and ``callbacks`` pass through in ``kwargs``.
         """
         config = self.config(hp)
-        mean, std = channel_stats(x)  # from the training images only, as workers.train does
+        mean, std = channel_stats(x)  # from the training images only, as training.train does
         x, y = normalize(x, mean, std), keras.utils.to_categorical(y, self.num_classes)
         if validation_data is not None:
             x_val, y_val = validation_data

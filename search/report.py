@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search import attrs as keys
 from kilotune.search.attrs import CONFIG, STATUS, WORKER, WORKER_ID
-from kilotune.search.study import StudySettings
+from kilotune.search.settings import StudySettings
 from kilotune.search.winner import CrossValidated, StudyTrials, cross_validated_best, ranking
 from kilotune.subset.files import count_of
 from kilotune.models.names import ARCHITECTURES

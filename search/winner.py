@@ -9,7 +9,7 @@ subset, as "fold trials". They are Optuna trials of a companion study, ``<study>
 search alone. A fold trial carries the candidate's params and exact config, and the user
 attributes ``cv_of`` (the candidate's number) and ``fold``. Workers take fold trials once the
 search's share of the trial budget is spent and every search trial has finished
-(``search.study.claim_trial``), with the fault tolerance of any trial; they are never pruned. The
+(``search.budget.claim_trial``), with the fault tolerance of any trial; they are never pruned. The
 winner is the candidate with the best mean over its folds (fold 0 is its own search trial), and
 the study's note in optuna-dashboard says which it is (``winner_note``).
 
@@ -30,9 +30,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search.attrs import CONFIG, CV_OF, CV_STUDY_OF, FOLD, PRESET_CONFIG, STATUS
 
-DEFAULT_OBJECTIVE_EPOCHS = 3
-MAX_CV_TOP_K = 3  # the top trials cross-validated when the budget allows (``plan_cross_validation``)
-CV_SHARE = 3  # cross-validation takes at most 1/CV_SHARE of a trial budget
 CV_STUDY_SUFFIX = ".cv"
 
 
@@ -45,40 +42,6 @@ def objective_value(val_accuracies: Sequence[float], last: int) -> float:
     """
     finite = [a for a in val_accuracies if math.isfinite(a)]
     return statistics.fmean(finite[-last:]) if finite else 0.0
-
-
-def plan_cross_validation(n_trials: int | None, folds: int, top_k: int | None = None) -> tuple[int, int]:
-    """How a trial budget is split: ``(cv_top_k, cv_folds)``, the top trials cross-validated and
-    the folds each is validated on (its own fold 0 included). Fold trials take
-    ``cv_top_k * (cv_folds - 1)`` of the ``n_trials``, at most a third (``CV_SHARE``); the
-    search takes the rest.
-
-    Args:
-        n_trials: The study's trial budget; None (a time budget only): no cross-validation.
-        folds: The subset's folds (5 for a validation fraction of 0.2).
-        top_k: The top trials to cross-validate; None: up to ``MAX_CV_TOP_K``, each on at
-            least 2 more folds, as the budget allows, and none where it allows fewer than 2
-            (cross-validating one trial changes no decision); 0: none.
-
-    Raises:
-        ValueError: if ``top_k`` trials cannot each take one more fold within the share.
-
-    Example: 12 trials, 5 folds: ``(2, 3)``, the top 2 on 2 more folds (4 fold trials, 8 search
-    trials); 30 trials: ``(3, 4)``; 45 trials: ``(3, 5)``.
-    """
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"cv_top_k={top_k} must be 0 (no cross-validation) or more")
-    if n_trials is None or folds < 2 or top_k == 0:
-        return 0, 1
-    share = n_trials // CV_SHARE
-    k = min(MAX_CV_TOP_K, share // 2) if top_k is None else top_k
-    if k == 0 or (top_k is None and k < 2):
-        return 0, 1
-    extra = min(folds - 1, share // k)
-    if extra == 0:
-        raise ValueError(f"cv_top_k={k} needs at least {k * CV_SHARE} trials (cross-validation takes at most "
-                         f"a third of n_trials={n_trials}); give more trials, a smaller cv_top_k, or cv_top_k=0 for none")
-    return k, 1 + extra
 
 
 def is_fold_trial(trial: FrozenTrial) -> bool:

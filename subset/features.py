@@ -241,6 +241,7 @@ def build_subset(
     Returns:
         ``out``.
     """
+    from kilotune.subset import objectives as measures
     from kilotune.subset import selection, subsetfile
 
     if method not in selection.METHODS:
@@ -258,7 +259,7 @@ def build_subset(
         features = extract_features(extractor, dataset.x_train)
     with _step(f"subset ({method}): choosing {per_class} a class"):
         indices = selection.select(method, features, dataset.y_train, per_class, seed, **params)
-        objectives = selection.objectives(features, dataset.y_train, indices, upper_bound=method == "max-sum")
+        objectives = measures.objectives(features, dataset.y_train, indices, upper_bound=method == "max-sum")
     info = {"path": str(extractor.path), "train_accuracy": extractor.metadata.get("train_accuracy"), "arch": extractor.metadata.get("arch")}
     return subsetfile.write_subset(
         out, dataset, indices, method=method, params=params, seed=seed, per_class=per_class, extractor=info, objectives=objectives

@@ -1,4 +1,4 @@
-"""File helpers every layer above shares: kilotune's cache directory, atomic JSON writes, an
+"""File helpers every layer above shares: kilotune's cache directory, JSON reads and atomic writes, an
 exclusive file lock, the installed version of a package and the time stamp files and studies
 record. They live here, in the lowest layer that needs them (fetched datasets, subset files,
 cached subsets), and the layers above import them (docs/architecture.md).
@@ -19,6 +19,22 @@ from typing import Any
 def cache_dir() -> Path:
     """``$KILOTUNE_CACHE_DIR``, else ``~/.cache/kilotune``: fetched datasets, extractors, default subsets."""
     return Path(os.environ.get("KILOTUNE_CACHE_DIR") or Path.home() / ".cache" / "kilotune").expanduser()
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON document in ``path``; one line naming ``what`` (``"subset file"``) and the path if
+    it is missing or not JSON.
+
+    Raises:
+        ValueError: the file is missing, unreadable or not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{what} {path} is not readable JSON ({' '.join(str(e).split())})") from None
 
 
 def write_json(data: Any, path: str | Path, *, indent: int | None = 2, sort_keys: bool = False) -> Path:

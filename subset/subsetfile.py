@@ -17,7 +17,6 @@ import contextlib
 from dataclasses import dataclass, field
 import functools
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import numpy as np
 
 from kilotune.models.names import listing
 from kilotune.subset.datasets import ImageDataset
-from kilotune.subset.files import installed_version, now_iso, write_json
+from kilotune.subset.files import installed_version, now_iso, read_json, write_json
 
 FORMAT = "kilotune-subset/1"
 _REQUIRED = ("format", "dataset", "dataset_checksum", "method", "params", "seed", "per_class", "indices", "labels")
@@ -106,7 +105,7 @@ def write_subset(
         seed: Selection seed.
         per_class: Images per class.
         extractor: ``{"path", "train_accuracy", "arch"}`` of the feature extractor, or None.
-        objectives: What :func:`subset.selection.objectives` returned, or None.
+        objectives: What :func:`subset.objectives.objectives` returned, or None.
 
     Returns:
         The written file, as :func:`load_subset` would read it.
@@ -158,12 +157,7 @@ def load_subset(path: str | Path, dataset: ImageDataset | None = None) -> Subset
             built for other data.
     """
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"subset file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"subset file {path} is not readable JSON ({e})") from None
+    data = read_json(path, "subset file")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path} is not a subset file: format is {got!r}, expected {FORMAT!r}")

@@ -148,13 +148,13 @@ def _leave_nothing_running():
 
 
 def _kilotune_children() -> list[int]:
-    """This process's child processes that run kilotune (workers, ``kilotune run``)."""
+    """This process's child processes that run kilotune (``kilotune run``, ``python -m kilotune.workers``)."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError):
             ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
             cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
-            if ppid == os.getpid() and any(part.endswith(b"kilotune") for part in cmdline):
+            if ppid == os.getpid() and any(part.endswith(b"kilotune") or part.startswith(b"kilotune.") for part in cmdline):
                 children.append(int(stat.parent.name))
     return children
 

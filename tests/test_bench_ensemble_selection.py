@@ -25,7 +25,7 @@ def test_each_strategy_is_chosen_on_some_folds_and_scored_on_another(tmp_path, c
     import optuna
 
     from kilotune.search.ensemble import candidates, ensemble_accuracy
-    from kilotune.search.study import open_storage
+    from kilotune.search.storage import open_storage
     from kilotune.search.winner import StudyTrials
 
     bench = load_bench()

@@ -71,12 +71,12 @@ def test_rows_of_another_protocol_are_refused(tmp_path):
 
 
 def test_the_startup_ablation_is_the_kilotune_arm_with_optunas_default_startup(tmp_path, monkeypatch):
-    from kilotune.search import study as study_module
+    from kilotune.search.samplers import tpe
 
     bench = load_bench()
-    monkeypatch.setattr(study_module, "TPE_STARTUP_TRIALS", study_module.TPE_STARTUP_TRIALS)  # undone after the test
+    monkeypatch.setattr(tpe, "STARTUP_TRIALS", tpe.STARTUP_TRIALS)  # undone after the test
     seen = []
-    monkeypatch.setattr(bench, "search_kilotune", lambda cell, b, d: seen.append((cell, study_module.TPE_STARTUP_TRIALS)))
+    monkeypatch.setattr(bench, "search_kilotune", lambda cell, b, d: seen.append((cell, tpe.STARTUP_TRIALS)))
     cell = bench.Cell.parse("kilotune-startup10-b60-s2")
 
     bench.SEARCHES[cell.method](cell, None, tmp_path)

@@ -7,43 +7,37 @@ its heavy modules where they are used), so a lazy import cannot hide an upward o
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# Lowest first; a module may import its own layer and the layers below it.
-LAYERS = ("models", "subset", "training core", "search", "worker", "cli")
-TRAINING_CORE = {"config", "train", "data", "augment", "checkpoint", "retrain", "compare", "gpu", "predictor"}
-WORKER = {"worker", "protocol", "local", "api", "options"}
+# A folder is a layer (its subfolders too), lowest first; a module may import its own layer and the layers below it.
+LAYERS = ("models", "subset", "training", "search", "workers", "cli")
 
 
 def layer_of(module: str) -> str:
-    """The layer of ``kilotune.<package>.<name>`` (or ``kilotune``, ``kilotune.__main__``)."""
+    """The layer of ``kilotune.<folder>...`` (or ``kilotune``, ``kilotune.__main__``): its top folder."""
     parts = module.split(".")[1:]
     if not parts:
-        return "worker"  # the package's Python API (kilotune.run, ...) is workers/api.py's
+        return "workers"  # the package's Python API (kilotune.run, ...) is workers/api.py's
     if parts[0] == "__main__":
         return "cli"
-    if parts[0] == "workers":
-        name = parts[1] if len(parts) > 1 else ""
-        if name in TRAINING_CORE or name == "":
-            return "training core"
-        if name in WORKER:
-            return "worker"
-        raise AssertionError(f"workers/{name}.py is in no layer: add it to TRAINING_CORE or WORKER (docs/architecture.md)")
-    if parts[0] in ("models", "subset", "search", "cli"):
+    if parts[0] in LAYERS:
         return parts[0]
-    raise AssertionError(f"{module} is in no layer (docs/architecture.md)")
+    raise AssertionError(f"{module} is in no layer: a top-level folder of the package is one of {LAYERS} (docs/architecture.md)")
 
 
+@functools.cache
 def modules() -> dict[str, Path]:
-    """Every kilotune module by its dotted name."""
+    """Every kilotune module by its dotted name: the package's own files and every file of its
+    top-level folders (those with an ``__init__.py``), subfolders included."""
     found = {"kilotune": REPO / "__init__.py", "kilotune.__main__": REPO / "__main__.py"}
-    for package in ("models", "subset", "workers", "search", "cli"):
-        for path in sorted((REPO / package).glob("*.py")):
-            name = f"kilotune.{package}" + ("" if path.stem == "__init__" else f".{path.stem}")
-            found[name] = path
+    for package in sorted(p.parent for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"):
+        for path in sorted(package.rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(("kilotune", *(parts[:-1] if parts[-1] == "__init__" else parts)))] = path
     return found
 
 
@@ -105,7 +99,7 @@ def test_no_two_files_import_each_other_in_a_circle(graph):
 
 
 def _is_package(name: str) -> bool:
-    return name in ("kilotune", "kilotune.models", "kilotune.subset", "kilotune.workers", "kilotune.search", "kilotune.cli")
+    return modules()[name].name == "__init__.py"
 
 
 def test_the_check_sees_lazy_and_relative_imports(tmp_path):
@@ -118,6 +112,24 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
 def test_architecture_doc_names_every_layer():
     text = (REPO / "docs" / "architecture.md").read_text()
     for layer in LAYERS:
-        assert layer in text
-    for name in TRAINING_CORE | WORKER:
-        assert f"{name}.py" in text
+        assert f"`{layer}/`" in text
+
+
+def test_every_folder_is_a_package_pyproject_installs():
+    """``pip install .`` (the Docker image) installs only the packages pyproject lists."""
+    text = (REPO / "pyproject.toml").read_text()
+    listed = text.split("packages = [", 1)[1].split("]", 1)[0]
+    packages = {name for name, path in modules().items() if path.name == "__init__.py"}
+    assert packages == {p.strip().strip('"') for p in listed.split(",") if p.strip()}
+
+
+def test_nothing_below_the_cli_sees_argparse():
+    """The options are dataclasses (search/settings.py); only cli/ turns them into a parser."""
+    below = [name for name, path in modules().items() if layer_of(name) != "cli"
+             and any(isinstance(node, (ast.Import, ast.ImportFrom)) and "argparse" in ast.unparse(node) for node in ast.walk(ast.parse(path.read_text())))]
+    assert below == []
+
+
+def test_no_product_file_is_over_400_lines():
+    long = {str(path.relative_to(REPO)): n for path in modules().values() if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}, "split it by concern"

@@ -1,1 +1,1 @@
-"""Workers: the training core (TrainConfig -> trained model) and the worker that pulls trials."""
+"""Workers: the worker that pulls trials, the local run of several, and the Python API (docs/architecture.md)."""

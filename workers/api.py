@@ -4,16 +4,15 @@ The commands call these same functions. A search runs in worker processes that l
 study's data by name, so a user's own arrays are saved once as an ``.npz`` file (named by
 their checksum) and the study records that file as its dataset.
 
-Every argument is checked where it comes in, by the command line's own argument types
-(workers/options.py): a wrong type or value is a ``ValueError`` naming it and what is allowed,
-before anything is loaded or stored.
+Every argument is checked where it comes in, by the command line's own checks (search/checks.py;
+``run``'s options as search/settings.py declares them): a wrong type or value is a ``ValueError``
+naming it and what is allowed, before anything is loaded or stored.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,22 +22,11 @@ from kilotune.models.quiet import quiet_tensorflow
 from kilotune.search.export import export_study as _export_study
 from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
 from kilotune.search.export import check_export, read_export
-from kilotune.search.study import load_study, open_storage
+from kilotune.search.storage import open_storage, storage_url
+from kilotune.search.study import load_study
 from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, check_dataset_name, dataset_from_arrays, load_dataset, save_dataset
 from kilotune.subset.files import cache_dir
-from kilotune.workers.options import (
-    checked,
-    flag,
-    name_list,
-    one_of,
-    path_string,
-    readable_file,
-    run_arguments,
-    text,
-    whole_number,
-    writable_directory,
-    writable_file,
-)
+from kilotune.search.checks import checked, flag, one_of, path_string, readable_file, text, whole_number, writable_directory, writable_file
 
 quiet_tensorflow()  # as the command does, before anything loads TensorFlow
 __all__ = ["WorkersFailed", "best", "dataset_from_arrays", "load_dataset", "load_predictor", "report", "retrain", "run", "save_dataset"]
@@ -50,63 +38,43 @@ class WorkersFailed(RuntimeError):
     """Some worker processes of :func:`run` exited with an error (their output says why)."""
 
 
-def run(
-    dataset: DatasetLike = "cifar10",
-    *,
-    study: str = "kilotune",
-    storage: str | None = None,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    epochs: int = 40,
-    workers: int = 2,
-    subset: str | os.PathLike | None = None,
-    space: str | os.PathLike | None = None,
-    presets: Sequence[str] = (),
-    keep_settings: bool = False,
-    **options: Any,
-) -> optuna.Study:
+def run(dataset: DatasetLike | None = None, **options: Any) -> optuna.Study:
     """Runs a local search (``kilotune run``): creates or joins the study, trains in worker processes.
 
     Args:
-        dataset: ``"cifar10"``, ``"fashion-mnist"``, an ``.npz`` file, or your own arrays from
-            :func:`dataset_from_arrays` (saved as ``<data_dir or cache>/datasets/<name>-<checksum>.npz``).
-        study: The study name; an existing study of that name is continued.
-        storage: Storage URL (default: ``$KILOTUNE_STORAGE``, else ``sqlite:///kilotune.db``).
-        n_trials: Global trial budget (default: 30 when there is no ``timeout`` either).
-        timeout: Global time budget in seconds, from the study's creation.
-        epochs: Epochs per trial.
-        workers: Local worker processes.
-        subset: A subset file, or ``"all"`` to train on every training image (your own 1000);
-            default: the cached default subset (random, 100 a class), built on first use.
-        space: A YAML/JSON file narrowing the search space, or ``"small"``.
-        presets: Known good configurations to try first.
-        keep_settings: Join an existing study whose recorded settings differ from these.
-        **options: Any other ``kilotune run`` option by its Python name (``data_dir``,
-            ``val_fraction``, ``sampler``, ``pruner``, ``seed``, ...).
+        dataset: ``"cifar10"`` (the default), ``"fashion-mnist"``, an ``.npz`` file, or your own
+            arrays from :func:`dataset_from_arrays` (saved as ``<data_dir or cache>/datasets/<name>-<checksum>.npz``).
+        **options: ``kilotune run``'s options by their Python names, declared with their defaults and
+            help in ``search.settings.RunOptions`` (``study``, ``storage``, ``data_dir``, ``subset``: a
+            file or ``"all"``, every training image, your own 1000; ``space``, ``warm_start``,
+            ``keep_settings``, ``workers``, ``presets``: a list of names) and ``StudySettings``
+            (``epochs``, ``n_trials``: 30 where neither it nor ``timeout`` is given and the study
+            records no budget; ``timeout``, ``val_fraction``, ``sampler``, ``pruner``, ``seed``,
+            ``objective_epochs``, ``cv_top_k``).
 
     Returns:
         The study, loaded with its sampler and pruner.
 
     Raises:
-        ValueError: for a bad option or value, naming it.
+        ValueError: for an unknown option (naming it and the allowed ones) or a value it does not take.
         WorkersFailed: if a worker process exited with an error.
     """
+    from kilotune.search.create import run_options
     from kilotune.workers.local import run_local
 
-    options.update(study=study, storage=storage, n_trials=n_trials, timeout=timeout, epochs=epochs, workers=workers,
-                   subset=subset, space=space, preset=checked("presets", presets, name_list), keep_settings=keep_settings)  # fmt: skip
-    args = run_arguments(options)  # each checked as the command checks it
-    args.dataset = dataset_name(dataset, args.data_dir)
+    if dataset is not None:
+        options["dataset"] = dataset_name(dataset, options.get("data_dir"))
+    made = run_options(options)  # each checked as the command checks it
     # run_local forwards Ctrl-C to its workers; a notebook keeps its own handlers afterwards.
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = run_local(args)
+        code = run_local(made)
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
     if code:
-        raise WorkersFailed(f"a worker of study {args.study!r} exited with an error; its output above says why")
-    return load_study(args.study, open_storage(args.storage))[0]
+        raise WorkersFailed(f"a worker of study {made.study!r} exited with an error; its output above says why")
+    return load_study(made.study, open_storage(made.storage))[0]
 
 
 def best(study: str, *, storage: str | None = None, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
@@ -124,7 +92,8 @@ def best(study: str, *, storage: str | None = None, rank: int = 1, ensemble: int
     Returns:
         ``{"config": {...TrainConfig...}, "provenance": {...}}`` (and ``"ensemble"``); ``retrain`` takes it as it is.
     """
-    return _export_study(checked("study", study, text), checked("storage", storage, text, optional=True), checked("rank", rank, whole_number(1)),
+    url = storage_url(checked("storage", storage, text, optional=True))
+    return _export_study(checked("study", study, text), url, checked("rank", rank, whole_number(1)),
                          checked("ensemble", ensemble, whole_number(0)), checked("selection", selection, one_of(SELECTIONS)))  # fmt: skip
 
 
@@ -170,8 +139,8 @@ def retrain(
     subset = checked("subset", subset, readable_file, optional=True)
     if "ensemble" in export and (seeds != 1 or snapshots):
         raise ValueError(f"an ensemble export trains its members once each: give seeds=1 and snapshots=0, not {seeds=}, {snapshots=}")
-    from kilotune.workers.retrain import load_training_set, retrain_ensemble  # Keras: after the checks
-    from kilotune.workers.retrain import retrain as retrain_export
+    from kilotune.training.retrain import load_training_set, retrain_ensemble  # Keras: after the checks
+    from kilotune.training.retrain import retrain as retrain_export
 
     p = export["provenance"]
     dataset, chosen = load_training_set(export, data_dir, subset)
@@ -184,7 +153,7 @@ def retrain(
 def load_predictor(path: str | os.PathLike) -> Any:
     """The ensemble :func:`retrain` saved (``<out_dir>/ensemble.keras``) as one Keras model: its
     ``predict`` takes images of 0-255 values and returns the members' mean softmax."""
-    from kilotune.workers.predictor import load_predictor as load
+    from kilotune.training.predictor import load_predictor as load
 
     return load(checked("path", path, readable_file))
 
@@ -194,7 +163,7 @@ def report(study: str, out: str | os.PathLike, *, storage: str | None = None, to
     from kilotune.search.report import write_report
 
     study, out, top = checked("study", study, text), checked("out", out, writable_file), checked("top", top, whole_number(1))
-    opened = open_storage(checked("storage", storage, text, optional=True), must_exist=True)
+    opened = open_storage(storage_url(checked("storage", storage, text, optional=True)), must_exist=True)
     loaded, _ = load_study(study, opened)
     return write_report(loaded, opened, out, top=top)
 

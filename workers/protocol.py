@@ -28,23 +28,14 @@ from optuna.trial import TrialState
 
 from kilotune.search.attrs import STATUS
 from kilotune.search.space import SearchSpace
-from kilotune.search.study import (
-    GRACE_SECONDS,
-    HEARTBEAT_SECONDS,
-    RetryKilledTrials,
-    StudySettings,
-    budget_lock,
-    claim_trial,
-    fail_and_retry,
-    stale_trial_ids,
-    study_timed_out,
-    unbeaten_trial_ids,
-    with_retry,
-)
+from kilotune.search.budget import budget_lock, claim_trial, study_timed_out
+from kilotune.search.retries import fail_and_retry, stale_trial_ids, unbeaten_trial_ids, GRACE_SECONDS, HEARTBEAT_SECONDS, RetryKilledTrials
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import with_retry
 from kilotune.search import optuna_internals
 from kilotune.search.trial_writes import BufferedWrites, store
 from kilotune.search.winner import load_cv_study
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
 # Reports are read at prune checks (which flush) and by the dashboard; the chaos test shortens it.
@@ -186,7 +177,7 @@ class TrialSource:
         return config
 
     def budget_lock(self) -> contextlib.AbstractContextManager[None]:
-        """The study's budget lock (``search.study.budget_lock``), which every claim takes."""
+        """The study's budget lock (``search.budget.budget_lock``), which every claim takes."""
         return budget_lock(self.url, self.study.study_name, self.storage)
 
     def _fail_and_retry(self, study: optuna.Study, trial_ids: list[int]) -> None:
@@ -207,7 +198,7 @@ class TrialSource:
         """Fails a trial with ``tell`` and queues its WAITING copy (same params and reports) for any worker.
 
         Both under the budget lock, so no claim counts the study between them (``fail_and_retry``
-        in search/study.py). ``tell`` must be idempotent (``skip_if_finished``): a database error
+        in search/retries.py). ``tell`` must be idempotent (``skip_if_finished``): a database error
         repeats both, and the copy is queued once.
         """
         def locked() -> None:

@@ -29,16 +29,19 @@ from kilotune.search.attrs import (
     VAL_PREDICTIONS, WORKER, WORKER_ID,
 )
 from kilotune.search.optuna_internals import frozen_trial
-from kilotune.search.study import RetryKilledTrials, check_same_data, load_study, open_storage, storage_url, study_timed_out, with_retry
+from kilotune.search.budget import study_timed_out
 from kilotune.search.ensemble import encode_predictions
+from kilotune.search.retries import RetryKilledTrials
+from kilotune.search.storage import open_storage, with_retry
+from kilotune.search.study import check_same_data, load_study
 from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
-from kilotune.workers.checkpoint import Checkpoint, check_writable
-from kilotune.workers.data import holdout_data
-from kilotune.workers.gpu import is_out_of_memory
+from kilotune.training.checkpoint import Checkpoint, check_writable
+from kilotune.training.data import holdout_data
+from kilotune.training.gpu import is_out_of_memory
 from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
-from kilotune.workers.train import EpochReport, TrainData, TrainingInterrupted, probabilities, train
+from kilotune.training.train import EpochReport, TrainData, TrainingInterrupted, probabilities, train
 
 log = logging.getLogger("kilotune.worker")
 
@@ -63,7 +66,7 @@ class Worker:
     def __init__(
         self,
         study_name: str,
-        storage: str | None = None,
+        url: str,
         *,
         worker_id: str | None = None,
         device: str = "cpu",
@@ -72,7 +75,7 @@ class Worker:
         stop: threading.Event | None = None,
     ) -> None:
         check_writable(checkpoint_root())  # before any trial is taken, which would fail and count
-        self.url = storage_url(storage)
+        self.url = url  # resolved by the process's entry point (workers/process.py)
         self.storage = open_storage(self.url, must_exist=True, patient=True)  # compose may start it while PostgreSQL restarts
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         # Each worker samples its own stream of a seeded study (reproducible per --worker-id), and a

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from kilotune.search import attrs
-from kilotune.search.study import StudySettings
+from kilotune.search.settings import StudySettings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "study-format.md"
 

@@ -12,7 +12,7 @@ from optuna_dashboard import get_note
 
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial, validation_text
-from kilotune.search.study import open_storage
+from kilotune.search.storage import open_storage
 from tests.conftest import REPO, run_bounded
 
 SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
@@ -119,10 +119,12 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
 @pytest.fixture(scope="module")
 def exported_study(fashion_subset, tmp_path_factory):
     """A one-trial study on the real Fashion-MNIST subset and its export, the way a worker records it."""
-    from kilotune.search.study import StudySettings, create_study, open_storage
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage
+    from kilotune.search.study import create_study
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.workers.config import TrainConfig
+    from kilotune.training.config import TrainConfig
 
     dataset, subset = load_dataset("fashion-mnist"), load_subset(fashion_subset)
     url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'x.db'}"

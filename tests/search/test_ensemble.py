@@ -10,9 +10,9 @@ from optuna.trial import TrialState
 from kilotune.cli.main import main
 from kilotune.search.ensemble import candidates, choose_members, decode_predictions, encode_predictions, ensemble_accuracy, split_folds
 from kilotune.search.export import check_export, export_ensemble, export_study
-from kilotune.search.study import open_storage
+from kilotune.search.storage import open_storage
 from kilotune.search.winner import StudyTrials, load_cv_study
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 from tests.search.test_export import ATTRS
 
 N, CLASSES = 40, 4

@@ -9,9 +9,9 @@ import pytest
 
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial, read_export, validation_text
-from kilotune.search.study import open_storage
+from kilotune.search.storage import open_storage
 from kilotune.search.winner import StudyTrials, load_cv_study
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 ATTRS = {
     "kilotune_version": "0.1.0", "dataset": "fashion-mnist", "dataset_checksum": "sha256:" + "d" * 64,

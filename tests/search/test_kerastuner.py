@@ -5,7 +5,7 @@ import pytest
 
 from kilotune.search.kerastuner import HyperParametersTrial, KilotuneHyperModel
 from kilotune.search.space import SearchSpace
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 
 def hypermodel(space: SearchSpace, epochs: int = 10, n_train: int = 800) -> KilotuneHyperModel:
@@ -41,7 +41,7 @@ def test_values_sampled_by_kerastuner_mean_the_same_config_to_optuna():
         config = model.config(hp)
         assert config == space.suggest(optuna.trial.FixedTrial(dict(hp.values)), epochs=10)
         archs.add(config.arch)
-    assert archs == set(space.params["arch"].choices)
+    assert archs == set(space.params["arch"].domain.choices)
 
 
 def test_every_parameter_is_declared_with_its_range():

@@ -13,9 +13,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.cli.main import main
 from kilotune.search.report import learning_curves, render_report, trials_view, worker_timeline, write_report
-from kilotune.search.study import open_storage
+from kilotune.search.storage import open_storage
 from kilotune.search.winner import StudyTrials, load_cv_study
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 EPOCHS = 10
 ARCHS = ("vgg8", "resnet9", "resnet18", "resnet20")

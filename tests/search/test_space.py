@@ -3,8 +3,9 @@ from pathlib import Path
 import optuna
 import pytest
 
-from kilotune.search.space import DEFAULT_SPACE, PRESETS, SearchSpace, params_for, space_table
-from kilotune.workers.config import TrainConfig
+from kilotune.search.presets import PRESETS
+from kilotune.search.space import DEFAULT_SPACE, SearchSpace, params_for, space_table
+from kilotune.training.config import TrainConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -21,7 +22,7 @@ def sample(space: SearchSpace, n: int, seed: int = 0) -> list[TrainConfig]:
 
 def test_default_space_yields_valid_configs_of_every_architecture():
     configs = sample(SearchSpace.from_spec(), 120)
-    assert {c.arch for c in configs} == set(DEFAULT_SPACE["arch"].choices)
+    assert {c.arch for c in configs} == set(DEFAULT_SPACE["arch"].domain.choices)
     assert all(c.epochs == 30 for c in configs)
     assert any(c.cutmix_alpha > 0 for c in configs) and any(c.mixup_alpha > 0 for c in configs)
     assert all((c.depth - 4) % 6 == 0 for c in configs if c.arch == "wrn")
@@ -71,7 +72,7 @@ def test_space_file_errors(tmp_path):
         SearchSpace.from_file(tmp_path / "nope.yaml")  # not "['small']", a Python list
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(ValueError, match="is not valid"):
+    with pytest.raises(ValueError, match=r"space file .*bad.json is not readable JSON \("):
         SearchSpace.from_file(bad)
 
 

@@ -15,12 +15,11 @@ from kilotune.search.winner import (
     enqueue_fold_trials,
     load_cv_study,
     objective_value,
-    plan_cross_validation,
     ranking,
     winner_line,
     winner_note,
 )
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 
 
 def test_the_value_is_the_mean_of_the_last_k_finite_epochs():
@@ -29,35 +28,6 @@ def test_the_value_is_the_mean_of_the_last_k_finite_epochs():
     assert objective_value([0.4, 0.6], 3) == pytest.approx(0.5), "fewer epochs than k: all of them"
     assert objective_value([0.4, 0.6, math.nan], 2) == pytest.approx(0.5), "a diverged epoch is not a value"
     assert objective_value([], 3) == 0.0
-
-
-@pytest.mark.parametrize(("n_trials", "top_k", "plan"), [
-    (12, None, (2, 3)),  # the main job: 8 search trials, the top 2 on 2 more folds
-    (30, None, (3, 4)),
-    (45, None, (3, 5)),
-    (200, None, (3, 5)),  # never more folds than the subset has
-    (6, None, (0, 1)),  # a third of 6: the top 1 on 2 more folds would change no decision
-    (5, None, (0, 1)),  # a third of 5 is 1 fold trial: too few to compare two candidates
-    (6, 1, (1, 3)),  # asked for: the winner's mean over 3 folds
-    (3, None, (0, 1)),
-    (None, None, (0, 1)),  # a time budget only
-    (30, 0, (0, 1)),
-    (12, 1, (1, 5)),
-    (12, 4, (4, 2)),
-])
-def test_cross_validation_takes_at_most_a_third_of_the_trial_budget(n_trials, top_k, plan):
-    k, folds = plan_cross_validation(n_trials, 5, top_k)
-    assert (k, folds) == plan
-    if n_trials:
-        assert k * (folds - 1) <= n_trials // 3
-
-
-def test_a_top_k_the_budget_cannot_cross_validate_is_refused_by_name():
-    with pytest.raises(ValueError, match=r"cv_top_k=3 needs at least 9 trials"):
-        plan_cross_validation(6, 5, 3)
-    with pytest.raises(ValueError, match=r"cv_top_k=-1"):
-        plan_cross_validation(30, 5, -1)
-    assert plan_cross_validation(30, 1, None) == (0, 1), "one fold: nothing to cross-validate on"
 
 
 def search_trial(study: optuna.Study, value: float, arch: str = "vgg8") -> int:

@@ -8,9 +8,9 @@ import pytest
 from kilotune.cli.main import main
 from kilotune.subset.datasets import ImageDataset, load_dataset
 from kilotune.subset.subsetfile import load_subset, write_subset
-from kilotune.workers.compare import compare_subsets, holdout_indices
-from kilotune.workers.config import TrainConfig
-from tests.subset.test_datasets import write_fashion
+from kilotune.training.compare import compare_subsets, holdout_indices
+from kilotune.training.config import TrainConfig
+from tests.subset.datasets.files import write_fashion
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from kilotune.subset.selection import METHODS, class_objectives, cosine_distances, objectives, row_bound, select, sum_upper_bound
+from kilotune.subset.objectives import class_objectives, objectives, row_bound, sum_upper_bound
+from kilotune.subset.selection import METHODS, cosine_distances, select
 
 CLASSES, PER_CLASS_POINTS, DIM, K = 5, 60, 16, 10
 

@@ -12,11 +12,12 @@ from optuna_dashboard import get_note
 
 from kilotune.cli.main import main
 from kilotune.search.ensemble import candidates
-from kilotune.search.study import load_study, open_storage
+from kilotune.search.storage import open_storage
+from kilotune.search.study import load_study
 from kilotune.search.winner import StudyTrials, cross_validated_best, load_cv_study, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
 from kilotune.subset.subsetfile import load_subset
-from kilotune.workers.data import holdout_data
+from kilotune.training.data import holdout_data
 from kilotune.workers.worker import Worker
 
 pytestmark = pytest.mark.slow

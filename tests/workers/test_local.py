@@ -20,10 +20,13 @@ from rich.console import Console
 
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial
-from kilotune.search.study import StudySettings, load_study, open_storage
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage
+from kilotune.search.study import load_study
 from kilotune.search.winner import StudyTrials
-from kilotune.workers.config import TrainConfig
-from kilotune.workers.local import QUIET, Display, Snapshot, print_best
+from kilotune.training.config import TrainConfig
+from kilotune.workers.display import Display, Snapshot, print_best
+from kilotune.workers.launch import QUIET
 from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
 
 EPOCHS = 10

@@ -12,10 +12,13 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from kilotune.search.study import RetryKilledTrials, StudySettings, create_study, open_storage, stale_trial_ids
+from kilotune.search.retries import stale_trial_ids, RetryKilledTrials
+from kilotune.search.settings import StudySettings
+from kilotune.search.storage import open_storage
+from kilotune.search.study import create_study
 from kilotune.search.trial_writes import BufferedWrites, store
 from tests.conftest import wait_for
-from kilotune.workers.config import TrainConfig
+from kilotune.training.config import TrainConfig
 from kilotune.workers.protocol import TrialRecorder, TrialSource
 
 
@@ -148,7 +151,7 @@ def test_a_failed_store_is_raised_at_flush_and_later_writes_are_not_stored(sqlit
 
 def test_a_transient_database_error_is_retried_not_lost(sqlite_trial, monkeypatch):
     trial = sqlite_trial
-    monkeypatch.setattr("kilotune.search.study.time.sleep", lambda s: None)
+    monkeypatch.setattr("kilotune.search.storage.time.sleep", lambda s: None)
     failures = [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
 
     def flaky_store(storage, trial_id, writes) -> None:
@@ -196,7 +199,7 @@ def test_take_stores_the_params_in_one_transaction(source, monkeypatch):
 
 def test_progress_tells_training_from_taken_ahead_and_failed_from_handed_back(source):
     from kilotune.search.report import outcome
-    from kilotune.workers.local import Snapshot
+    from kilotune.workers.display import Snapshot
 
     started = time.time()
     training, ahead = source.take(started), source.take(started)
@@ -254,7 +257,7 @@ def test_a_stop_ends_the_wait_for_running_trials(beating_source):
 
 
 def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(beating_source, monkeypatch):
-    monkeypatch.setattr("kilotune.search.study.GRACE_SECONDS", 1)
+    monkeypatch.setattr("kilotune.search.retries.GRACE_SECONDS", 1)
     source, started = beating_source, time.time()
     never_beat = source._claim(started)  # killed between its ask and its heartbeat: Optuna never judges it stale
     alive = source.take(started)
@@ -275,8 +278,8 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(beating
 def two_workers(request, tmp_path, monkeypatch) -> tuple[TrialSource, TrialSource]:
     """Two workers' sources (each its own storage, as two processes) on one study of 2 trials,
     whose trials go stale 1 s after their last heartbeat (the workers beat every 0.2 s)."""
-    monkeypatch.setattr("kilotune.search.study.HEARTBEAT_SECONDS", 1)
-    monkeypatch.setattr("kilotune.search.study.GRACE_SECONDS", 1)
+    monkeypatch.setattr("kilotune.search.retries.HEARTBEAT_SECONDS", 1)
+    monkeypatch.setattr("kilotune.search.retries.GRACE_SECONDS", 1)
     monkeypatch.setattr("kilotune.workers.protocol.HEARTBEAT_SECONDS", 0.2)
     url = f"sqlite:///{tmp_path / 'two.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_server")()
     settings = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json",
@@ -292,7 +295,7 @@ def two_workers(request, tmp_path, monkeypatch) -> tuple[TrialSource, TrialSourc
 
 
 def budgeted(source: TrialSource) -> list[tuple[int, str, list[int] | None]]:
-    from kilotune.search.study import counts_toward_budget
+    from kilotune.search.budget import counts_toward_budget
 
     return [(t.number, t.state.name, t.system_attrs.get("retry_history")) for t in source.study.get_trials() if counts_toward_budget(t)]
 
@@ -348,7 +351,7 @@ def test_a_database_error_between_failing_a_stale_trial_and_queuing_its_retry_lo
     dead = a.take(started)
     dead.heartbeat.stop()
     wait_for(lambda: stale_trial_ids(a.study, a.storage) == [dead.trial._trial_id], 10.0, "trial 0 to go stale", poll_s=0.1)
-    monkeypatch.setattr("kilotune.search.study.time.sleep", lambda s: None)
+    monkeypatch.setattr("kilotune.search.storage.time.sleep", lambda s: None)
     queue_retry, errors = RetryKilledTrials.__call__, [sqlalchemy.exc.OperationalError("insert", {}, Exception("server closed the connection"))]
 
     def lose_the_connection(self, study, trial) -> None:

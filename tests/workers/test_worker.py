@@ -16,8 +16,8 @@ import pytest
 from optuna.trial import TrialState
 
 from kilotune.cli.main import main
-from kilotune.search.study import counts_toward_budget
-from kilotune.workers.checkpoint import Checkpoint
+from kilotune.search.budget import counts_toward_budget
+from kilotune.training.checkpoint import Checkpoint
 from tests.conftest import cpu_progress, kilotune, shared_storage, study_progress, wait_for, wait_for_exit
 
 pytestmark = pytest.mark.slow

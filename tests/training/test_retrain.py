@@ -1,0 +1,162 @@
+"""Export -> retrain round trip on real Fashion-MNIST, snapshot epochs, and data mismatches."""
+
+import json
+from dataclasses import asdict
+
+import optuna
+import pytest
+
+from kilotune.cli.main import main
+from kilotune.search.settings import StudySettings
+from kilotune.subset.datasets import load_dataset
+from kilotune.subset.splits import class_balanced_sample
+from kilotune.subset.subsetfile import load_subset, write_subset
+from kilotune.training.config import TrainConfig
+from kilotune.training.retrain import snapshot_epochs
+
+TINY = TrainConfig(arch="vgg8", width=0.125, epochs=1, batch_size=16, seed=5)
+
+
+@pytest.fixture(scope="module")
+def dataset(fashion_subset):  # skips where Fashion-MNIST is not installed
+    return load_dataset("fashion-mnist")
+
+
+@pytest.fixture(scope="module")
+def exported(dataset, fashion_subset, tmp_path_factory):
+    """A hand-made one-trial study on a 10-per-class subset, exported with `kilotune export`."""
+    tmp = tmp_path_factory.mktemp("retrain")
+    subset = load_subset(fashion_subset)
+    settings = StudySettings(dataset=dataset.name, dataset_checksum=dataset.checksum, subset_path=str(subset.path),
+                             subset_checksum=subset.checksum, epochs=TINY.epochs, n_trials=1, kilotune_version="0.1.0")  # fmt: skip
+    url = f"sqlite:///{tmp / 'x.db'}"
+    study = optuna.create_study(study_name="tiny", storage=url, direction="maximize")
+    for key, value in asdict(settings).items():
+        study.set_user_attr(key, value)
+    trial = study.ask()
+    trial.suggest_categorical("arch", ["vgg8"])
+    for key, value in {"config": TINY.to_dict(), "worker": "host:1", "status": "complete"}.items():
+        trial.set_user_attr(key, value)
+    trial.report(0.42, 1)
+    study.tell(trial, 0.42)
+    best = tmp / "best.json"
+    assert main(["export", "--study", "tiny", "--storage", url, "--out", str(best)]) == 0
+    return best, study.trials[0]
+
+
+def test_export_holds_the_trials_exact_config(exported, dataset):
+    best, trial = exported
+    data = json.loads(best.read_text())
+    assert data["config"] == trial.user_attrs["config"]
+    assert TrainConfig.from_json(best) == TINY
+    assert data["provenance"]["dataset_checksum"] == dataset.checksum and data["provenance"]["value"] == 0.42
+
+
+@pytest.mark.slow
+def test_retrain_trains_on_all_chosen_images_and_tests_once_per_seed(exported, tmp_path, capsys):
+    best, _ = exported
+    out = tmp_path / "out"
+    assert main(["retrain", str(best), "--seeds", "1", "--tta", "--snapshots", "2", "--epochs", "2", "--out-dir", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["train_images"] == 100 and results["test_images"] == 10_000
+    assert results["config"] == TINY.replace(epochs=2).to_dict()
+    assert [r["seed"] for r in results["runs"]] == [TINY.seed]
+    for key in ("test_accuracy", "tta_test_accuracy", "snapshot_test_accuracy"):
+        summary = results[key]
+        assert len(summary["values"]) == 1 and 0.0 <= summary["values"][0] <= 1.0
+        assert summary["mean"] == summary["values"][0] and summary["std"] == 0.0
+    for run in results["runs"]:
+        assert (out / run["model"]).is_file() and run["epochs"] == 2 and run["snapshot_epochs"] == [1, 2]
+        assert len(list((out / f"seed-{run['seed']}" / "snapshots").glob("*.weights.h5"))) == 2
+        assert not (out / f"seed-{run['seed']}" / "checkpoint").exists()
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "snapshot ensemble" in printed
+
+
+@pytest.mark.slow
+def test_a_retrain_of_several_seeds_estimates_what_is_left_of_all_of_them(exported, tmp_path, capsys):
+    """Issue 20: each seed's epoch lines estimate that seed; a line between seeds estimates the whole retrain."""
+    best, _ = exported
+    assert main(["retrain", str(best), "--seeds", "2", "--epochs", "1", "--out-dir", str(tmp_path / "out")]) == 0
+    between = [line for line in capsys.readouterr().out.splitlines() if line.startswith("retrain: ")]
+    assert len(between) == 1 and between[0].startswith("retrain: 1/2 seeds, ") and between[0].endswith(" left"), between
+
+
+def test_retrain_refuses_a_subset_of_other_data(exported, dataset, fashion_subset, tmp_path, capsys):
+    best, _ = exported
+    other = json.loads(fashion_subset.read_text())
+    other["dataset_checksum"] = "sha256:" + "0" * 64
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    different = write_subset(tmp_path / "different.json", dataset, class_balanced_sample(dataset.y_train, 5, seed=1),
+                             method="random", seed=1, per_class=5)  # fmt: skip
+    for subset, message in ((tmp_path / "other.json", "was built for other data"),
+                            (different.path, "is not the one study 'tiny' searched on")):  # fmt: skip
+        assert main(["retrain", str(best), "--subset", str(subset), "--out-dir", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epochs", "steps", "k", "expected"),
+    [
+        ("onecycle", 40, 8, 1, [40]),
+        ("onecycle", 40, 8, 3, [31, 35, 40]),
+        ("cosine", 4, 8, 4, [1, 2, 3, 4]),
+        ("cosine_restarts", 14, 1, 3, [2, 6, 14]),  # cycles of 2, 4 and 8 epochs
+        ("cosine_restarts", 40, 7, 2, [17, 40]),
+        ("cosine_restarts", 40, 7, 4, [31, 34, 37, 40]),  # more snapshots than cycles: evenly spaced
+    ],
+)
+def test_snapshot_epochs(schedule, epochs, steps, k, expected):
+    assert snapshot_epochs(TrainConfig(schedule=schedule, epochs=epochs), steps, k) == expected
+
+
+def test_snapshot_epochs_rejects_more_snapshots_than_epochs():
+    with pytest.raises(ValueError, match="snapshots must be from 1 to the 2 epochs trained"):
+        snapshot_epochs(TrainConfig(epochs=2), 1, 3)
+
+
+@pytest.mark.slow
+def test_an_ensemble_export_trains_every_member_and_saves_one_predictor(exported, dataset, tmp_path, capsys):
+    """Issue 27: each member trained on all images for the epochs asked (its schedule spanning
+    them), tested once; the ensemble saved as one predictor whose own output is the figure."""
+    import numpy as np
+
+    import kilotune
+
+    best, _ = exported
+    data = json.loads(best.read_text())
+    data["ensemble"] = {"selection": "seeds", "note": None, "validation": None,
+                        "members": [{"trial": None, "weight": w, "config": {**TINY.to_dict(), "seed": s, "flip": s == 5}} for s, w in ((5, 1), (6, 2))]}
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert main(["retrain", str(path), "--epochs", "2", "--out-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert [m["seed"] for m in results["members"]] == [5, 6] and [m["epochs"] for m in results["members"]] == [2, 2]
+    assert results["final_epochs"] == [2, 2] and results["total_epochs"] == 4
+    assert results["flip_tta"] == [True, False], "flipped test images only for the member trained with flips"
+    assert "tta_test_accuracy" in results["members"][0] and "tta_test_accuracy" not in results["members"][1]
+    assert "ensemble of 2 members with flip TTA for 1 trained with flips: test accuracy" in printed and "member 2 (trial -, seed 6, weight 2)" in printed
+    predictor = kilotune.load_predictor(out / "ensemble.keras")
+    probabilities = predictor.predict(dataset.x_test[:500].astype(np.float32), verbose=0)
+    assert probabilities.shape == (500, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert 0.0 < results["ensemble_test_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="an ensemble export trains its members once each"):
+        kilotune.retrain(data, seeds=2)
+
+
+def test_flip_test_time_augmentation_is_refused_where_a_flip_changes_the_class(tmp_path):
+    """A dataset declares whether a horizontal flip keeps the class (subset/datasets/); flip TTA needs it to."""
+    import numpy as np
+
+    from kilotune.subset.datasets import ImageDataset
+    from kilotune.training.retrain import retrain
+
+    images = np.zeros((4, 8, 8, 1), np.uint8)
+    digits = ImageDataset("digits", images, np.array([0, 1, 0, 1]), images, np.array([0, 1, 0, 1]), ("0", "1"), flip_keeps_class=False)
+    export = {"config": TrainConfig(arch="vgg8", epochs=1).to_dict(), "provenance": {}}
+    with pytest.raises(ValueError, match="a horizontal flip changes the class of an image of digits"):
+        retrain(export, digits, np.arange(4), tta=True, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "refused before anything is trained or written"

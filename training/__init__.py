@@ -1,0 +1,1 @@
+"""The training core: one TrainConfig trained, checkpointed, retrained; knows nothing of studies (docs/architecture.md)."""
