@@ -5,11 +5,13 @@ import pytest
 
 from kilotune.search.kerastuner import HyperParametersTrial, KilotuneHyperModel
 from kilotune.search.space import SearchSpace
+from kilotune.subset.datasets import channel_stats
 from kilotune.training.config import TrainConfig
 
 
-def hypermodel(space: SearchSpace, epochs: int = 10, n_train: int = 800) -> KilotuneHyperModel:
-    return KilotuneHyperModel(space, epochs=epochs, input_shape=(32, 32, 1), num_classes=10, n_train=n_train)
+def hypermodel(space: SearchSpace, epochs: int = 10, n_train: int = 800, normalization=None) -> KilotuneHyperModel:
+    return KilotuneHyperModel(space, epochs=epochs, input_shape=(32, 32, 1), num_classes=10, n_train=n_train,
+                              normalization=normalization)
 
 
 @pytest.mark.parametrize("spec", [None, {"arch": ["vgg8", "resnet20"], "width": [0.25, 1], "batch_size": 64}])
@@ -67,15 +69,17 @@ def test_mixed_int_and_float_choices_become_floats():
 @pytest.mark.slow
 def test_random_search_runs_and_its_best_is_a_valid_config(tmp_path):
     spec = {"arch": "vgg8", "width": 0.125, "batch_size": 32, "mixing": ["none", "mixup"]}
-    model = hypermodel(SearchSpace.from_spec(spec), epochs=1, n_train=64)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (96, 32, 32, 1), dtype=np.uint8)
+    # The space's augmentation policies build with the training images' statistics, as the bench passes them.
+    model = hypermodel(SearchSpace.from_spec(spec), epochs=1, n_train=64, normalization=channel_stats(x[:64]))
     y = np.arange(96) % 10
     tuner = keras_tuner.RandomSearch(
         model, objective="val_accuracy", max_trials=2, seed=0, directory=tmp_path, project_name="t", overwrite=True
     )
     tuner.search(x[:64], y[:64], validation_data=(x[64:], y[64:]))
     assert len(tuner.oracle.trials) == 2
+    assert all(t.score is not None for t in tuner.oracle.trials.values()), "a trial failed to build or train"
     best = model.config(tuner.get_best_hyperparameters()[0])
     assert isinstance(best, TrainConfig) and best.arch == "vgg8" and best.width == 0.125 and best.epochs == 1
     assert 0.0 <= tuner.oracle.get_best_trials()[0].score <= 1.0
