@@ -7,17 +7,18 @@ import argparse
 from kilotune.cli.options import add_option, argument
 from kilotune.search.checks import readable_file, whole_number, writable_directory
 from kilotune.search.settings import RunOptions
+from kilotune.training.config import RetrainOptions
 from kilotune.subset.files import count_of
 
 
 def register_retrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("retrain", help="train an export on all chosen images; test accuracy")
     p.add_argument("export", type=argument(readable_file), help="JSON written by `kilotune export`")
-    p.add_argument("--seeds", type=argument(whole_number(1)), default=1, help="runs with seeds config.seed, config.seed+1, ... (default: %(default)s)")
+    p.add_argument("--seeds", type=argument(whole_number(1)), default=RetrainOptions.seeds, help="runs with seeds config.seed, config.seed+1, ... (default: %(default)s)")
     add_option(p, RunOptions, "data_dir")
     add_option(p, RunOptions, "subset", check=readable_file, help="the study's subset file where it is not at the exported path (same checksum required)")
     p.add_argument("--tta", action="store_true", help="also report accuracy with horizontal-flip test-time augmentation")
-    p.add_argument("--snapshots", type=argument(whole_number(0)), default=0, help="also report a snapshot ensemble of K epochs near the end (default: off)")
+    p.add_argument("--snapshots", type=argument(whole_number(0)), default=RetrainOptions.snapshots, help="also report a snapshot ensemble of K epochs near the end (default: %(default)s, off)")
     p.add_argument("--epochs", type=argument(whole_number(1)), help="override the config's epochs")
     p.add_argument("--out-dir", type=argument(writable_directory), help="models and results.json go here (default: retrain-<study>-<trial>/)")
     p.set_defaults(func=run_retrain)

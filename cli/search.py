@@ -7,13 +7,14 @@ import argparse
 from kilotune.cli.options import add_study, argument
 from kilotune.models.names import ENSEMBLE_SELECTIONS
 from kilotune.search.checks import whole_number, writable_file
+from kilotune.search.settings import ExportOptions, ReportOptions
 
 
 def register_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="write a self-contained HTML report of a study")
     add_study(p)
     p.add_argument("--out", required=True, type=argument(writable_file), help="HTML file to write, e.g. report.html")
-    p.add_argument("--top", type=argument(whole_number(1)), default=10, help="configurations in the top table (default: %(default)s)")
+    p.add_argument("--top", type=argument(whole_number(1)), default=ReportOptions.top, help="configurations in the top table (default: %(default)s)")
     p.set_defaults(func=run_report)
 
 
@@ -28,11 +29,11 @@ def run_report(args: argparse.Namespace) -> int:
 def register_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the best config with its provenance as JSON")
     add_study(p)
-    p.add_argument("--rank", type=argument(whole_number(1)), default=1, help="1 = the cross-validated winner, 2 = the runner-up, ... (default: %(default)s)")
+    p.add_argument("--rank", type=argument(whole_number(1)), default=ExportOptions.rank, help="1 = the cross-validated winner, 2 = the runner-up, ... (default: %(default)s)")
     p.add_argument("--out", required=True, type=argument(writable_file), help="JSON file to write, e.g. best.json")
-    p.add_argument("--ensemble", type=argument(whole_number(0)), default=0, metavar="K",
-                   help="also write an ensemble of K members around the winner, which retrain trains and saves as one predictor (default: 0, none)")
-    p.add_argument("--selection", choices=ENSEMBLE_SELECTIONS, default=ENSEMBLE_SELECTIONS[0],
+    p.add_argument("--ensemble", type=argument(whole_number(0)), default=ExportOptions.ensemble, metavar="K",
+                   help="also write an ensemble of K members around the winner, which retrain trains and saves as one predictor (default: %(default)s, none)")
+    p.add_argument("--selection", choices=ENSEMBLE_SELECTIONS, default=ExportOptions.selection,
                    help="how the members are chosen: top (the best cross-validated trials), greedy (ensemble selection on their "
                         "out-of-fold predictions) or seeds (the winner K times) (default: %(default)s)")
     p.set_defaults(func=run_export)

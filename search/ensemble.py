@@ -26,11 +26,12 @@ import numpy as np
 from optuna.trial import FrozenTrial
 
 from kilotune.models.names import ENSEMBLE_SELECTIONS
+from kilotune.search.settings import ExportOptions
 from kilotune.search.attrs import CONFIG, CV_OF, FOLD, VAL_PREDICTIONS
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
 
 SELECTIONS = ENSEMBLE_SELECTIONS
-DEFAULT_SELECTION = SELECTIONS[0]  # measured: bench/ensemble_selection.py (docs/benchmarks.md)
+DEFAULT_SELECTION = ExportOptions.selection
 
 
 def encode_predictions(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, object]:

@@ -22,7 +22,7 @@ from kilotune.models.names import listing
 from kilotune.search.attrs import CONFIG
 from kilotune.search import ensemble
 from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
-from kilotune.search.settings import StudySettings
+from kilotune.search.settings import ExportOptions, StudySettings
 from kilotune.search.storage import open_storage
 from kilotune.search.study import load_study
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
@@ -34,7 +34,7 @@ __all__ = ["check_export", "export_trial", "provenance", "read_export", "write_j
 LIBRARIES = ("keras", "tensorflow", "jax", "optuna", "numpy")
 
 
-def export_trial(study: optuna.Study, storage: BaseStorage, rank: int = 1) -> dict[str, Any]:
+def export_trial(study: optuna.Study, storage: BaseStorage, rank: int = ExportOptions.rank) -> dict[str, Any]:
     """The ``rank``-th best complete trial's config and provenance (rank 1 is the winner: the
     best mean over folds among the cross-validated trials; ``winner.ranking``).
 
@@ -106,7 +106,8 @@ def export_ensemble(study: optuna.Study, storage: BaseStorage, k: int, selection
     return exported
 
 
-def export_study(study: str, storage: str, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
+def export_study(study: str, storage: str, rank: int = ExportOptions.rank, ensemble: int = ExportOptions.ensemble,
+                 selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
     """What ``kilotune export`` writes for study ``study``: :func:`export_trial` of its ``rank``-th
     best trial, or with ``ensemble`` members, :func:`export_ensemble`.
 

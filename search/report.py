@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search import attrs as keys
 from kilotune.search.attrs import CONFIG, STATUS, WORKER, WORKER_ID
-from kilotune.search.settings import StudySettings
+from kilotune.search.settings import ReportOptions, StudySettings
 from kilotune.search.winner import CrossValidated, StudyTrials, cross_validated_best, ranking
 from kilotune.subset.files import count_of
 from kilotune.models.names import ARCHITECTURES
@@ -60,7 +60,7 @@ class Section:
     body: str = ""  # HTML, already escaped
 
 
-def write_report(study: optuna.Study, storage: BaseStorage, path: str | Path, *, top: int = 10) -> Path:
+def write_report(study: optuna.Study, storage: BaseStorage, path: str | Path, *, top: int = ReportOptions.top) -> Path:
     """Writes the report of ``study`` (loaded from ``storage``) to ``path`` (parent directories are created)."""
     path = Path(path)
     text = render_report(study, storage, top=top)
@@ -69,7 +69,7 @@ def write_report(study: optuna.Study, storage: BaseStorage, path: str | Path, *,
     return path
 
 
-def render_report(study: optuna.Study, storage: BaseStorage, *, top: int = 10) -> str:
+def render_report(study: optuna.Study, storage: BaseStorage, *, top: int = ReportOptions.top) -> str:
     """The report as one HTML document.
 
     Raises:

@@ -17,7 +17,7 @@ import os
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
-from kilotune.models.names import listing
+from kilotune.models.names import ENSEMBLE_SELECTIONS, listing
 from kilotune.search.attrs import CREATED_AT, CV_FOLDS, CV_TOP_K, DATASET, KILOTUNE_VERSION, N_TRIALS, SUBSET_PATH
 from kilotune.search.checks import checked, flag, name_list, real, subset_file, text, whole_number
 from kilotune.search.pruners import PRUNERS
@@ -283,3 +283,19 @@ class RunOptions:
     keep_settings: bool = option(False, "join an existing study of this name as recorded, though these settings differ (default: refuse)")
     workers: int = option(2, "local worker processes (default: %(default)s)", check=whole_number(1))
     presets: tuple[str, ...] = option((), "enqueue this preset first (repeatable)", flag="--preset")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``kilotune export``'s and ``kilotune.best``'s defaults, declared here only."""
+
+    rank: int = 1  # 1: the cross-validated winner, 2: the runner-up, ...
+    ensemble: int = 0  # members of an ensemble written around the winner; 0: none
+    selection: str = ENSEMBLE_SELECTIONS[0]  # how members are chosen (measured: bench/ensemble_selection.py)
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """``kilotune report``'s and ``kilotune.report``'s defaults, declared here only."""
+
+    top: int = 10  # configurations in the report's top table

@@ -15,12 +15,19 @@ from pathlib import Path
 
 import pytest
 
-from kilotune.search.settings import RunOptions, StudySettings, options_of
+from dataclasses import fields
+
+from kilotune.search.settings import ExportOptions, ReportOptions, RunOptions, StudySettings, options_of
+from kilotune.training.config import RetrainOptions
 from tests.test_layers import REPO, modules
 
 # The options with a default to repeat, by name: not those whose default is None (no seed, no
 # storage given...), a name other things share with another meaning (a subset's selection seed).
 NAMES = {name for owner in (StudySettings, RunOptions) for name, f in options_of(owner).items() if f.default is not None}
+# The output commands' options (export, report, retrain): plain dataclasses, no command-line metadata.
+NAMES |= {f.name for owner in (ExportOptions, ReportOptions, RetrainOptions) for f in fields(owner) if f.default is not None}
+# Where a name means another option: `kilotune subset compare --seeds` (training seeds per subset).
+OTHER_MEANINGS = {("seeds", "cli/subset.py")}
 
 
 def literal(node: ast.expr | None) -> tuple[bool, object]:
@@ -73,7 +80,7 @@ def second_declarations(paths: list[Path]) -> dict[str, list[str]]:
     where: dict[str, list[str]] = {}
     for path in paths:
         for name, place, value in declared_defaults(path):
-            if name in NAMES:
+            if name in NAMES and (name, place.split(":")[0]) not in OTHER_MEANINGS:
                 where.setdefault(name, []).append(f"{place} ({value!r})")
     return {name: places for name, places in where.items() if len(places) > 1}
 
@@ -95,10 +102,12 @@ def test_the_settings_declare_the_defaults_and_take_epochs_from_the_training_con
     "import argparse\nargparse.ArgumentParser().add_argument('--pruner', dest='pruner', default='median')\n",
     "class Options:\n    epochs: int = 40\n",
     "class Options:\n    workers: int = field(default=4)\n",
+    "def retrain(*, seeds: int = 1, snapshots: int = 0, top: int = 10):\n    pass\n",
+    "import argparse\nargparse.ArgumentParser().add_argument('--rank', type=int, default=1)\n",
 ])  # fmt: skip
 def test_a_second_declaration_is_found(tmp_path, source):
     """The check is not vacuous: each kind of declaration is found beside the product's own."""
     planted = tmp_path / "m.py"
     planted.write_text(source)
     found = second_declarations([*PRODUCT, planted])
-    assert {n for n in ("epochs", "val_fraction", "workers", "pruner") if n in source} <= set(found), found
+    assert {n for n in ("epochs", "val_fraction", "workers", "pruner", "seeds", "top", "rank") if n in source} <= set(found), found

@@ -24,6 +24,14 @@ ONECYCLE_WARMUP = 0.3  # the share of training a one-cycle schedule warms up for
 
 
 @dataclass(frozen=True)
+class RetrainOptions:
+    """``kilotune retrain``'s and ``kilotune.retrain``'s defaults, declared here only."""
+
+    seeds: int = 1  # runs with seeds config.seed, config.seed + 1, ...
+    snapshots: int = 0  # also report a snapshot ensemble of this many epochs near the end; 0: off
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One configuration. Build with ``TrainConfig(**kw)`` or ``TrainConfig.from_dict``.
 

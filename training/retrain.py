@@ -23,7 +23,7 @@ from kilotune.models.progress import EpochProgress, duration
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
 from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, load_subset
-from kilotune.training.config import TrainConfig
+from kilotune.training.config import RetrainOptions, TrainConfig
 from kilotune.training.predictor import ensemble_predictor, load_predictor
 from kilotune.training.train import TrainData, TrainResult, evaluate, train
 
@@ -127,9 +127,9 @@ def retrain(
     dataset: ImageDataset,
     subset_indices: np.ndarray,
     *,
-    seeds: int = 1,
+    seeds: int = RetrainOptions.seeds,
     tta: bool = False,
-    snapshots: int = 0,
+    snapshots: int = RetrainOptions.snapshots,
     out_dir: str | Path,
     epochs: int | None = None,
     progress: bool = True,

@@ -22,7 +22,9 @@ from kilotune.models.quiet import quiet_tensorflow
 from kilotune.search.export import export_study as _export_study
 from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
 from kilotune.search.export import check_export, read_export
+from kilotune.search.settings import ExportOptions, ReportOptions
 from kilotune.search.storage import open_storage, storage_url
+from kilotune.training.config import RetrainOptions
 from kilotune.search.study import load_study
 from kilotune.subset.datasets import ARRAYS_SUFFIX, DATASETS, ImageDataset, check_dataset_name, dataset_from_arrays, load_dataset, save_dataset
 from kilotune.subset.files import cache_dir
@@ -77,7 +79,8 @@ def run(dataset: DatasetLike | None = None, **options: Any) -> optuna.Study:
     return load_study(made.study, open_storage(made.storage))[0]
 
 
-def best(study: str, *, storage: str | None = None, rank: int = 1, ensemble: int = 0, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
+def best(study: str, *, storage: str | None = None, rank: int = ExportOptions.rank, ensemble: int = ExportOptions.ensemble,
+         selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
     """The best configuration of ``study`` with its provenance (what ``kilotune export`` writes).
 
     Args:
@@ -100,10 +103,10 @@ def best(study: str, *, storage: str | None = None, rank: int = 1, ensemble: int
 def retrain(
     export: dict[str, Any] | str | os.PathLike,
     *,
-    seeds: int = 1,
+    seeds: int = RetrainOptions.seeds,
     epochs: int | None = None,
     tta: bool = False,
-    snapshots: int = 0,
+    snapshots: int = RetrainOptions.snapshots,
     out_dir: str | os.PathLike | None = None,
     data_dir: str | None = None,
     subset: str | None = None,
@@ -158,7 +161,7 @@ def load_predictor(path: str | os.PathLike) -> Any:
     return load(checked("path", path, readable_file))
 
 
-def report(study: str, out: str | os.PathLike, *, storage: str | None = None, top: int = 10) -> Path:
+def report(study: str, out: str | os.PathLike, *, storage: str | None = None, top: int = ReportOptions.top) -> Path:
     """Writes the HTML report of ``study`` (``kilotune report``) and returns its path."""
     from kilotune.search.report import write_report
 
