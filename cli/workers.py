@@ -72,7 +72,7 @@ def register_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-id", help="a name for this worker, recorded on its trials")
     p.add_argument("--max-trials", type=argument(whole_number(1)), help="stop after this many trials (default: until the study's budget is spent)")
     add_option(p, RunOptions, "data_dir")
-    add_option(p, RunOptions, "subset", check=readable_file, help="the study's subset file, where this host sees it at another path")
+    add_option(p, RunOptions, "subset", check=readable_file, help="the study's subset file (default: the recorded path, else this host's cache, else the copy the study carries)")
     p.set_defaults(func=run_worker)
 
 

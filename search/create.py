@@ -79,7 +79,7 @@ def create(options: RunOptions) -> tuple[optuna.Study, bool]:
     settings = dataclasses.replace(options.settings, dataset=dataset.name, dataset_checksum=dataset.checksum,
                                    subset_path=str(subset.path.resolve()), subset_checksum=subset.checksum, created_at=now_iso())  # fmt: skip
     storage = open_storage(options.storage)  # a new SQLite file is made only now, when the data is there
-    study, created = create_study(options.study, settings, storage, keep_settings=options.keep_settings)
+    study, created = create_study(options.study, settings, storage, keep_settings=options.keep_settings, subset_content=subset.to_dict())
     if created:
         first = list(options.presets)  # ``run --preset``: those first
         for line in warm_start(study, settings, [*first, *(p for p in PRESETS if p not in first)] if options.warm_start else first):

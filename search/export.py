@@ -2,8 +2,11 @@
 
     {"config": {...TrainConfig...},
      "provenance": {"study", "trial", "value", "cv_mean", "cv_stderr", "cv_folds", "dataset",
-                    "dataset_checksum", "subset_path", "subset_checksum", "val_fraction",
+                    "dataset_checksum", "subset_path", "subset_checksum", "subset_content", "val_fraction",
                     "split_seed", "kilotune_version", "library_versions", "seed", "exported_at"}}
+
+``subset_content`` is the subset file itself, as the study carries it (null for a study made
+before studies did), so ``kilotune retrain`` on another host needs no ``--subset``.
 
 Rank 1 is the study's cross-validated winner (search/winner.py). The file is what
 ``kilotune retrain`` reads, and ``TrainConfig.from_json`` reads its ``config``.
@@ -24,7 +27,7 @@ from kilotune.search import ensemble
 from kilotune.search.ensemble import DEFAULT_SELECTION, SELECTIONS
 from kilotune.search.settings import ExportOptions, StudySettings
 from kilotune.search.storage import open_storage
-from kilotune.search.study import load_study
+from kilotune.search.study import load_study, stored_subset
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
 from kilotune.subset.files import count_of, installed_version, now_iso, read_json, write_json
 from kilotune.training.config import TrainConfig
@@ -61,7 +64,8 @@ def export_trial(study: optuna.Study, storage: BaseStorage, rank: int = ExportOp
         raise ValueError(f"trial {trial.number} of study {study.study_name!r} has no 'config' user attribute")
     # Validate now: an export that retrain cannot read should fail here, not later.
     config = TrainConfig.from_dict(trial.user_attrs[CONFIG])
-    return {"config": config.to_dict(), "provenance": provenance(study, settings, evaluated)}
+    stored = stored_subset(study.study_name, storage)
+    return {"config": config.to_dict(), "provenance": provenance(study, settings, evaluated, subset_content=stored)}
 
 
 def export_ensemble(study: optuna.Study, storage: BaseStorage, k: int, selection: str = DEFAULT_SELECTION) -> dict[str, Any]:
@@ -136,8 +140,10 @@ def validation_text(provenance: dict[str, Any]) -> str:
     return f"{provenance['cv_mean']:.4f} ± {provenance['cv_stderr']:.4f} over {len(provenance['cv_folds'])} folds"
 
 
-def provenance(study: optuna.Study, settings: StudySettings, evaluated: CrossValidated) -> dict[str, Any]:
-    """Where the trial's value came from: the study, its data and subset, its folds, and the versions."""
+def provenance(study: optuna.Study, settings: StudySettings, evaluated: CrossValidated, *,
+               subset_content: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Where the trial's value came from: the study, its data and subset (``subset_content``: the
+    file itself, ``search.study.stored_subset``), its folds, and the versions."""
     trial = evaluated.trial
     return {
         "study": study.study_name,
@@ -152,6 +158,7 @@ def provenance(study: optuna.Study, settings: StudySettings, evaluated: CrossVal
         "dataset_checksum": settings.dataset_checksum,
         "subset_path": settings.subset_path,
         "subset_checksum": settings.subset_checksum,
+        "subset_content": subset_content,
         "val_fraction": settings.val_fraction,
         "split_seed": settings.split_seed,
         # The version that created the study, i.e. that trained its trials.

@@ -14,13 +14,13 @@ import optuna
 from optuna.storages import BaseStorage
 
 from kilotune.models.names import listing
-from kilotune.search.attrs import BUDGET_HISTORY, CREATED_AT, CV_FOLDS, CV_TOP_K, N_TRIALS, TIMEOUT_S
+from kilotune.search.attrs import BUDGET_HISTORY, CREATED_AT, CV_FOLDS, CV_TOP_K, N_TRIALS, SUBSET_CONTENT, TIMEOUT_S
 from kilotune.search.settings import StudySettings
 from kilotune.subset.files import now_iso
 
 
 def create_study(
-    name: str, settings: StudySettings, storage: BaseStorage, *, keep_settings: bool = False
+    name: str, settings: StudySettings, storage: BaseStorage, *, keep_settings: bool = False, subset_content: dict[str, Any] | None = None
 ) -> tuple[optuna.Study, bool]:
     """Creates the study, or returns the existing one; safe when many processes race.
 
@@ -30,6 +30,9 @@ def create_study(
         storage: The storage.
         keep_settings: Join an existing study whose recorded settings differ from ``settings``
             and keep the recorded ones (the data must still be the same).
+        subset_content: The subset file's content (``SubsetFile.to_dict()``), stored in the study
+            (``SUBSET_CONTENT``) so workers on hosts without the file find it (``stored_subset``);
+            also stored into an existing study on the same data that lacks it (made before).
 
     Returns:
         The study and whether this call created it.
@@ -44,12 +47,16 @@ def create_study(
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=name, storage=storage), False
     if created or not _wait_for_settings(study):
+        if subset_content is not None:  # before the settings: a worker that reads them finds it
+            _store_subset(storage, name, subset_content)
         # Written one key at a time, ``created_at`` last: its presence marks a complete record.
         for key, value in asdict(settings).items():
             study.set_user_attr(key, value)
         return study, created
     recorded = StudySettings.from_study(study)
     check_same_data(recorded, settings.dataset_checksum, settings.subset_checksum, name)
+    if subset_content is not None and stored_subset(name, storage) is None:
+        _store_subset(storage, name, subset_content)  # the same subset (checked): its workers may now run elsewhere
     differ = recorded.differences(settings)
     if differ and not keep_settings:
         hint = " or `kilotune study extend` to change its budget" if {d.split("=")[0] for d in differ} <= {N_TRIALS, TIMEOUT_S} else ""
@@ -132,6 +139,16 @@ def load_study(name: str, storage: BaseStorage, *, sampler_stream: str = "") -> 
         study_name=name, storage=storage, sampler=settings.worker_sampler(sampler_stream), pruner=settings.pruner_for(storage)
     )
     return study, settings
+
+
+def stored_subset(name: str, storage: BaseStorage) -> dict[str, Any] | None:
+    """The subset file's content that study ``name`` carries (``create_study``); None for a study
+    made before studies carried it, whose workers read the recorded ``subset_path``."""
+    return storage.get_study_system_attrs(storage.get_study_id_from_name(name)).get(SUBSET_CONTENT)
+
+
+def _store_subset(storage: BaseStorage, name: str, content: dict[str, Any]) -> None:
+    storage.set_study_system_attr(storage.get_study_id_from_name(name), SUBSET_CONTENT, content)
 
 
 def check_same_data(settings: StudySettings, dataset_checksum: str, subset_checksum: str, study: str) -> None:

@@ -11,6 +11,7 @@ import datetime
 import fcntl
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,8 @@ def write_json(data: Any, path: str | Path, *, indent: int | None = 2, sort_keys
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=indent, sort_keys=sort_keys) + ("\n" if indent is not None else "")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one a process: writers never share one
+    # One a write: workers on hosts that share a volume (the cache on Kubernetes) may have one pid.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:16]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
     return path

@@ -24,7 +24,7 @@ import numpy as np
 
 from kilotune.models.names import listing
 from kilotune.subset.datasets import ImageDataset
-from kilotune.subset.files import installed_version, now_iso, read_json, write_json
+from kilotune.subset.files import cache_dir, installed_version, now_iso, read_json, write_json
 
 FORMAT = "kilotune-subset/1"
 _REQUIRED = ("format", "dataset", "dataset_checksum", "method", "params", "seed", "per_class", "indices", "labels")
@@ -157,7 +157,12 @@ def load_subset(path: str | Path, dataset: ImageDataset | None = None) -> Subset
             built for other data.
     """
     path = Path(path)
-    data = read_json(path, "subset file")
+    return subset_from_dict(read_json(path, "subset file"), path, dataset)
+
+
+def subset_from_dict(data: Any, path: Path, dataset: ImageDataset | None = None) -> SubsetFile:
+    """A subset file's parsed JSON (``SubsetFile.to_dict()``, as a study or an export stores it),
+    validated as ``load_subset`` validates a file; ``path`` names it in errors and becomes its ``path``."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         got = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path} is not a subset file: format is {got!r}, expected {FORMAT!r}")
@@ -185,6 +190,59 @@ def load_subset(path: str | Path, dataset: ImageDataset | None = None) -> Subset
     )
     if dataset is not None:
         check_dataset(subset, dataset)
+    return subset
+
+
+def cached_subset_path(dataset: ImageDataset, checksum: str) -> Path:
+    """Where this host keeps the subset ``checksum`` of ``dataset`` that a study or an export
+    carries: ``<cache>/subsets/<dataset>-<its checksum>-<the subset's>.json`` (the subset's
+    checksum is of its indices alone, which another dataset's subset may share)."""
+    return cache_dir() / "subsets" / f"{Path(dataset.name).stem}-{dataset.checksum[7:19]}-{checksum.removeprefix('sha256:')[:16]}.json"
+
+
+def find_subset(
+    dataset: ImageDataset, checksum: str, *, given: str | Path | None = None, recorded: str | Path | None = None,
+    stored: dict[str, Any] | None = None,
+) -> SubsetFile:
+    """The subset ``checksum`` of ``dataset`` as this host finds it, for a study (or an export)
+    made on another host.
+
+    In this order: ``given`` (an explicit ``--subset``, returned as read: the caller compares its
+    checksum and names the mismatch); the ``recorded`` path, if the file there has this checksum;
+    this host's cache (``cached_subset_path``); else ``stored``, the copy the study carries,
+    written into the cache (atomically: workers on one host may race) and returned.
+
+    Args:
+        dataset: The data loaded on this host; every subset returned was built for it.
+        checksum: The ``SubsetFile.checksum`` the study recorded.
+        given: A subset file the user named.
+        recorded: The path the study's creator recorded (absolute on its host).
+        stored: The subset file's content that the study or export carries (None: from before it did).
+
+    Raises:
+        ValueError: one line naming each place tried and why it did not serve.
+    """
+    if given:
+        return load_subset(given, dataset)
+    cached, tried = cached_subset_path(dataset, checksum), []
+    for path in (recorded, cached):
+        if not path:
+            continue
+        try:
+            subset = load_subset(path, dataset)
+        except ValueError as e:  # missing, unreadable or for other data: the next place may serve
+            tried.append(str(e))
+            continue
+        if subset.checksum == checksum:
+            return subset
+        tried.append(f"{path} is another subset ({subset.checksum[:19]}...)")
+    if stored is None:
+        raise ValueError(f"subset {checksum[:19]}... is not on this host ({'; '.join(tried)}), and its study stores "
+                         "no copy of it (made before studies did): pass --subset with that file")  # fmt: skip
+    subset = subset_from_dict(stored, cached, dataset)
+    if subset.checksum != checksum:
+        raise ValueError(f"the stored copy of subset {checksum[:19]}... is another subset ({subset.checksum[:19]}...)")
+    write_json(subset.to_dict(), cached, indent=1)
     return subset
 
 

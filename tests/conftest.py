@@ -263,10 +263,10 @@ def fashion_subset(fashion_mnist, tmp_path_factory):
     return build_subset(fashion_mnist, "random", path, per_class=10, seed=0)
 
 
-def kilotune(*args: str, env: dict | None = None, **kwargs) -> subprocess.Popen:
-    """Starts the real ``kilotune`` command as a process."""
+def kilotune(*args: str, env: dict | None = None, cwd: str | Path = REPO, **kwargs) -> subprocess.Popen:
+    """Starts the real ``kilotune`` command as a process (in ``cwd``)."""
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "kilotune", *args], cwd=REPO, env=full_env, **kwargs)
+    return subprocess.Popen([sys.executable, "-m", "kilotune", *args], cwd=cwd, env=full_env, **kwargs)
 
 
 def wait_for(predicate, timeout: float, what: str, poll_s: float = 0.5, progress: Callable[[], object] | None = None):

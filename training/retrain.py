@@ -22,7 +22,7 @@ import numpy as np
 from kilotune.models.progress import EpochProgress, duration
 from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
 from kilotune.subset.files import count_of, now_iso, write_json
-from kilotune.subset.subsetfile import SubsetFile, load_subset
+from kilotune.subset.subsetfile import SubsetFile, find_subset
 from kilotune.training.config import RetrainOptions, TrainConfig
 from kilotune.training.predictor import ensemble_predictor, load_predictor
 from kilotune.training.train import TrainData, TrainResult, evaluate, train
@@ -35,7 +35,9 @@ def load_training_set(export: dict[str, Any], data_dir: str | None = None, subse
         export: What ``kilotune export`` wrote.
         data_dir: Where the dataset files are (default: per dataset).
         subset_path: The subset file, where it is not at the recorded ``subset_path``
-            (e.g. the study ran in a container); it must still be the same subset.
+            (e.g. the study ran in a container); it must still be the same subset. Without
+            it: the recorded path, else this host's cache, else the copy the export carries
+            (``subset_content``, written into the cache): ``subset.subsetfile.find_subset``.
 
     Raises:
         ValueError: if the data or the subset differ from those the study searched on.
@@ -47,11 +49,11 @@ def load_training_set(export: dict[str, Any], data_dir: str | None = None, subse
             f"study {p['study']!r} searched on {p['dataset']} with checksum {p['dataset_checksum'][:19]}..., "
             f"but the {dataset.name} found here has checksum {dataset.checksum[:19]}..."
         )
-    path = subset_path or p["subset_path"]
-    subset = load_subset(path, dataset)  # refuses a subset built for other data
-    if subset.checksum != p["subset_checksum"]:
+    # Another host may lack the study's file: the export carries a copy (find_subset's order).
+    subset = find_subset(dataset, p["subset_checksum"], given=subset_path, recorded=p["subset_path"], stored=p.get("subset_content"))
+    if subset.checksum != p["subset_checksum"]:  # only a given --subset can differ
         raise ValueError(
-            f"subset {path} ({subset.checksum[:19]}...) is not the one study {p['study']!r} searched on "
+            f"subset {subset.path} ({subset.checksum[:19]}...) is not the one study {p['study']!r} searched on "
             f"({p['subset_checksum'][:19]}...); pass --subset with that file"
         )
     return dataset, subset

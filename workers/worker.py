@@ -33,10 +33,10 @@ from kilotune.search.budget import study_timed_out
 from kilotune.search.ensemble import encode_predictions
 from kilotune.search.retries import RetryKilledTrials
 from kilotune.search.storage import open_storage, with_retry
-from kilotune.search.study import check_same_data, load_study
+from kilotune.search.study import check_same_data, load_study, stored_subset
 from kilotune.search.winner import StudyTrials, objective_value, winner_note
 from kilotune.subset.datasets import load_dataset
-from kilotune.subset.subsetfile import load_subset
+from kilotune.subset.subsetfile import find_subset
 from kilotune.training.checkpoint import Checkpoint, check_writable
 from kilotune.training.data import holdout_data
 from kilotune.training.gpu import is_out_of_memory
@@ -88,7 +88,9 @@ class Worker:
         self.source = TrialSource(self.url, self.storage, self.study, self.settings, stop=self.stop)
 
         dataset = load_dataset(self.settings.dataset, data_dir)
-        subset = load_subset(subset_path or self.settings.subset_path, dataset)
+        # Another host may lack the creator's file: the study carries a copy (find_subset's order).
+        stored = with_retry(lambda: stored_subset(study_name, self.storage), what="reading the study's subset")
+        subset = find_subset(dataset, self.settings.subset_checksum, given=subset_path, recorded=self.settings.subset_path, stored=stored)
         check_same_data(self.settings, dataset.checksum, subset.checksum, study_name)
         self.data = holdout_data(dataset, subset.indices, self.settings.val_fraction, self.settings.split_seed)
         self._dataset, self._chosen, self._folds = dataset, subset.indices, {0: self.data}

@@ -24,7 +24,7 @@ def test_every_key_is_listed_in_study_format():
 
 
 def test_the_key_lists_hold_every_constant_once():
-    keys = [*attrs.STUDY_KEYS, *attrs.TRIAL_KEYS]
+    keys = [*attrs.STUDY_KEYS, *attrs.STUDY_SYSTEM_KEYS, *attrs.TRIAL_KEYS]
     assert sorted(keys) == sorted(constants().values()) and len(set(keys)) == len(keys)
 
 

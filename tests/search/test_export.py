@@ -79,6 +79,20 @@ def test_rank_one_is_the_best_complete_trial_and_its_config_round_trips(study, s
     assert export_trial(study, storage, rank=2)["provenance"]["trial"] == 0
 
 
+def test_the_export_carries_the_subset_the_study_carries(study, storage, tmp_path):
+    """Issue 28: ``kilotune retrain`` on another host needs no --subset; a study from before studies
+    carried their subset exports null."""
+    from kilotune.search.attrs import SUBSET_CONTENT
+
+    assert export_trial(study, storage)["provenance"]["subset_content"] is None
+    content = {"format": "kilotune-subset/1", "indices": [3, 5], "labels": [0, 1]}  # export copies it as stored
+    other = open_storage(f"sqlite:///{tmp_path / 'c.db'}")
+    carrying = new_study(f"sqlite:///{tmp_path / 'c.db'}", "c")
+    other.set_study_system_attr(other.get_study_id_from_name("c"), SUBSET_CONTENT, content)
+    add(carrying, TrainConfig(arch="vgg8", epochs=3), [0.1, 0.2, 0.3])
+    assert export_trial(carrying, other)["provenance"]["subset_content"] == content
+
+
 def test_rank_beyond_the_complete_trials_is_a_clear_error(study, storage):
     with pytest.raises(ValueError, match="has 2 complete trial"):
         export_trial(study, storage, rank=3)

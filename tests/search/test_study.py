@@ -210,3 +210,28 @@ def test_a_study_that_records_a_pruner_this_kilotune_lacks_is_one_clear_line(tmp
         load_study("p", open_storage(url))
     assert main(["export", "--study", "p", "--storage", url, "--out", str(tmp_path / "b.json")]) == 2
     assert capsys.readouterr().err == "kilotune export: error: pruner='patient-median' is not allowed; choose one of hyperband, successive-halving, median or none\n"
+
+
+def test_a_study_carries_its_subset_and_an_old_one_gets_it_when_joined(pg_url, fashion_subset):
+    """Issue 28: ``study create`` stores the subset file's content in the study (a system
+    attribute, off the user attributes every claim reads); a study made before without it gets
+    it from a ``create`` on the same data, and never from one on other data."""
+    from kilotune.search.attrs import SUBSET_CONTENT
+    from kilotune.search.study import stored_subset
+    from kilotune.subset.subsetfile import load_subset
+
+    storage, subset = open_storage(pg_url), load_subset(fashion_subset)
+    base = ["--storage", pg_url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset), "--epochs", "2", "--no-warm-start"]
+    assert main(["study", "create", "--study", "carries", *base]) == 0
+    stored = stored_subset("carries", storage)
+    assert stored == subset.to_dict() and len(stored["indices"]) == 100
+    assert SUBSET_CONTENT not in optuna.load_study(study_name="carries", storage=storage).user_attrs
+
+    recorded = settings(dataset_checksum=subset.dataset_checksum, subset_path=str(fashion_subset), subset_checksum=subset.checksum)
+    create_study("old", recorded, storage)  # as before: the settings only
+    assert stored_subset("old", storage) is None
+    with pytest.raises(ValueError, match="this subset has checksum"):
+        create_study("old", settings(dataset_checksum=subset.dataset_checksum, subset_checksum="sha256:cc"), storage, subset_content={"x": 1})
+    assert stored_subset("old", storage) is None, "a subset that is not the study's is never stored"
+    create_study("old", recorded, storage, subset_content=stored)
+    assert stored_subset("old", storage) == stored

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kilotune.subset.datasets import ImageDataset
-from kilotune.subset.subsetfile import FORMAT, load_subset, write_subset
+from kilotune.subset.subsetfile import FORMAT, cached_subset_path, find_subset, load_subset, write_subset
 
 
 def tiny_dataset(seed: int = 0, name: str = "fashion-mnist", n: int = 40) -> ImageDataset:
@@ -78,3 +78,40 @@ def test_bad_indices_and_missing_files(written, tmp_path):
         load_subset(tmp_path / "nope.json")
     with pytest.raises(ValueError, match="without duplicates"):
         write_subset(tmp_path / "w.json", dataset, [1, 1], method="random", seed=0, per_class=1)
+
+
+def test_find_subset_takes_given_then_recorded_then_cache_then_the_stored_copy(written, tmp_path, monkeypatch):
+    """A study's subset on a host that may lack the creator's file (issue 28): the order, and
+    the stored copy written into this host's cache, from which the next call reads it."""
+    dataset, subset = written
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    stored, checksum = subset.to_dict(), subset.checksum
+    other = write_subset(tmp_path / "other.json", dataset, [1, 2, 3, 8], method="random", seed=0, per_class=1)
+    # --subset wins even where it is another subset: the caller names the mismatch (check_same_data).
+    assert find_subset(dataset, checksum, given=other.path, recorded=subset.path, stored=stored).path == other.path
+    assert find_subset(dataset, checksum, recorded=subset.path, stored=stored).path == subset.path
+    cached = cached_subset_path(dataset, checksum)
+    assert cached.parent == tmp_path / "cache" / "subsets" and checksum[7:23] in cached.name and dataset.checksum[7:19] in cached.name
+    assert not cached.exists(), "the recorded file served: nothing written"
+    # This host has another subset at the creator's path: skipped, the stored copy is written and used.
+    found = find_subset(dataset, checksum, recorded=other.path, stored=stored)
+    assert found.path == cached and found.checksum == checksum and found.indices.tolist() == [1, 2, 3, 9]
+    assert load_subset(cached, dataset).to_dict() == stored
+    subset.path.unlink()
+    assert find_subset(dataset, checksum, recorded=subset.path, stored=None).path == cached, "the cache serves without the copy"
+
+
+def test_find_subset_refuses_what_it_cannot_verify(written, tmp_path, monkeypatch):
+    dataset, subset = written
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    subset.path.unlink()
+    # A study from before studies carried their subset, its file gone: one line naming each place tried.
+    with pytest.raises(ValueError, match=r"is not on this host \(subset file not found: .*s\.json; subset file not found: .*cache.*"
+                                         r"stores no copy.*pass --subset"):
+        find_subset(dataset, subset.checksum, recorded=subset.path)
+    other = write_subset(tmp_path / "other.json", dataset, [1, 2, 3, 8], method="random", seed=0, per_class=1)
+    with pytest.raises(ValueError, match="the stored copy of subset sha256:.* is another subset"):
+        find_subset(dataset, subset.checksum, recorded=subset.path, stored=other.to_dict())
+    with pytest.raises(ValueError, match="built for other data"):
+        find_subset(tiny_dataset(seed=1), subset.checksum, recorded=subset.path, stored=subset.to_dict())
+    assert not (tmp_path / "cache" / "subsets").exists() or not list((tmp_path / "cache" / "subsets").iterdir()), "nothing unverified cached"

@@ -96,6 +96,29 @@ def test_retrain_refuses_a_subset_of_other_data(exported, dataset, fashion_subse
     assert not (tmp_path / "out").exists()
 
 
+def test_retrain_on_another_host_takes_the_subset_the_export_carries(exported, dataset, fashion_subset, tmp_path, monkeypatch, capsys):
+    """Issue 28: the recorded subset file is not on this host; the export's ``subset_content`` is
+    written into this host's cache and used. An export without it names where it looked."""
+    from kilotune.subset.subsetfile import cached_subset_path
+    from kilotune.training.retrain import load_training_set
+
+    monkeypatch.setenv("KILOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    export = json.loads(exported[0].read_text())
+    subset = load_subset(fashion_subset)
+    export["provenance"].update(subset_path=str(tmp_path / "creator" / "gone.json"), subset_content=subset.to_dict())
+    _, found = load_training_set(export)
+    assert found.path == cached_subset_path(dataset, subset.checksum) and found.path.is_file()
+    assert found.indices.tolist() == subset.indices.tolist()
+    export["provenance"]["subset_content"] = None  # the cache still serves
+    assert load_training_set(export)[1].path == found.path
+    found.path.unlink()
+    (tmp_path / "old.json").write_text(json.dumps(export))
+    assert main(["retrain", str(tmp_path / "old.json"), "--out-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "is not on this host (subset file not found: " in err and "gone.json" in err and "pass --subset" in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize(
     ("schedule", "epochs", "steps", "k", "expected"),
     [
