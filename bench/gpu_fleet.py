@@ -174,13 +174,14 @@ def make_data(out: Path, train: int, test: int, seed: int = 0) -> Path:
     return save_dataset(dataset_from_arrays(*images(train), *images(test), name="cifar-shaped"), out / "cifar-shaped.npz")
 
 
-def trial_config(smoke: bool, epochs: int | None) -> Any:
+def trial_config(smoke: bool, epochs: int | None, width: float | None) -> Any:
     from kilotune.search.presets import PRESETS
     from kilotune.training.config import TrainConfig
 
     if smoke:
         return TrainConfig(arch="vgg8", width=0.125, batch_size=32, optimizer="sgd", learning_rate=0.05, cutout=0, epochs=epochs or 2)
-    return PRESETS["resnet9-davidnet"].replace(epochs=epochs or 30)
+    preset = PRESETS["resnet9-davidnet"]
+    return preset.replace(epochs=epochs or 30, width=width or preset.width)
 
 
 def run_cell(workers: int, args: argparse.Namespace, space: Path, dataset: str, subset: str | None, gpu: GpuSampler,
@@ -247,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny: vgg8 at width 1/8, 2 epochs, 1 and 2 workers, 200 images (a CPU, a few minutes)")
     p.add_argument("--workers", type=int, nargs="+", help="worker counts (default: 1 2 4 8; --smoke: 1 2)")
     p.add_argument("--epochs", type=int, help="epochs a trial (default: 30; --smoke: 2)")
+    p.add_argument("--width", type=float, help="the resnet9-davidnet trial's width (default: the preset's, 1.0)")
     p.add_argument("--trials-per-worker", type=int, default=2, help="trials a worker in each cell (default: %(default)s)")
     p.add_argument("--dataset", default="cifar-shaped", help="cifar-shaped (generated), fashion-mnist, or FILE.npz (default: %(default)s)")
     p.add_argument("--storage", help="a PostgreSQL URL (default: SQLite in --out)")
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.storage = args.storage or f"sqlite:///{args.out / 'gpu_fleet.db'}"
     counts = args.workers or ([1, 2] if args.smoke else [1, 2, 4, 8])
-    args.config = trial_config(args.smoke, args.epochs)
+    args.config = trial_config(args.smoke, args.epochs, args.width)
     from kilotune.search.space import params_for
 
     space = args.out / "space.json"
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset, subset = args.dataset, None
     began = time.time()
     deadline = began + args.budget_s
-    print(f"gpu_fleet: {args.config.arch} x {args.config.epochs} epochs, {args.trials_per_worker} trials a worker, workers "
+    print(f"gpu_fleet: {args.config.arch} (width {args.config.width}) x {args.config.epochs} epochs, {args.trials_per_worker} trials a worker, workers "
           f"{counts}, {dataset}, {backend}; budget {args.budget_s:g} s", flush=True)  # fmt: skip
     gpu, rows = GpuSampler(), []
     try:
@@ -296,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "gpu_fleet.json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     text = (f"{m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, Keras {m['keras']} on {m['backend']}, commit {m['commit']}; "
-            f"{args.config.arch} x {args.config.epochs} epochs\n\n{markdown(rows)}\n")  # fmt: skip
+            f"{args.config.arch} (width {args.config.width}) x {args.config.epochs} epochs\n\n{markdown(rows)}\n")  # fmt: skip
     (args.out / "gpu_fleet.md").write_text(text)
     print(text)
     return 0
