@@ -49,6 +49,7 @@ PRESET = "preset"
 PRESET_CONFIG = "preset_config"
 CV_OF = "cv_of"  # a fold trial: the candidate trial's number
 FOLD = "fold"
+TIME_SPLIT = "time_split"  # where the trial's wall seconds went: build, train, validation, checkpoint, storage, other (workers/worker.py)
 VAL_PREDICTIONS = "val_predictions"  # a complete trial's softmax on its validation images, and their labels (search/ensemble.py)
 
 STUDY_KEYS = (KILOTUNE_VERSION, DATASET, DATASET_CHECKSUM, SUBSET_PATH, SUBSET_CHECKSUM, VAL_FRACTION, SPLIT_SEED, EPOCHS,
@@ -56,4 +57,4 @@ STUDY_KEYS = (KILOTUNE_VERSION, DATASET, DATASET_CHECKSUM, SUBSET_PATH, SUBSET_C
               CV_STUDY_OF)
 STUDY_SYSTEM_KEYS = (SUBSET_CONTENT,)
 TRIAL_KEYS = (CONFIG, WORKER, WORKER_ID, DEVICE, PARAMS_COUNT, EPOCH_SECONDS, IMAGES_PER_SECOND, STATUS, FAIL_REASON,
-              RESUMED_FROM_EPOCH, RETRY_OF, PRESET, PRESET_CONFIG, CV_OF, FOLD, VAL_PREDICTIONS)
+              RESUMED_FROM_EPOCH, RETRY_OF, PRESET, PRESET_CONFIG, CV_OF, FOLD, TIME_SPLIT, VAL_PREDICTIONS)

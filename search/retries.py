@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from kilotune.search import optuna_internals
 from kilotune.search.attrs import (
-    DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, WORKER, WORKER_ID,
+    DEVICE, EPOCH_SECONDS, FAIL_REASON, IMAGES_PER_SECOND, PARAMS_COUNT, RESUMED_FROM_EPOCH, RETRY_OF, STATUS, TIME_SPLIT, WORKER, WORKER_ID,
 )
 
 log = logging.getLogger("kilotune.study")
@@ -28,7 +28,7 @@ GRACE_SECONDS = int(os.environ.get("KILOTUNE_GRACE_SECONDS", 40))
 
 # User attributes of one attempt, which its retry must not show as its own (its worker writes them anew).
 ATTEMPT_ATTRS = (WORKER, WORKER_ID, DEVICE, STATUS, FAIL_REASON, RESUMED_FROM_EPOCH, RETRY_OF,
-                 EPOCH_SECONDS, IMAGES_PER_SECOND, PARAMS_COUNT)
+                 EPOCH_SECONDS, IMAGES_PER_SECOND, PARAMS_COUNT, TIME_SPLIT)
 
 
 class RetryKilledTrials(RetryHeartbeatStaleTrialCallback):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -414,3 +416,12 @@ def wait_for_exit(procs: list[subprocess.Popen], stall_s: float, what: str, prog
         for reader in readers:
             reader.join()
     return outs
+
+
+def load_script(path: Path) -> types.ModuleType:
+    """A bench script (not a package module) imported as the module named by its stem."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module

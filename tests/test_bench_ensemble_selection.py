@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, load_script
 from tests.search.test_ensemble import make_cv_study
 
 BENCH = REPO / "bench" / "ensemble_selection.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("ensemble_selection", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH)
 
 
 def test_each_strategy_is_chosen_on_some_folds_and_scored_on_another(tmp_path, capsys):

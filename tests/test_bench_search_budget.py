@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, run_bounded
+from tests.conftest import REPO, load_script, run_bounded
 
 BENCH = REPO / "bench" / "search_budget.py"
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("search_budget", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH)
 
 
 def test_report_gives_mean_and_std_over_seeds_per_method_and_budget(tmp_path):

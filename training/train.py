@@ -22,6 +22,7 @@ from kilotune.training.augment import image_augmentation
 from kilotune.training.batches import BatchMixer, MixedBatches
 from kilotune.training.checkpoint import Checkpoint
 from kilotune.training.config import ONECYCLE_WARMUP, TrainConfig
+from kilotune.training.timing import BUILD, CALLBACKS, CHECKPOINT, PhaseClock, PhaseTimer
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,10 @@ def build_compiled_model(
 class _EpochReporter(keras.callbacks.Callback):
     """Turns Keras' epoch logs into EpochReports, calls the user's callbacks, spots divergence."""
 
-    def __init__(self, n_train: int, callbacks: Sequence[EpochCallback], history: list[EpochReport], checkpoint: Checkpoint | None) -> None:
+    def __init__(self, n_train: int, callbacks: Sequence[EpochCallback], history: list[EpochReport], checkpoint: Checkpoint | None,
+                 clock: PhaseClock) -> None:  # fmt: skip
         super().__init__()
-        self.n_train, self.callbacks, self.history, self.checkpoint = n_train, callbacks, history, checkpoint
+        self.n_train, self.callbacks, self.history, self.checkpoint, self.clock = n_train, callbacks, history, checkpoint, clock
         self.diverged = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -185,9 +187,11 @@ class _EpochReporter(keras.callbacks.Callback):
         self.history.append(report)
         # Checkpoint before callbacks: a callback may prune (raise), and the epoch is done either way.
         if self.checkpoint is not None:
-            self.checkpoint.save(self.model, self.history)
-        for callback in self.callbacks:
-            callback(report)
+            with self.clock.timed(CHECKPOINT):
+                self.checkpoint.save(self.model, self.history)
+        with self.clock.timed(CALLBACKS):
+            for callback in self.callbacks:
+                callback(report)
 
 
 def train(
@@ -199,6 +203,7 @@ def train(
     stop: threading.Event | None = None,
     keras_callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 0,
+    clock: PhaseClock | None = None,
 ) -> TrainResult:
     """Trains one configuration and returns its history and model.
 
@@ -214,10 +219,37 @@ def train(
             batch; the last whole epoch is in the checkpoint.
         keras_callbacks: Extra Keras callbacks for what needs the model itself (snapshots).
         verbose: Keras' progress output (0 silent, 1 progress bar).
+        clock: If given, charged with where the seconds go (``training.timing``), also when
+            training raises: ``build`` from this call to the end of the run's first training
+            step (seeding and normalising the data, building and compiling the model or
+            loading its checkpoint, fit's set-up, and the first step's trace, compile and
+            run), ``train`` the epochs' other steps (with Keras' bookkeeping between them),
+            ``validation`` fit's validation passes (epoch 1's traces the eval step),
+            ``checkpoint`` the checkpoint writes, and ``callbacks`` the time in ``callbacks``
+            (the caller may charge parts of it to phases of its own). On return the clock
+            runs the phase it ran on entry.
 
     Returns:
         A TrainResult; ``status`` is "diverged" if the loss became NaN or infinite.
     """
+    clock = clock or PhaseClock()
+    outer = clock.switch(BUILD)
+    try:
+        return _train(config, data, callbacks, checkpoint_dir, stop, keras_callbacks, verbose, clock)
+    finally:
+        clock.switch(outer)
+
+
+def _train(
+    config: TrainConfig,
+    data: TrainData,
+    callbacks: Sequence[EpochCallback],
+    checkpoint_dir: str | Path | None,
+    stop: threading.Event | None,
+    keras_callbacks: Sequence[keras.callbacks.Callback],
+    verbose: int,
+    clock: PhaseClock,
+) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     mean, std = channel_stats(data.x_train)
     x_train, x_val = normalize(data.x_train, mean, std), normalize(data.x_val, mean, std)
@@ -237,7 +269,7 @@ def train(
         model = build_compiled_model(config, data.x_train.shape[1:], data.num_classes, steps_per_epoch, (mean, std))
     build_seconds = time.perf_counter() - started
 
-    reporter = _EpochReporter(len(x_train), callbacks, history, checkpoint)
+    reporter = _EpochReporter(len(x_train), callbacks, history, checkpoint, clock)
     mixer = BatchMixer(config)
     inputs = dict(x=MixedBatches(x_train, y_train, batch_size, mixer, config.seed)) if mixer else dict(x=x_train, y=y_train, batch_size=batch_size, shuffle=True)
     if len(history) < config.epochs:
@@ -246,7 +278,7 @@ def train(
             validation_data=(x_val, y_val) if len(x_val) else None,
             epochs=config.epochs,
             initial_epoch=len(history),
-            callbacks=[keras.callbacks.TerminateOnNaN(), reporter, *keras_callbacks] + ([_StopOnEvent(stop)] if stop else []),
+            callbacks=[PhaseTimer(clock), keras.callbacks.TerminateOnNaN(), reporter, *keras_callbacks] + ([_StopOnEvent(stop)] if stop else []),
             verbose=verbose,
         )
     diverged = reporter.diverged or (bool(history) and not math.isfinite(history[-1].loss))

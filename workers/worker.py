@@ -26,7 +26,7 @@ from optuna_dashboard import save_note
 
 from kilotune.search.attrs import (
     CONFIG, CV_OF, DEVICE, EPOCH_SECONDS, FAIL_REASON, FOLD, IMAGES_PER_SECOND, PARAMS_COUNT, PRESET, RESUMED_FROM_EPOCH, RETRY_OF, STATUS,
-    VAL_PREDICTIONS, WORKER, WORKER_ID,
+    TIME_SPLIT, VAL_PREDICTIONS, WORKER, WORKER_ID,
 )
 from kilotune.search.optuna_internals import frozen_trial
 from kilotune.search.budget import study_timed_out
@@ -40,10 +40,24 @@ from kilotune.subset.subsetfile import find_subset
 from kilotune.training.checkpoint import Checkpoint, check_writable
 from kilotune.training.data import holdout_data
 from kilotune.training.gpu import is_out_of_memory
+from kilotune.training.timing import CALLBACKS, OTHER, VALIDATION, PhaseClock
 from kilotune.workers.protocol import TakenTrial, TrialRecorder, TrialSource
 from kilotune.training.train import EpochReport, TrainData, TrainingInterrupted, probabilities, train
 
 log = logging.getLogger("kilotune.worker")
+STORAGE, STARTUP, WALL = "storage", "startup", "wall"  # time_split's keys beside training.timing's phases
+
+
+def process_age() -> float:
+    """Seconds since this process started: from /proc on Linux (10 ms ticks), elsewhere since this module loaded."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        return float(Path("/proc/uptime").read_text().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _LOADED
+
+
+_LOADED = time.perf_counter()
 
 
 def checkpoint_root() -> Path:
@@ -106,11 +120,13 @@ class Worker:
         """Returns the number of trials this worker finished (complete, pruned or failed)."""
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials={max_trials} must be at least 1 (leave it out to train until the budget is spent)")
-        started, done = time.time(), 0
+        started, done, startup = time.time(), 0, process_age()  # startup: the first trial records it
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ask-ahead") as ahead:
             upcoming: Future[TakenTrial | None] | None = ahead.submit(self.source.take, started)
             while upcoming is not None:
+                clock = PhaseClock(STORAGE)  # the trial's clock starts with the wait for it (taken ahead)
                 taken = upcoming.result()
+                clock.switch(OTHER)
                 if taken is None:
                     if not self.stop.is_set():
                         log.info("budget of study %r spent; worker %s stops", self.study.study_name, self.name)
@@ -124,12 +140,14 @@ class Worker:
                 # ~15 suggests are ~0.2-0.3 s of storage and sampling (docs/bench-storage.md).
                 wants_more = max_trials is None or done + 1 < max_trials
                 upcoming = ahead.submit(self.source.take, started) if wants_more else None
-                if self._run_trial(taken) != "interrupted":
+                status, startup = self._run_trial(taken, clock, startup), None
+                if status != "interrupted":
                     done += 1
         return done
 
-    def _run_trial(self, taken: TakenTrial) -> str:
+    def _run_trial(self, taken: TakenTrial, clock: PhaseClock, startup: float | None = None) -> str:
         trial = taken.trial
+        self._clock, self._startup = clock, startup  # for _finish's time_split
         history = RetryKilledTrials.retry_history(frozen_trial(trial))
         # Every retry of a trial shares the first attempt's checkpoint directory (a fold trial's study is the companion).
         checkpoint = Checkpoint(checkpoint_root() / trial.study.study_name / str(history[0] if history else trial.number))
@@ -167,11 +185,13 @@ class Worker:
                 epoch_seconds.append(r.seconds)
                 recorder.report(r.val_accuracy, r.epoch)
                 if prunable and self.settings.may_prune_at(r.epoch):
-                    recorder.flush()  # the pruner reads the reports
-                    if with_retry(trial.should_prune, what="should_prune"):
+                    with self._clock.timed(STORAGE):
+                        recorder.flush()  # the pruner reads the reports
+                        pruned = with_retry(trial.should_prune, what="should_prune")
+                    if pruned:
                         raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
-            result = train(config, self.data_for(trial), [report], checkpoint_dir=checkpoint.directory, stop=self.stop)
+            result = train(config, self.data_for(trial), [report], checkpoint_dir=checkpoint.directory, stop=self.stop, clock=self._clock)
         except optuna.TrialPruned:
             self._finish(trial, recorder, TrialState.PRUNED, "pruned", epoch_seconds)
             checkpoint.clear()
@@ -192,7 +212,8 @@ class Worker:
         recorder.set_user_attr(PARAMS_COUNT, result.params)
         if result.status == "complete":  # what an ensemble's members are chosen by (search/ensemble.py)
             split = self.data_for(trial)
-            recorder.set_user_attr(VAL_PREDICTIONS, encode_predictions(probabilities(result, split.x_val), split.y_val))
+            with self._clock.timed(VALIDATION):
+                recorder.set_user_attr(VAL_PREDICTIONS, encode_predictions(probabilities(result, split.x_val), split.y_val))
         self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, value)
         checkpoint.clear()
         return result.status
@@ -212,6 +233,7 @@ class Worker:
         recorder.set_user_attr(EPOCH_SECONDS, [round(s, 3) for s in epoch_seconds])
         if epoch_seconds:
             recorder.set_user_attr(IMAGES_PER_SECOND, round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
+        recorder.set_user_attr(TIME_SPLIT, time_split(self._clock, self._startup))
         recorder.flush()  # a finished trial takes no more writes
         tell = lambda: trial.study.tell(trial, value, state=state, skip_if_finished=True)  # noqa: E731
         if retry:
@@ -237,3 +259,24 @@ class Worker:
             with_retry(write, what="writing the study's note")
         except Exception as e:  # noqa: BLE001
             log.warning("the study's note was not written: %s", " ".join(f"{type(e).__name__}: {e}".split())[:300])
+
+
+def time_split(clock: PhaseClock, startup: float | None = None) -> dict[str, float]:
+    """A trial's ``time_split`` attribute (docs/study-format.md): its wall seconds so far by phase.
+
+    ``wall`` runs from when the worker began waiting for the trial (taken ahead, so usually
+    ready) to now, just before its last writes are stored and it is told (one store and the
+    tell, a few ms each on PostgreSQL: docs/bench-storage.md, not counted). Its parts sum to
+    it: ``build``, ``train``, ``validation`` and ``checkpoint`` as ``training.train.train``
+    charges them (``validation`` also the complete trial's predictions on its validation
+    images), ``storage`` the wait for the trial, and the recorder's flush and ``should_prune``
+    at each prune check, and ``other`` the rest (the trial's set-up, the epoch callbacks
+    outside storage). ``startup``, on a worker's first trial only and not part of ``wall``:
+    from the process's start to that wait (imports, the backend, the storage, the study, the data).
+    """
+    seconds = clock.read()
+    seconds[OTHER] = seconds.get(OTHER, 0.0) + seconds.pop(CALLBACKS, 0.0)
+    split = {WALL: sum(seconds.values()), **{k: seconds.get(k, 0.0) for k in ("build", "train", VALIDATION, "checkpoint", STORAGE, OTHER)}}
+    if startup is not None:
+        split[STARTUP] = startup
+    return {k: round(v, 3) for k, v in split.items()}
