@@ -702,7 +702,7 @@ def find_cv(export: dict[str, Any]) -> tuple[float | None, float | None]:
 
 def _portable(provenance: dict[str, Any]) -> dict[str, Any]:
     """The export's provenance without machine paths or bulky version lists (rows are committed)."""
-    drop = ("subset_path", "library_versions", "dataset_checksum", "exported_at")
+    drop = ("subset_path", "subset_content", "library_versions", "dataset_checksum", "exported_at")  # the row has subset: its checksum
     return {k: v for k, v in provenance.items() if k not in drop and not (isinstance(v, str) and v.startswith("/"))}
 
 
