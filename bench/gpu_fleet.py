@@ -25,7 +25,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -226,20 +225,12 @@ def run_cell(workers: int, args: argparse.Namespace, space: Path, dataset: str, 
     return row
 
 
-def machine() -> dict[str, str]:
-    """What ran it: the CPU's model name and cores, the GPU's name, the backend, the commit."""
-    def output(*command: str) -> str:
-        try:
-            return subprocess.run(command, capture_output=True, text=True, timeout=20, cwd=REPO).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
+def machine() -> dict[str, Any]:
+    """What ran it: the search-budget bench's ``environment()`` (CPU, cores, GPU, backend, library
+    versions, commit and whether the tree was dirty), one recorder for every bench's rows."""
+    from search_budget import environment  # bench/, this script's folder, is on sys.path
 
-    cpu = next((line.split(":", 1)[1].strip() for line in output("lscpu").splitlines() if line.startswith("Model name")), platform.processor())
-    gpu = output("nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader") if shutil.which("nvidia-smi") else ""
-    import keras
-
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "gpu": gpu or "none", "backend": keras.backend.backend(),
-            "keras": keras.__version__, "commit": output("git", "rev-parse", "--short", "HEAD") or "unknown", "python": platform.python_version()}
+    return environment()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -296,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
               "config": args.config.to_dict(), "dataset": dataset, "trials_per_worker": args.trials_per_worker,
               "total_s": round(time.time() - began, 1), "rows": rows}  # fmt: skip
     (args.out / "gpu_fleet.json").write_text(json.dumps(result, indent=1))
-    m = result["machine"]
-    text = (f"{m['cpu']} ({m['cores']} cores), GPU {m['gpu']}, Keras {m['keras']} on {m['backend']}, commit {m['commit']}; "
+    env, host = result["machine"], result["machine"]["machine"]
+    text = (f"{host['cpu']} ({host['cores']} cores), GPU {host['gpu'] or 'none'}, Keras {env['libraries'].get('keras')} on "
+            f"{env['backend']}, commit {(env['commit'] or 'unknown')[:7]}{' (dirty)' if env['commit_dirty'] else ''}; "
             f"{args.config.arch} (width {args.config.width}) x {args.config.epochs} epochs\n\n{markdown(rows)}\n")  # fmt: skip
     (args.out / "gpu_fleet.md").write_text(text)
     print(text)

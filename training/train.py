@@ -233,11 +233,8 @@ def train(
         A TrainResult; ``status`` is "diverged" if the loss became NaN or infinite.
     """
     clock = clock or PhaseClock()
-    outer = clock.switch(BUILD)
-    try:
+    with clock.timed(BUILD):  # and back to the caller's phase on return or raise
         return _train(config, data, callbacks, checkpoint_dir, stop, keras_callbacks, verbose, clock)
-    finally:
-        clock.switch(outer)
 
 
 def _train(
