@@ -147,18 +147,18 @@ class Worker:
 
     def _run_trial(self, taken: TakenTrial, clock: PhaseClock, startup: float | None = None) -> str:
         trial = taken.trial
-        self._clock, self._startup = clock, startup  # for _finish's time_split
         history = RetryKilledTrials.retry_history(frozen_trial(trial))
         # Every retry of a trial shares the first attempt's checkpoint directory (a fold trial's study is the companion).
         checkpoint = Checkpoint(checkpoint_root() / trial.study.study_name / str(history[0] if history else trial.number))
         try:
             with TrialRecorder(trial) as recorder:
-                return self._train_trial(taken, recorder, history, checkpoint)
+                return self._train_trial(taken, recorder, history, checkpoint, clock, startup)
         finally:
             taken.heartbeat.stop()
             keras.backend.clear_session()  # free the graph and memory before the next model
 
-    def _train_trial(self, taken: TakenTrial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint) -> str:
+    def _train_trial(self, taken: TakenTrial, recorder: TrialRecorder, history: list[int], checkpoint: Checkpoint, clock: PhaseClock,
+                     startup: float | None) -> str:  # fmt: skip
         trial, epoch_seconds = taken.trial, []
         # Fold trials re-evaluate a finished candidate; a warm-start preset runs to the end, so a
         # search is never worse than the recipes it could have run.
@@ -185,26 +185,26 @@ class Worker:
                 epoch_seconds.append(r.seconds)
                 recorder.report(r.val_accuracy, r.epoch)
                 if prunable and self.settings.may_prune_at(r.epoch):
-                    with self._clock.timed(STORAGE):
+                    with clock.timed(STORAGE):
                         recorder.flush()  # the pruner reads the reports
                         pruned = with_retry(trial.should_prune, what="should_prune")
                     if pruned:
                         raise optuna.TrialPruned(f"pruned at epoch {r.epoch}")
 
-            result = train(config, self.data_for(trial), [report], checkpoint_dir=checkpoint.directory, stop=self.stop, clock=self._clock)
+            result = train(config, self.data_for(trial), [report], checkpoint_dir=checkpoint.directory, stop=self.stop, clock=clock)
         except optuna.TrialPruned:
-            self._finish(trial, recorder, TrialState.PRUNED, "pruned", epoch_seconds)
+            self._finish(trial, recorder, TrialState.PRUNED, "pruned", epoch_seconds, time_split(clock, startup))
             checkpoint.clear()
             return "pruned"
         except TrainingInterrupted:
             # Not a result: fail it now and queue its retry, which resumes from the checkpoint.
-            self._finish(trial, recorder, TrialState.FAIL, "interrupted", epoch_seconds, retry=True)
+            self._finish(trial, recorder, TrialState.FAIL, "interrupted", epoch_seconds, time_split(clock, startup), retry=True)
             return "interrupted"
         except Exception as e:  # one bad trial must not end the worker
             reason = "out of memory" if is_out_of_memory(e) else " ".join(f"{type(e).__name__}: {e}".split())[:500]
             log.error("trial %d failed: %s\n%s", trial.number, reason, traceback.format_exc())
             recorder.set_user_attr(FAIL_REASON, reason)
-            self._finish(trial, recorder, TrialState.FAIL, "failed", epoch_seconds)
+            self._finish(trial, recorder, TrialState.FAIL, "failed", epoch_seconds, time_split(clock, startup))
             checkpoint.clear()
             return "failed"
         # A diverged run is a result (a bad one: its last finite epochs), so the sampler learns to avoid it.
@@ -212,9 +212,9 @@ class Worker:
         recorder.set_user_attr(PARAMS_COUNT, result.params)
         if result.status == "complete":  # what an ensemble's members are chosen by (search/ensemble.py)
             split = self.data_for(trial)
-            with self._clock.timed(VALIDATION):
+            with clock.timed(VALIDATION):
                 recorder.set_user_attr(VAL_PREDICTIONS, encode_predictions(probabilities(result, split.x_val), split.y_val))
-        self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, value)
+        self._finish(trial, recorder, TrialState.COMPLETE, result.status, epoch_seconds, time_split(clock, startup), value)
         checkpoint.clear()
         return result.status
 
@@ -225,6 +225,7 @@ class Worker:
         state: TrialState,
         status: str,
         epoch_seconds: list[float],
+        split: dict[str, float],
         value: float | None = None,
         *,
         retry: bool = False,
@@ -233,7 +234,7 @@ class Worker:
         recorder.set_user_attr(EPOCH_SECONDS, [round(s, 3) for s in epoch_seconds])
         if epoch_seconds:
             recorder.set_user_attr(IMAGES_PER_SECOND, round(len(self.data.x_train) * len(epoch_seconds) / sum(epoch_seconds), 1))
-        recorder.set_user_attr(TIME_SPLIT, time_split(self._clock, self._startup))
+        recorder.set_user_attr(TIME_SPLIT, split)
         recorder.flush()  # a finished trial takes no more writes
         tell = lambda: trial.study.tell(trial, value, state=state, skip_if_finished=True)  # noqa: E731
         if retry:
