@@ -18,8 +18,11 @@ best config trained for K x E epochs (its schedule stretched to them). Methods:
     kilotune    the product as a user runs it: ``kilotune study create`` with its defaults (TPE, its
                 pruner, whatever warm start it does) and a trial budget of budget / epochs a trial
                 (the product's currency: cross-validation of the top trials comes out of it, and
-                pruning leaves epochs unspent), the product's ``Worker`` in this process one trial at
-                a time; delivered: ``kilotune export --ensemble K`` retrained for E epochs a member.
+                pruning leaves epochs unspent: once the search's trials are spent, the bench extends
+                the budget by the trials those epochs buy, as ``kilotune study extend`` does; rows
+                before that have no ``topped_up_trials``), the product's ``Worker`` in this process
+                one trial at a time; delivered: ``kilotune export --ensemble K`` retrained for E
+                epochs a member.
     random      stock Optuna, RandomSampler(seed), no pruning; winner = ``study.best_trial``.
     optuna      stock Optuna as its documentation sets it up: TPESampler(seed) + MedianPruner()
                 with their defaults; winner = ``study.best_trial``.
@@ -366,7 +369,9 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
 
     worker = Worker(name, url, worker_id="bench", subset_path=str(bench.subset))  # a named stream: reproducible
     _wait_for_stale(worker.study)  # a killed bench's trial: failed and queued for retry, from its checkpoint
+    topped_up = 0
     while (spent := product_epochs(worker.study, worker.storage)) < cell.budget:
+        topped_up += _top_up(worker, spent, cell.budget, bench.epochs)
         with _epoch_budget(worker, spent, cell.budget):
             finished = worker.run(max_trials=1)
         if not finished and product_epochs(worker.study, worker.storage) == spent:
@@ -388,10 +393,33 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
         complete=sum(t.state == TrialState.COMPLETE for t in trials), pruned=sum(t.state == TrialState.PRUNED for t in trials),
         details={"search_wall_s": search_s, "export_wall_s": round(time.perf_counter() - started, 1), "study": (url, name),
                  "fold_trials": len(read.folds), "cv_top_k": worker.settings.cv_top_k, "cv_folds": worker.settings.cv_folds,
+                 "topped_up_trials": topped_up, "objective_epochs": worker.settings.objective_epochs,
                  "warm_start_trials": sum("preset" in t.user_attrs for t in trials),
                  "tpe_startup_trials": tpe.STARTUP_TRIALS,
                  "settings": {k: v for k, v in worker.study.user_attrs.items() if k in ("sampler", "pruner", "epochs", "val_fraction", "split_seed")}},
     )
+
+
+def _top_up(worker: Any, spent: int, budget: int, epochs: int) -> int:
+    """Extends the study's trial budget by the trials its unspent epochs buy, as a user with an
+    epoch budget would (``kilotune study extend --n-trials``); returns how many.
+
+    The product counts trials, and a pruned trial leaves epochs unspent that the other arms
+    spend on more trials. Only while the search's share is used up and no fold trial has
+    started (the cross-validation's share stays as planned: its epochs are kept for it).
+    """
+    from kilotune.search.budget import counts_toward_budget, current_budget
+    from kilotune.search.study import extend_budget
+    from kilotune.search.winner import StudyTrials
+
+    settings = current_budget(worker.study, worker.settings)
+    read = StudyTrials.read(worker.study, worker.storage)
+    if read.folds or settings.n_trials is None or sum(counts_toward_budget(t) for t in read.search) < settings.search_trials:
+        return 0
+    extra = (budget - spent - settings.fold_trials * epochs) // epochs
+    if extra > 0:
+        extend_budget(worker.study, n_trials=settings.n_trials + extra)
+    return max(extra, 0)
 
 
 def search_kilotune_startup10(cell: Cell, bench: Bench, cell_dir: Path) -> Search:

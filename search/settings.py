@@ -31,7 +31,9 @@ if TYPE_CHECKING:  # Optuna loads where a study is opened, not where the command
     import optuna
     from optuna.storages import BaseStorage
 
-DEFAULT_OBJECTIVE_EPOCHS = 3
+# A trial's value averages its last tenth (at least one epoch): a fixed 3 was half of a 6-epoch
+# trial and ranked schedules that warm up or anneal inside it below constant ones (docs/benchmarks.md section 9).
+OBJECTIVE_SHARE = 10
 MAX_CV_TOP_K = 3  # the top trials cross-validated when the budget allows (``plan_cross_validation``)
 CV_SHARE = 3  # cross-validation takes at most 1/CV_SHARE of a trial budget
 
@@ -96,9 +98,9 @@ class StudySettings:
     timeout_s: float | None = option(None, "global time budget in seconds, from the study's creation", check=real(), name="timeout")
     seed: int | None = option(None, "sampler seed (default: random)", check=whole_number(0))
     # A trial's value: mean validation accuracy of its last this many epochs (search/winner.py);
-    # None: DEFAULT_OBJECTIVE_EPOCHS, or every epoch where a trial trains fewer.
+    # None: the last 1/OBJECTIVE_SHARE of the epochs, at least one.
     objective_epochs: int | None = option(None, "a trial's value is the mean validation accuracy of its last this many epochs "
-                                          f"(default: {DEFAULT_OBJECTIVE_EPOCHS}, or --epochs if fewer)", check=whole_number())  # fmt: skip
+                                          f"(default: the last 1/{OBJECTIVE_SHARE} of --epochs, at least 1)", check=whole_number())  # fmt: skip
     # The top trials re-trained on other folds before the winner is picked (0: none), and the folds
     # each is validated on, fold 0 included. Their fold trials count in n_trials. None and None:
     # as the budget allows, resolved on construction (plan_cross_validation).
@@ -116,7 +118,7 @@ class StudySettings:
         if self.epochs < 1:
             raise ValueError(f"epochs={self.epochs} must be at least 1")
         if self.objective_epochs is None:
-            object.__setattr__(self, "objective_epochs", min(DEFAULT_OBJECTIVE_EPOCHS, self.epochs))
+            object.__setattr__(self, "objective_epochs", max(1, self.epochs // OBJECTIVE_SHARE))
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction={self.val_fraction} must be in (0, 1)")
         if self.n_trials is not None and self.n_trials < 1:

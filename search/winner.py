@@ -13,6 +13,13 @@ search's share of the trial budget is spent and every search trial has finished
 winner is the candidate with the best mean over its folds (fold 0 is its own search trial), and
 the study's note in optuna-dashboard says which it is (``winner_note``).
 
+A warm-start preset whose value is within one standard error of the best's (the binomial error
+of the best's accuracy over the validation images behind it) is the winner instead: the
+one-standard-error rule (Breiman et al. 1984), with the presets as the simpler model. They are
+recipes measured at long training, which a short trial ranks by early progress (a one-cycle
+schedule still climbs when a 6-epoch trial ends), and a lead smaller than the split's noise is not
+evidence against them (docs/benchmarks.md section 9).
+
 Studies made before the companion study kept their fold trials among their own trials, outside
 the budget; ``StudyTrials.read`` reads those as fold trials too.
 """
@@ -28,7 +35,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from kilotune.search.attrs import CONFIG, CV_OF, CV_STUDY_OF, FOLD, PRESET_CONFIG, STATUS
+from kilotune.search.attrs import CONFIG, CV_OF, CV_STUDY_OF, FOLD, PRESET, PRESET_CONFIG, STATUS, VAL_PREDICTIONS
 
 CV_STUDY_SUFFIX = ".cv"
 
@@ -133,6 +140,16 @@ class CrossValidated:
             return None
         return statistics.stdev(self.values.values()) / math.sqrt(len(self.values))
 
+    @property
+    def noise(self) -> float | None:
+        """The binomial standard error of ``mean`` over the validation images behind it (every
+        fold's; a fold's count from the trial's recorded predictions); None if it recorded none."""
+        stored = self.trial.user_attrs.get(VAL_PREDICTIONS)
+        if not stored or not 0.0 <= self.mean <= 1.0:
+            return None
+        images = stored["shape"][0] * len(self.values)
+        return math.sqrt(self.mean * (1.0 - self.mean) / images)
+
     def describe(self) -> str:
         """``0.8120 ± 0.0110 over 5 folds`` (or ``0.8120 on fold 0 only``)."""
         if self.stderr is None:
@@ -140,9 +157,10 @@ class CrossValidated:
         return f"{self.mean:.4f} ± {self.stderr:.4f} over {len(self.values)} folds"
 
 
-def ranking(trials: StudyTrials, k: int) -> list[CrossValidated]:
+def ranking(trials: StudyTrials, k: int, *, prefer_presets: bool = True) -> list[CrossValidated]:
     """Every complete search trial, best first: the cross-validated ones by their mean over folds,
-    then the others by their own value.
+    then the others by their own value; first of all, a preset within one standard error of the
+    best (``preferred_preset``) unless ``prefer_presets`` is False.
 
     Cross-validated are the top ``k`` and any other trial with fold trials (it was in the top
     ``k`` when they were queued), so no fold trial is wasted.
@@ -160,11 +178,25 @@ def ranking(trials: StudyTrials, k: int) -> list[CrossValidated]:
     validated = [c for i, c in enumerate(evaluated) if i < k or c.trial.number in folds]
     validated.sort(key=lambda c: trials._sign * c.mean)  # stable: equal means keep the search's order
     numbers = {c.trial.number for c in validated}
-    return validated + [c for c in evaluated if c.trial.number not in numbers]
+    ordered = validated + [c for c in evaluated if c.trial.number not in numbers]
+    if prefer_presets and trials.direction == optuna.study.StudyDirection.MAXIMIZE and (preset := preferred_preset(ordered)):
+        ordered.remove(preset)
+        ordered.insert(0, preset)
+    return ordered
+
+
+def preferred_preset(ranked: list[CrossValidated]) -> CrossValidated | None:
+    """The best warm-start preset within one standard error (``noise``) of the best of ``ranked``,
+    if the best is no preset (the one-standard-error rule; module docstring); else None."""
+    if not ranked or PRESET in ranked[0].trial.user_attrs or (noise := ranked[0].noise) is None:
+        return None
+    near = [c for c in ranked[1:] if PRESET in c.trial.user_attrs and c.mean >= ranked[0].mean - noise]
+    return near[0] if near else None
 
 
 def cross_validated_best(trials: StudyTrials, k: int) -> CrossValidated | None:
-    """The study's winner: the best cross-validated mean among its top trials; None if none completed."""
+    """The study's winner: the best cross-validated mean among its top trials, or a preset within
+    one standard error of it (``ranking``); None if none completed."""
     ranked = ranking(trials, k)
     return ranked[0] if ranked else None
 
@@ -224,7 +256,13 @@ def winner_note(trials: StudyTrials, k: int, study_name: str) -> str:
     lines = [f"## kilotune winner: trial {best.trial.number} ({trial_arch(best.trial)})", "",
              f"Validation accuracy **{best.describe()}**: what `kilotune export` writes and `kilotune retrain` trains."]
     top = trials.ranked()[0]
-    if top.number != best.trial.number:
+    displaced = ranking(trials, k, prefer_presets=False)[0]
+    if displaced.trial.number != best.trial.number and PRESET in best.trial.user_attrs:
+        lines += ["", f"Trial {displaced.trial.number} scored higher ({displaced.describe()}) by less than one standard "
+                      f"error ({displaced.noise:.4f}, the validation images' noise). The preset "
+                      f"{best.trial.user_attrs[PRESET]} is a recipe measured at long training: a short trial's lead "
+                      "within the noise does not displace it."]
+    elif top.number != best.trial.number:
         lines += ["", f"The Best Trial card shows trial {top.number}, the best on fold 0 alone ({top.value:.4f}); "
                       "on the other folds it did worse than the winner."]
     if validated:

@@ -67,9 +67,10 @@ def test_the_budget_says_what_it_buys():
     assert settings(timeout_s=60).budget_text() == "trials of 3 epochs until 60 s have passed, not cross-validated"
 
 
-def test_objective_epochs_over_the_epochs_are_refused_and_the_default_fits_short_trials(tmp_path):
-    """A trial's value is the mean of its last ``objective_epochs`` epochs: more than it trains was accepted."""
-    assert settings(epochs=2).objective_epochs == 2 and settings(epochs=5).objective_epochs == 3
+def test_objective_epochs_over_the_epochs_are_refused_and_the_default_is_the_last_tenth(tmp_path):
+    """A trial's value is the mean of its last ``objective_epochs`` epochs: more than it trains was accepted;
+    by default a tenth of the trial, so a short trial is valued by its last epoch, where its schedule ends."""
+    assert [settings(epochs=e).objective_epochs for e in (2, 6, 19, 20, 30, 100)] == [1, 1, 1, 2, 3, 10]
     with pytest.raises(ValueError, match=r"^objective_epochs=4 must be from 1 to the 3 epochs a trial trains$"):
         settings(epochs=3, objective_epochs=4)
     study, _ = create_study("old", settings(epochs=2), open_storage(f"sqlite:///{tmp_path}/old.db"))
