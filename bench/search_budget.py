@@ -408,13 +408,17 @@ def _top_up(worker: Any, spent: int, budget: int, epochs: int) -> int:
     spend on more trials. Only while the search's share is used up and no fold trial has
     started (the cross-validation's share stays as planned: its epochs are kept for it).
     """
+    from optuna.trial import TrialState
+
     from kilotune.search.budget import counts_toward_budget, current_budget
     from kilotune.search.study import extend_budget
     from kilotune.search.winner import StudyTrials
 
     settings = current_budget(worker.study, worker.settings)
     read = StudyTrials.read(worker.study, worker.storage)
-    if read.folds or settings.n_trials is None or sum(counts_toward_budget(t) for t in read.search) < settings.search_trials:
+    if read.folds or settings.n_trials is None or any(t.state == TrialState.WAITING for t in read.search):
+        return 0  # cross-validation has begun, no trial budget, or a queued trial (a preset, a retry) is still to spend it
+    if sum(counts_toward_budget(t) for t in read.search) < settings.search_trials:
         return 0
     extra = (budget - spent - settings.fold_trials * epochs) // epochs
     if extra > 0:

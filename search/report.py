@@ -22,7 +22,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search import attrs as keys
-from kilotune.search.attrs import CONFIG, STATUS, WORKER, WORKER_ID
+from kilotune.search.attrs import CONFIG, PRESET, STATUS, WORKER, WORKER_ID
 from kilotune.search.settings import ReportOptions, StudySettings
 from kilotune.search.winner import CrossValidated, StudyTrials, cross_validated_best, ranking
 from kilotune.subset.files import count_of
@@ -130,10 +130,17 @@ def top_table(ranked: list[CrossValidated]) -> str:
         config = t.user_attrs.get(CONFIG, {})
         params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(t.params.items()) if k != "arch")
         stderr = "-" if evaluated.stderr is None else f"{evaluated.stderr:.4f}"
+        arch = config.get("arch", t.params.get("arch", "?")) + (f" (preset {t.user_attrs[PRESET]})" if PRESET in t.user_attrs else "")
         cells = (rank, t.number, f"{evaluated.mean:.4f}", stderr, len(evaluated.values), f"{t.value:.4f}",
-                 config.get("arch", t.params.get("arch", "?")), params, _epochs(t), _status(t))  # fmt: skip
+                 arch, params, _epochs(t), _status(t))  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
-    return f"<table class=top><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    table = f"<table class=top><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    ahead = [c for c in ranked[1:] if c.mean > ranked[0].mean]
+    if PRESET in ranked[0].trial.user_attrs and ahead and ahead[0].noise and ranked[0].mean >= ahead[0].mean - ahead[0].noise:
+        table += (f"<p class=note>Rank 1 is a warm-start preset within one standard error ({ahead[0].noise:.4f}) of trial "
+                  f"{ahead[0].trial.number}'s {ahead[0].mean:.4f}: a preset is a recipe measured at long training, and a "
+                  "short trial's lead within the validation split's noise does not displace it.</p>")
+    return table
 
 
 def learning_curves(study: optuna.Study) -> go.Figure:

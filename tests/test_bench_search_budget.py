@@ -99,7 +99,7 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
     kilotune, random = rows
     # random: one whole 2-epoch trial, and a second cut after its first epoch: the budget, no more.
     assert random["epochs_spent"] == 3 and random["trials"] >= 2
-    # kilotune: its budget is 3 // 2 = 1 trial, in the product's currency.
+    # kilotune: its budget is 3 // 2 = 1 trial, in the product's currency; the epoch left buys no whole trial.
     assert kilotune["epochs_spent"] == 2 and kilotune["trials"] == 1
     assert random["final_members"] == 1 and random["final_total_epochs"] == 2, "a single config trains ensemble x final epochs"
     assert kilotune["final_members"] == 2 and kilotune["final_total_epochs"] == 2 and kilotune["selection"] == "seeds", \
@@ -120,3 +120,40 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
     assert [(r["method"], r["budget_epochs"]) for r in again] == [("random", 2), ("kilotune", 3), ("random", 3)]
     assert again[1:] == rows
     assert again[0]["epochs_spent"] == 2 and again[0]["trials"] == 1
+
+
+def test_kilotunes_trial_budget_is_topped_up_with_the_epochs_pruning_left(tmp_path, fashion_subset):
+    """The bench's budget is epochs, the product's trials: once the search's trials are spent, the
+    epochs pruned trials left buy whole trials more (``study extend``), never while one is queued."""
+    import optuna
+
+    from kilotune.cli.main import main
+    from kilotune.search.settings import StudySettings
+    from kilotune.search.storage import open_storage
+
+    bench = load_bench()
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    assert main(["study", "create", "--study", "s", "--storage", url, "--dataset", "fashion-mnist", "--subset", str(fashion_subset),
+                 "--epochs", "3", "--n-trials", "4", "--cv-top-k", "0", "--no-warm-start"]) == 0  # fmt: skip
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="s", storage=storage)
+    worker = type("Worker", (), {"study": study, "storage": storage, "settings": StudySettings.from_study(study)})
+
+    def finish(epochs: int, pruned: bool) -> None:
+        trial = study.ask()
+        for epoch in range(1, epochs + 1):
+            trial.report(0.5, epoch)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial, 0.5)
+
+    for epochs, pruned in ((3, False), (1, True), (3, False)):
+        finish(epochs, pruned)
+    assert bench._top_up(worker, 7, 12, 3) == 0, "a search trial of the 4 is left"
+    finish(1, True)
+    study.enqueue_trial({})
+    assert bench._top_up(worker, 8, 12, 3) == 0, "a queued trial spends the budget first"
+    study.tell(study.ask(), 0.5)
+    assert bench._top_up(worker, 8, 12, 3) == 1 and study.user_attrs["n_trials"] == 5, "4 epochs left: 1 whole trial"
+    finish(1, True)  # the bench's loop runs it, and it is pruned too
+    assert bench._top_up(worker, 9, 12, 3) == 1 and study.user_attrs["n_trials"] == 6
+    finish(3, False)
+    assert bench._top_up(worker, 12, 12, 3) == 0 and study.user_attrs["n_trials"] == 6, "the budget is spent"

@@ -12,6 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.cli.main import main
+from kilotune.search.ensemble import encode_predictions
 from kilotune.search.report import learning_curves, render_report, trials_view, worker_timeline, write_report
 from kilotune.search.storage import open_storage
 from kilotune.search.winner import StudyTrials, load_cv_study
@@ -275,3 +276,24 @@ def test_the_plots_show_the_search_not_the_cross_validation(tmp_path):
     curves = [trace.name for trace in learning_curves(search).data]
     assert len(curves) == sum(1 for t in study.trials if t.intermediate_values)
     assert 'id="plot-workers"' in render_report(study, storage), "the timeline shows the fold trial too"
+
+
+def test_a_preset_kept_by_the_one_standard_error_rule_is_marked_and_explained(tmp_path):
+    """The top table names presets, and says why a preset ranks above a trial with a higher value."""
+    trials = make_trials()
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.user_attrs["status"] != "diverged"),
+                      key=lambda t: t.value, reverse=True)  # fmt: skip
+    best, preset = complete[0], complete[1]
+    labels = np.arange(200) % 10
+    for t in (best, preset):
+        t.user_attrs["val_predictions"] = encode_predictions(np.eye(10)[labels], labels)
+    preset.user_attrs["preset"] = "resnet9-davidnet"
+    preset.value = best.value - 0.02  # within the 200 images' error (about 0.03)
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    study = make_study(url, "presets", trials)
+    text = render_report(study, open_storage(url), top=3)
+    table = text[text.index("<table class=top>") :]
+    rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td>", table)
+    assert [int(r[1]) for r in rows[:2]] == [preset.number, best.number]
+    assert "(preset resnet9-davidnet)" in table
+    assert "Rank 1 is a warm-start preset within one standard error" in table and f"trial {best.number}'s {best.value:.4f}" in table

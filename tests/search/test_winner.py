@@ -4,10 +4,12 @@ live in a companion study."""
 import math
 import statistics
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from kilotune.search.ensemble import encode_predictions
 from kilotune.search.winner import (
     StudyTrials,
     cross_validated_best,
@@ -30,11 +32,16 @@ def test_the_value_is_the_mean_of_the_last_k_finite_epochs():
     assert objective_value([], 3) == 0.0
 
 
-def search_trial(study: optuna.Study, value: float, arch: str = "vgg8") -> int:
+def search_trial(study: optuna.Study, value: float, arch: str = "vgg8", preset: str | None = None, val_images: int | None = None) -> int:
     trial = study.ask()
     trial.suggest_float("lr", 1e-3, 1.0, log=True)
     trial.set_user_attr("config", TrainConfig(arch=arch, epochs=3).to_dict())
     trial.set_user_attr("status", "complete")
+    if preset:  # as the warm start enqueues it (search/create.py)
+        trial.set_user_attr("preset", preset)
+    if val_images:  # as a worker records them: the noise is read from their count
+        labels = np.arange(val_images) % 10
+        trial.set_user_attr("val_predictions", encode_predictions(np.eye(10)[labels], labels))
     study.tell(trial, value)
     return trial.number
 
@@ -131,3 +138,41 @@ def test_an_old_study_keeps_its_fold_trials_among_its_own(storage):
     trials = StudyTrials.read(study, storage)
     assert [t.number for t in trials.search] == [first, second] and len(trials.folds) == 2
     assert cross_validated_best(trials, 2).trial.number == second
+
+
+def test_a_preset_within_one_standard_error_of_the_best_wins_and_the_note_says_why(storage):
+    """The one-standard-error rule: at 0.735 on 200 images the error is 0.0312, so a preset at 0.705
+    stays the winner and one at 0.70 does not; the ranking below it is unchanged."""
+    study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    preset = search_trial(study, 0.705, arch="resnet9", preset="resnet9-davidnet", val_images=200)
+    best, third = search_trial(study, 0.735, val_images=200), search_trial(study, 0.60, val_images=200)
+    trials = StudyTrials.read(study, storage)
+    assert [c.trial.number for c in ranking(trials, 0)] == [preset, best, third]
+    assert [c.trial.number for c in ranking(trials, 0, prefer_presets=False)] == [best, preset, third]
+    assert ranking(trials, 0)[1].noise == pytest.approx(math.sqrt(0.735 * 0.265 / 200))
+    note = winner_note(trials, 0, "p")
+    assert note.startswith(f"## kilotune winner: trial {preset} (resnet9)")
+    assert f"Trial {best} scored higher (0.7350 on fold 0 only) by less than one standard error (0.0312" in note
+    assert "resnet9-davidnet is a recipe measured at long training" in note
+
+    far = optuna.create_study(study_name="f", storage=storage, direction="maximize")
+    search_trial(far, 0.70, preset="vgg8-reference", val_images=200)
+    leader = search_trial(far, 0.735, val_images=200)
+    assert cross_validated_best(StudyTrials.read(far, storage), 0).trial.number == leader, "0.035 behind: more than the noise"
+
+
+def test_the_noise_shrinks_with_the_folds_and_is_unknown_without_predictions(storage):
+    study = optuna.create_study(study_name="c", storage=storage, direction="maximize")
+    preset = search_trial(study, 0.76, preset="resnet9-davidnet", val_images=200)
+    best = search_trial(study, 0.80, val_images=200)
+    cv = load_cv_study(study, storage, create=True)
+    enqueue_fold_trials(StudyTrials.read(study, storage), cv, 1, 3)  # only the best is cross-validated
+    run_fold_trials(cv, {(best, 1): 0.78, (best, 2): 0.79})
+    ranked = ranking(StudyTrials.read(study, storage), 1)
+    assert ranked[0].trial.number == best, "0.79 over 600 images: the error is 0.0166, the preset 0.03 behind"
+    assert ranked[0].noise == pytest.approx(math.sqrt(0.79 * 0.21 / 600))
+
+    old = optuna.create_study(study_name="o", storage=storage, direction="maximize")
+    search_trial(old, 0.73, preset="resnet9-davidnet")
+    leader = search_trial(old, 0.735)  # a study from before trials recorded their predictions
+    assert cross_validated_best(StudyTrials.read(old, storage), 0).trial.number == leader, "no noise known: the best value wins"
