@@ -363,7 +363,7 @@ def search_kilotune(cell: Cell, bench: Bench, cell_dir: Path) -> Search:
     # The product's budget is in trials: as many as the epochs would buy unpruned.
     _check(kilotune(["study", "create", "--study", name, "--storage", url, "--dataset", DATASET, "--subset", str(bench.subset),
                      "--epochs", str(bench.epochs), "--space", str(space_file), "--seed", str(cell.seed),
-                     "--n-trials", str(cell.budget // bench.epochs)]), "kilotune study create")
+                     "--n-trials", str(cell.budget // bench.epochs), "--keep-settings"]), "kilotune study create")  # topped up: n_trials grew
     started = time.perf_counter()
     from kilotune.workers.worker import Worker
 
