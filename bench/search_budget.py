@@ -853,6 +853,15 @@ def targets(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
         own = sum(mine["by_seed"][x] for x in seeds) / len(seeds)
         wins = sum(mine["by_seed"][x] > max(s["by_seed"][x] for s in others.values()) for x in seeds)
         lines.append(f"| {budget} | {own:.4f} | {best} {means[best]:.4f} | {100 * (own - means[best]):+.1f} points | {wins} of {len(seeds)} |")
+    # Where methods ran on different seeds, the row above keeps only the seeds they share: each pair as well.
+    lines += ["", "| budget | kilotune less | mean difference ± std (points) | seeds kilotune higher |", "| ---: | --- | ---: | ---: |"]
+    for (method, budget), s in summary.items():
+        mine = summary.get(("kilotune", budget))
+        seeds = sorted(set(mine["by_seed"]) & set(s["by_seed"])) if mine and method in METHODS and method != "kilotune" else []
+        if seeds:
+            diffs = [100 * (mine["by_seed"][x] - s["by_seed"][x]) for x in seeds]
+            d = _mean_std(diffs)
+            lines.append(f"| {budget} | {method} | {d['mean']:+.1f} ± {d['std']:.1f} | {sum(x > 0 for x in diffs)} of {len(seeds)} |")
     return lines
 
 

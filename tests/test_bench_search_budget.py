@@ -52,6 +52,7 @@ def test_the_targets_pair_seeds_and_the_levers_pair_kilotune_with_each_ablation(
     # optuna's mean is the best other (0.8233 vs random's 0.8233: the first ranked), kilotune 0.85: +2.7 points; seed 1 lost to random.
     assert "| 180 | 0.8500 | " in table and "| +2.7 points | 2 of 3 |" in table, table
     assert "| 180 | kilotune-single | +1.0 ± 1.0 | 2 of 3 |" in table, table
+    assert "| 180 | random | +2.7 ± 3.5 | 2 of 3 |" in table and "| 180 | optuna | +2.7 ± 1.5 | 3 of 3 |" in table, "each pair, by seed"
     assert "Before the final step" in table and "| kilotune | 180 | 0.7000 ± 0.0000 | 1 |" in table
     assert "| kilotune | 180 | none: 1, randaugment: 1, randaugment + random erasing: 1 |" in table, "what the search picks"
 
