@@ -854,10 +854,16 @@ def targets(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
         wins = sum(mine["by_seed"][x] > max(s["by_seed"][x] for s in others.values()) for x in seeds)
         lines.append(f"| {budget} | {own:.4f} | {best} {means[best]:.4f} | {100 * (own - means[best]):+.1f} points | {wins} of {len(seeds)} |")
     # Where methods ran on different seeds, the row above keeps only the seeds they share: each pair as well.
-    lines += ["", "| budget | kilotune less | mean difference ± std (points) | seeds kilotune higher |", "| ---: | --- | ---: | ---: |"]
+    return lines + ["", "| budget | kilotune less | mean difference ± std (points) | seeds kilotune higher |", "| ---: | --- | ---: | ---: |",
+                    *_paired(summary, [m for m in METHODS if m != "kilotune"])]
+
+
+def _paired(summary: dict[tuple[str, int], dict[str, Any]], methods: list[str] | tuple[str, ...]) -> list[str]:
+    """Table rows: kilotune less each of ``methods``, per budget, on the seeds both ran."""
+    lines = []
     for (method, budget), s in summary.items():
         mine = summary.get(("kilotune", budget))
-        seeds = sorted(set(mine["by_seed"]) & set(s["by_seed"])) if mine and method in METHODS and method != "kilotune" else []
+        seeds = sorted(set(mine["by_seed"]) & set(s["by_seed"])) if mine and method in methods else []
         if seeds:
             diffs = [100 * (mine["by_seed"][x] - s["by_seed"][x]) for x in seeds]
             d = _mean_std(diffs)
@@ -883,18 +889,8 @@ def policies(rows: list[dict[str, Any]]) -> list[str]:
 
 def levers(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
     """What each lever adds: kilotune's delivered model less each ablation's, paired by seed."""
-    lines = ["| budget | lever (kilotune less this ablation) | mean difference ± std (points) | seeds kilotune higher |", "| ---: | --- | ---: | ---: |"]
-    for (method, budget), s in summary.items():
-        mine = summary.get(("kilotune", budget))
-        if method not in ABLATIONS or mine is None:
-            continue
-        seeds = sorted(set(mine["by_seed"]) & set(s["by_seed"]))
-        if not seeds:
-            continue
-        diffs = [100 * (mine["by_seed"][x] - s["by_seed"][x]) for x in seeds]
-        d = _mean_std(diffs)
-        lines.append(f"| {budget} | {method} | {d['mean']:+.1f} ± {d['std']:.1f} | {sum(x > 0 for x in diffs)} of {len(seeds)} |")
-    return lines
+    return ["| budget | lever (kilotune less this ablation) | mean difference ± std (points) | seeds kilotune higher |",
+            "| ---: | --- | ---: | ---: |", *_paired(summary, ABLATIONS)]
 
 
 def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> list[Path]:
