@@ -13,6 +13,7 @@ from optuna_dashboard import get_note
 from kilotune.cli.main import main
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.storage import open_storage
+from kilotune.search.winner import StudyTrials
 from tests.conftest import REPO, run_bounded
 
 SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
@@ -109,7 +110,10 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     assert f"## kilotune winner: trial {winner}" in get_note(study), "the dashboard shows the cross-validated winner"
     assert "cv_of" not in study.best_trial.user_attrs, "the study's best trial is a search trial"
     trials = study.trials
-    assert len(trials) == 4 and len(folds) == 2 and {t.user_attrs["cv_of"] for t in folds} == {winner}
+    candidate = StudyTrials.read(study, storage).ranked()[0].number
+    assert len(trials) == 4 and len(folds) == 2 and {t.user_attrs["cv_of"] for t in folds} == {candidate}
+    # The one-standard-error rule may keep the preset over a candidate that leads it within the noise.
+    assert winner == candidate or trials[winner].user_attrs.get("preset") == "vgg8-reference", (winner, candidate)
     assert sum(len(t.intermediate_values) for t in [*trials, *folds]) <= 12, "every trained epoch inside the budget"
     assert sum("fold trial" in line and "complete" in line for line in out.stdout.splitlines()) == 2, "fold trials named as such"
     assert trials[0].user_attrs["preset"] == "vgg8-reference" and trials[0].state == optuna.trial.TrialState.COMPLETE, "never pruned"
