@@ -135,10 +135,9 @@ def top_table(ranked: list[CrossValidated]) -> str:
                  arch, params, _epochs(t), _status(t))  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     table = f"<table class=top><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-    ahead = [c for c in ranked[1:] if c.mean > ranked[0].mean]
-    if PRESET in ranked[0].trial.user_attrs and ahead and ahead[0].noise and ranked[0].mean >= ahead[0].mean - ahead[0].noise:
-        table += (f"<p class=note>Rank 1 is a warm-start preset within one standard error ({ahead[0].noise:.4f}) of trial "
-                  f"{ahead[0].trial.number}'s {ahead[0].mean:.4f}: a preset is a recipe measured at long training, and a "
+    if (ahead := ranked[0].kept_over) is not None:
+        table += (f"<p class=note>Rank 1 is a warm-start preset within one standard error ({ahead.noise:.4f}) of trial "
+                  f"{ahead.trial.number}'s {ahead.mean:.4f}: a preset is a recipe measured at long training, and a "
                   "short trial's lead within the validation split's noise does not displace it.</p>")
     return table
 

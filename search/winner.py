@@ -26,6 +26,7 @@ the budget; ``StudyTrials.read`` reads those as fold trials too.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -128,6 +129,7 @@ class CrossValidated:
 
     trial: FrozenTrial
     values: dict[int, float]
+    kept_over: CrossValidated | None = None  # a preset's: the better trial the one-SE rule ranked it above
 
     @property
     def mean(self) -> float:
@@ -181,7 +183,7 @@ def ranking(trials: StudyTrials, k: int, *, prefer_presets: bool = True) -> list
     ordered = validated + [c for c in evaluated if c.trial.number not in numbers]
     if prefer_presets and trials.direction == optuna.study.StudyDirection.MAXIMIZE and (preset := preferred_preset(ordered)):
         ordered.remove(preset)
-        ordered.insert(0, preset)
+        ordered.insert(0, dataclasses.replace(preset, kept_over=ordered[0]))
     return ordered
 
 
@@ -256,8 +258,7 @@ def winner_note(trials: StudyTrials, k: int, study_name: str) -> str:
     lines = [f"## kilotune winner: trial {best.trial.number} ({trial_arch(best.trial)})", "",
              f"Validation accuracy **{best.describe()}**: what `kilotune export` writes and `kilotune retrain` trains."]
     top = trials.ranked()[0]
-    displaced = ranking(trials, k, prefer_presets=False)[0]
-    if displaced.trial.number != best.trial.number and PRESET in best.trial.user_attrs:
+    if (displaced := best.kept_over) is not None:
         lines += ["", f"Trial {displaced.trial.number} scored higher ({displaced.describe()}) by less than one standard "
                       f"error ({displaced.noise:.4f}, the validation images' noise). The preset "
                       f"{best.trial.user_attrs[PRESET]} is a recipe measured at long training: a short trial's lead "
