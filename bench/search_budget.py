@@ -3,6 +3,7 @@
     nice -n 15 nohup python bench/search_budget.py > search_budget.log 2>&1 &     # the full grid
     python bench/search_budget.py --budgets 6 --epochs-per-trial 2 --seeds 0 --final-epochs 2 --out /tmp/smoke.json
     python bench/search_budget.py --report                                       # table + figure only
+    python bench/search_budget.py --methods kilotune --redeliver kilotune-ensemble  # a new final step on recorded searches
 
 Fashion-MNIST, a 1000-image subset (default: class-balanced random, 100 a class, built with
 ``kilotune subset build --method random``), the built-in ``small`` space with the training seed
@@ -12,8 +13,10 @@ trials count the epochs they trained; a trial still training then is cut at the 
 win), then its final step turns it into the model a user takes home, trained on all 1000 images
 with the product's retrain path (``kilotune retrain``) and tested once on the 10,000 test images.
 Every method gets the same final-training compute (``--ensemble`` K x ``--final-epochs`` E epochs):
-kilotune delivers its ensemble export (K members of E epochs each), every other method its single
-best config trained for K x E epochs (its schedule stretched to them). Methods:
+kilotune delivers its ensemble export retrained in K x E epochs in all (``kilotune retrain
+--total-epochs``: as many members as get the product's ``min_member_epochs`` each, at least one;
+at the default 3 x 18 that is the winner alone for 54), every other method its single best config
+trained for K x E epochs (its schedule stretched to them). Methods:
 
     kilotune    the product as a user runs it: ``kilotune study create`` with its defaults (TPE, its
                 pruner, whatever warm start it does) and a trial budget of budget / epochs a trial
@@ -21,8 +24,8 @@ best config trained for K x E epochs (its schedule stretched to them). Methods:
                 pruning leaves epochs unspent: once the search's trials are spent, the bench extends
                 the budget by the trials those epochs buy, as ``kilotune study extend`` does; rows
                 before that have no ``topped_up_trials``), the product's ``Worker`` in this process
-                one trial at a time; delivered: ``kilotune export --ensemble K`` retrained for E
-                epochs a member.
+                one trial at a time; delivered: ``kilotune export --ensemble K`` retrained with
+                ``--total-epochs`` K x E (the product's shape).
     random      stock Optuna, RandomSampler(seed), no pruning; winner = ``study.best_trial``.
     optuna      stock Optuna as its documentation sets it up: TPESampler(seed) + MedianPruner()
                 with their defaults; winner = ``study.best_trial``.
@@ -35,10 +38,17 @@ best config trained for K x E epochs (its schedule stretched to them). Methods:
 Ablations, each one lever of the delivered model (rows of their own, not in the default grid
 unless named in --methods; the first two reuse the kilotune cell's search):
 
-    kilotune-single        the kilotune search's winner alone, trained for K x E epochs: the ensemble's share.
-    kilotune-trial-length  the ensemble with its members trained as long as a search trial: long final training's share.
-    kilotune-no-policies   the kilotune arm searching the space without RandAugment, AugMix and RandomErasing.
+    kilotune-ensemble      the kilotune search's ensemble export with all K members, E epochs each (the
+                           delivered model before section 10; rows before it were method ``kilotune``).
+    kilotune-trial-length  that ensemble with its members trained as long as a search trial: long final training's share.
+    kilotune-no-policies   the kilotune arm searching the space without RandAugment, AugMix and RandomErasing,
+                           delivering that ensemble.
+Each lever is paired with the arm it changes (``LEVER_BASE``): the ensemble with kilotune, the
+other two with kilotune-ensemble.
     kilotune-startup10     TPE's start-up at Optuna's default 10 trials instead of kilotune's 5 (issue 15).
+    kilotune-single        the winner's single export trained for K x E epochs (the ensemble's lever before
+                           section 10; where kilotune's shape is the winner alone, the same model trained
+                           again: what retraining alone moves).
 
 Rows written before the final step existed (each method's winner retrained at the trial's epochs)
 have no ``final_epochs``; they stay in the rows file, apart, so the gain of the final step shows.
@@ -76,9 +86,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("kilotune", "random", "kerastuner", "optuna", "preset")
 # Not in the default grid: the product with one choice changed, to measure that choice.
-ABLATIONS = ("kilotune-single", "kilotune-trial-length", "kilotune-no-policies", "kilotune-startup10")
-ENSEMBLES = ("kilotune", "kilotune-trial-length", "kilotune-no-policies")  # methods that deliver an ensemble
-SHARED_SEARCH = {"kilotune-single": "kilotune", "kilotune-trial-length": "kilotune"}  # same study, another final step
+ABLATIONS = ("kilotune-ensemble", "kilotune-trial-length", "kilotune-no-policies", "kilotune-startup10", "kilotune-single")
+# Methods that deliver the ensemble export: kilotune in the product's shape, the others all K members.
+ENSEMBLES = ("kilotune", "kilotune-ensemble", "kilotune-trial-length", "kilotune-no-policies")
+SHARED_SEARCH = {"kilotune-ensemble": "kilotune", "kilotune-trial-length": "kilotune", "kilotune-single": "kilotune"}  # same study, another final step
+# Each ablation is paired with the arm it changes one lever of.
+LEVER_BASE = {"kilotune-ensemble": "kilotune", "kilotune-trial-length": "kilotune-ensemble",
+              "kilotune-no-policies": "kilotune-ensemble", "kilotune-startup10": "kilotune", "kilotune-single": "kilotune"}
 NO_POLICIES = {"policy": "none", "random_erasing": 0.0}
 DATASET = "fashion-mnist"
 SPACE = "small"  # kilotune's built-in small space (search/space.py NAMED_SPACES)
@@ -149,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS, help="per-cell studies, logs, retrains (default: %(default)s)")
     parser.add_argument("--parallel", type=int, default=1, help="cells at once, each its own process (default: %(default)s)")
     parser.add_argument("--report", action="store_true", help="only print the table and write the figure from --out")
+    parser.add_argument("--redeliver", metavar="METHOD", help="no search: each cell's final step anew on the winner recorded in "
+                        "METHOD's row at its budget and seed (e.g. kilotune-ensemble: the kilotune search), where it trains that winner alone")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # a child process runs this one cell
     args = parser.parse_args(argv)
     out, runs_dir = Path(args.out), Path(args.runs_dir)
@@ -165,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     # Seed by seed, every method at each: partial rows compare methods on the same seeds.
     cells = [Cell(m, b, s) for s in args.seeds for b in sorted(set(args.budgets)) for m in args.methods]
-    run_grid(cells, bench, out, args.parallel)
+    redeliver(cells, bench, out, args.redeliver) if args.redeliver else run_grid(cells, bench, out, args.parallel)
     print(report(out))
     return 0
 
@@ -217,6 +233,43 @@ def run_grid(cells: list[Cell], bench: Bench, out: Path, parallel: int) -> None:
     finally:
         for process, _ in running.values():  # a killed bench stops its cells; their studies resume
             process.terminate()
+
+
+def redeliver(cells: list[Cell], bench: Bench, out: Path, source: str) -> None:
+    """Each cell's final step run anew on a recorded search: ``source``'s row at the cell's budget and
+    seed, its winner trained by the product's retrain for the whole final budget; the row keeps the
+    search's fields and says where they came from (``redelivered_from``). A row records only the
+    winner's config, so a final step that trains more members than the winner is refused."""
+    from kilotune.training.config import RetrainOptions
+    from kilotune.training.retrain import final_shape
+
+    rows = load_rows(out)
+    check_protocol(rows, bench, out)
+    total = bench.ensemble * bench.final_epochs
+    for cell in cells:
+        members = final_shape(bench.ensemble, total, RetrainOptions.min_member_epochs)[0] if cell.method in ENSEMBLES else 1
+        if cell.method in SHARED_SEARCH or cell.method == "kilotune-no-policies" or members > 1:
+            raise SystemExit(f"{cell.method}'s final step trains more than one winner's config; a row records only that one: rerun the cell")
+        key = (cell.method, cell.budget, cell.seed, bench.final_epochs)
+        found = [r for r in rows if _row_key(r) == (source, cell.budget, cell.seed, bench.final_epochs) and r.get("winner_config")]
+        if any(_row_key(r) == key for r in rows) or not found:
+            print(f"{cell.key}: {'already in ' + str(out) if found else 'no ' + source + ' row to take its search from'}", flush=True)
+            continue
+        searched, started = found[0], time.perf_counter()
+        export = _export(bench, cell, searched["winner_config"], searched.get("winner_trial"), searched.get("winner_val"))
+        results = retrain_export(export, bench.cell_dir(cell) / f"redeliver-{total}", bench.subset, total_epochs=total)
+        ensemble_only = ("members", "flip_tta", "selection", "selection_note", "ensemble_validation")
+        row = {k: v for k, v in searched.items() if k not in ensemble_only} | {
+            "method": cell.method, "test_accuracy": results["test_accuracy"]["mean"], "retrain_status": results["runs"][0]["status"],
+            "final_members": 1, "member_epochs": total, "final_total_epochs": total, "retrain_wall_s": round(time.perf_counter() - started, 1),
+            "final_shape": {"total_epochs": total, "members_exported": bench.ensemble, "members_trained": 1, "min_member_epochs": RetrainOptions.min_member_epochs}
+            if cell.method in ENSEMBLES else None,
+            "redelivered_from": {k: searched.get(k) for k in ("method", "commit", "finished_at")}, **environment(), "finished_at": _now(),
+        }
+        rows = [r for r in load_rows(out) if _row_key(r) != key] + [row]
+        rows.sort(key=lambda r: (r.get("final_epochs") or 0, r["budget_epochs"], r["seed"], (METHODS + ABLATIONS).index(r["method"])))
+        write_json_atomic(out, rows)
+        print(f"{_now()} redelivered {cell.key} from {source}'s search: test accuracy {row['test_accuracy']:.4f}", flush=True)
 
 
 def _row_key(row: dict[str, Any]) -> tuple[str, int, int, int | None]:
@@ -301,8 +354,9 @@ def run_cell(cell: Cell, bench: Bench) -> dict[str, Any]:
 
 
 def deliver(cell: Cell, bench: Bench, export: dict[str, Any], study: tuple[str, str] | None, retrain_dir: Path) -> dict[str, Any]:
-    """The final step, at equal compute: kilotune's ensemble export (``--ensemble`` members of
-    ``--final-epochs`` each) or a single config for ``--ensemble`` x ``--final-epochs`` epochs."""
+    """The final step, at equal compute (``--ensemble`` x ``--final-epochs`` epochs): kilotune's
+    ensemble export in the product's shape for that total, its ablations' with every member at
+    ``--final-epochs`` (or a trial's epochs), or a single config for the total."""
     if cell.method not in ENSEMBLES:
         epochs = bench.ensemble * bench.final_epochs
         results = retrain_export(export, retrain_dir, bench.subset, epochs)
@@ -318,27 +372,31 @@ def deliver(cell: Cell, bench: Bench, export: dict[str, Any], study: tuple[str, 
         _check(kilotune(["export", "--study", name, "--storage", url, "--ensemble", str(bench.ensemble), "--out", str(ensemble_export)]),
                "kilotune export --ensemble")
     exported = json.loads(ensemble_export.read_text())
-    member_epochs = bench.epochs if cell.method == "kilotune-trial-length" else bench.final_epochs
-    results = retrain_export(exported, retrain_dir, bench.subset, member_epochs)
+    if cell.method == "kilotune":  # the product's shape for the whole final budget
+        results = retrain_export(exported, retrain_dir / "total", bench.subset, total_epochs=bench.ensemble * bench.final_epochs)
+    else:
+        member_epochs = bench.epochs if cell.method == "kilotune-trial-length" else bench.final_epochs
+        results = retrain_export(exported, retrain_dir / f"members-{member_epochs}", bench.subset, member_epochs)
     e = exported["ensemble"]
-    return {"test_accuracy": results["ensemble_test_accuracy"], "final_epochs": bench.final_epochs, "member_epochs": member_epochs,
-            "final_members": len(results["members"]), "final_total_epochs": results["total_epochs"],
+    return {"test_accuracy": results["ensemble_test_accuracy"], "final_epochs": bench.final_epochs, "member_epochs": results["final_epochs"][0],
+            "final_members": len(results["members"]), "final_total_epochs": results["total_epochs"], "final_shape": results.get("shape"),
             "members": [{k: m.get(k) for k in ("trial", "weight", "seed", "status", "test_accuracy", "tta_test_accuracy")} for m in results["members"]],
             "flip_tta": results["flip_tta"], "selection": e["selection"], "selection_note": e["note"], "ensemble_validation": e["validation"],
             "retrain_wall_s": round(results.get("bench_wall_s", 0.0), 1)}
 
 
-def retrain_export(export: dict[str, Any], retrain_dir: Path, subset: Path, epochs: int) -> dict[str, Any]:
-    """``kilotune retrain --epochs`` of the export (once per directory: a resumed cell reuses it)."""
+def retrain_export(export: dict[str, Any], retrain_dir: Path, subset: Path, epochs: int | None = None, *, total_epochs: int | None = None) -> dict[str, Any]:
+    """``kilotune retrain --epochs`` (or ``--total-epochs``) of the export (once per directory: a resumed cell reuses it)."""
     results = retrain_dir / "results.json"
     if not results.is_file():
+        retrain_dir.mkdir(parents=True, exist_ok=True)
         from kilotune.cli.main import main as kilotune
 
         export_path = retrain_dir / "export.json"
         write_json_atomic(export_path, export)
         started = time.perf_counter()
-        _check(kilotune(["retrain", str(export_path), "--subset", str(subset), "--out-dir", str(retrain_dir), "--epochs", str(epochs)]),
-               "kilotune retrain")
+        length = ["--epochs", str(epochs)] if total_epochs is None else ["--total-epochs", str(total_epochs)]
+        _check(kilotune(["retrain", str(export_path), "--subset", str(subset), "--out-dir", str(retrain_dir), *length]), "kilotune retrain")
         data = json.loads(results.read_text())
         data["bench_wall_s"] = time.perf_counter() - started
         write_json_atomic(results, data)
@@ -691,7 +749,7 @@ def preset_candidates(bench: Bench, seed: int, cell_dir: Path) -> tuple[list[tup
 # --- shared helpers ---------------------------------------------------------------------------------
 
 SEARCHES = {"kilotune": search_kilotune, "random": search_optuna, "optuna": search_optuna, "kerastuner": search_kerastuner,
-            "preset": search_preset, "kilotune-single": search_kilotune, "kilotune-trial-length": search_kilotune,
+            "preset": search_preset, "kilotune-ensemble": search_kilotune, "kilotune-single": search_kilotune, "kilotune-trial-length": search_kilotune,
             "kilotune-no-policies": search_kilotune, "kilotune-startup10": search_kilotune_startup10}
 
 
@@ -858,16 +916,18 @@ def targets(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
                     *_paired(summary, [m for m in METHODS if m != "kilotune"])]
 
 
-def _paired(summary: dict[tuple[str, int], dict[str, Any]], methods: list[str] | tuple[str, ...]) -> list[str]:
-    """Table rows: kilotune less each of ``methods``, per budget, on the seeds both ran."""
+def _paired(summary: dict[tuple[str, int], dict[str, Any]], methods: list[str] | tuple[str, ...], base: dict[str, str] | None = None) -> list[str]:
+    """Table rows: kilotune (or ``base[method]``) less each of ``methods``, per budget, on the seeds both ran."""
     lines = []
     for (method, budget), s in summary.items():
-        mine = summary.get(("kilotune", budget))
+        own = (base or {}).get(method, "kilotune")
+        mine = summary.get((own, budget))
         seeds = sorted(set(mine["by_seed"]) & set(s["by_seed"])) if mine and method in methods else []
         if seeds:
             diffs = [100 * (mine["by_seed"][x] - s["by_seed"][x]) for x in seeds]
             d = _mean_std(diffs)
-            lines.append(f"| {budget} | {method} | {d['mean']:+.1f} ± {d['std']:.1f} | {sum(x > 0 for x in diffs)} of {len(seeds)} |")
+            label = method if own == "kilotune" else f"{method} (from {own})"
+            lines.append(f"| {budget} | {label} | {d['mean']:+.1f} ± {d['std']:.1f} | {sum(x > 0 for x in diffs)} of {len(seeds)} |")
     return lines
 
 
@@ -888,9 +948,9 @@ def policies(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def levers(summary: dict[tuple[str, int], dict[str, Any]]) -> list[str]:
-    """What each lever adds: kilotune's delivered model less each ablation's, paired by seed."""
-    return ["| budget | lever (kilotune less this ablation) | mean difference ± std (points) | seeds kilotune higher |",
-            "| ---: | --- | ---: | ---: |", *_paired(summary, ABLATIONS)]
+    """What each lever adds: the arm an ablation changes (``LEVER_BASE``) less the ablation, paired by seed."""
+    return ["| budget | lever (its arm less this ablation) | mean difference ± std (points) | seeds the arm higher |",
+            "| ---: | --- | ---: | ---: |", *_paired(summary, ABLATIONS, LEVER_BASE)]
 
 
 def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> list[Path]:

@@ -19,7 +19,10 @@ def register_retrain(sub: argparse._SubParsersAction) -> None:
     add_option(p, RunOptions, "subset", check=readable_file, help="the study's subset file where it is not at the exported path (same checksum required)")
     p.add_argument("--tta", action="store_true", help="also report accuracy with horizontal-flip test-time augmentation")
     p.add_argument("--snapshots", type=argument(whole_number(0)), default=RetrainOptions.snapshots, help="also report a snapshot ensemble of K epochs near the end (default: %(default)s, off)")
-    p.add_argument("--epochs", type=argument(whole_number(1)), help="override the config's epochs")
+    epochs = p.add_mutually_exclusive_group()
+    epochs.add_argument("--epochs", type=argument(whole_number(1)), help="override the config's epochs (an ensemble's: each member's)")
+    epochs.add_argument("--total-epochs", type=argument(whole_number(1)),
+                        help=f"the epochs of all models together: an ensemble trains the members that get {RetrainOptions.min_member_epochs} each (at least one)")
     p.add_argument("--out-dir", type=argument(writable_directory), help="models and results.json go here (default: retrain-<study>-<trial>/)")
     p.set_defaults(func=run_retrain)
 
@@ -32,7 +35,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     p = export["provenance"]
     out_dir = args.out_dir or f"retrain-{p['study']}-{p['trial']}" + ("-ensemble" if "ensemble" in export else "")
     results = retrain(
-        export, seeds=args.seeds, tta=args.tta, snapshots=args.snapshots, out_dir=out_dir, epochs=args.epochs,
+        export, seeds=args.seeds, tta=args.tta, snapshots=args.snapshots, out_dir=out_dir, epochs=args.epochs, total_epochs=args.total_epochs,
         data_dir=args.data_dir, subset=args.subset,
     )  # fmt: skip  (kilotune.retrain() in Python)
     if "ensemble" in export:
@@ -40,6 +43,9 @@ def run_retrain(args: argparse.Namespace) -> int:
             tta = f", with flip TTA {m['tta_test_accuracy']:.4f}" if "tta_test_accuracy" in m else ""
             print(f"member {i} (trial {m['trial'] if m['trial'] is not None else '-'}, seed {m['seed']}, weight {m['weight']}): "
                   f"test accuracy {m['test_accuracy']:.4f}{tta}")
+        if (shape := results.get("shape")) and shape["members_trained"] < shape["members_exported"]:
+            print(f"{shape['members_trained']} of {shape['members_exported']} members trained: {shape['total_epochs']} epochs in all "
+                  f"give each member at least {shape['min_member_epochs']} only so (retrain --epochs E trains them all)")
         flipped = sum(results["flip_tta"])
         tta = "" if not flipped else " with flip TTA" if flipped == len(results["flip_tta"]) else f" with flip TTA for {flipped} trained with flips"
         print(f"ensemble of {count_of(len(results['members']), 'member')}{tta}: "

@@ -54,7 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
                             else f"seed {m['config']['seed']}" for m in e["members"])  # fmt: skip
         validation = f"; out-of-fold accuracy {e['validation']['ensemble']:.4f} against the winner's {e['validation']['winner']:.4f}" if e["validation"] else ""
         print(f"ensemble ({e['selection']}): {members}{validation}" + (f" ({e['note']})" if e["note"] else ""))
-    print(f"retrain it on all chosen images: kilotune retrain {path}" + (" --epochs E (each member's epochs)" if "ensemble" in export else ""))
+    print(f"retrain it on all chosen images: kilotune retrain {path}" + (" --total-epochs T (all members' epochs; or --epochs E, each member's)" if "ensemble" in export else ""))
     return 0
 
 

@@ -39,9 +39,10 @@ def test_report_gives_mean_and_std_over_seeds_per_method_and_budget(tmp_path):
     assert "plotly" in html and all(f'"name":"{m}"' in html for m in ("kilotune", "random", "preset", "optuna"))
 
 
-def test_the_targets_pair_seeds_and_the_levers_pair_kilotune_with_each_ablation(tmp_path):
+def test_the_targets_pair_seeds_and_the_levers_pair_each_ablation_with_the_arm_it_changes(tmp_path):
     bench = load_bench()
-    acc = {"kilotune": [0.86, 0.84, 0.85], "random": [0.80, 0.85, 0.82], "optuna": [0.83, 0.80, 0.84], "kilotune-single": [0.84, 0.83, 0.85]}
+    acc = {"kilotune": [0.86, 0.84, 0.85], "random": [0.80, 0.85, 0.82], "optuna": [0.83, 0.80, 0.84], "kilotune-ensemble": [0.84, 0.83, 0.85],
+           "kilotune-trial-length": [0.80, 0.84, 0.81]}
     rows = [{"method": m, "budget_epochs": 180, "seed": s, "test_accuracy": a[s], "epochs_spent": 100, "trials": 9, "final_epochs": 18,
              "winner_config": {"policy": "randaugment" if s else "none", "random_erasing": 0.25 * (s == 2)}}
             for m, a in acc.items() for s in range(3)]
@@ -51,7 +52,8 @@ def test_the_targets_pair_seeds_and_the_levers_pair_kilotune_with_each_ablation(
     table = bench.report(out)
     # optuna's mean is the best other (0.8233 vs random's 0.8233: the first ranked), kilotune 0.85: +2.7 points; seed 1 lost to random.
     assert "| 180 | 0.8500 | " in table and "| +2.7 points | 2 of 3 |" in table, table
-    assert "| 180 | kilotune-single | +1.0 ± 1.0 | 2 of 3 |" in table, table
+    assert "| 180 | kilotune-ensemble | +1.0 ± 1.0 | 2 of 3 |" in table, table
+    assert "| 180 | kilotune-trial-length (from kilotune-ensemble) | +2.3 ± 2.9 | 2 of 3 |" in table, "paired with the ensemble it shortens"
     assert "| 180 | random | +2.7 ± 3.5 | 2 of 3 |" in table and "| 180 | optuna | +2.7 ± 1.5 | 3 of 3 |" in table, "each pair, by seed"
     assert "Before the final step" in table and "| kilotune | 180 | 0.7000 ± 0.0000 | 1 |" in table
     assert "| kilotune | 180 | none: 1, randaugment: 1, randaugment + random erasing: 1 |" in table, "what the search picks"
@@ -93,19 +95,23 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
     common = ["--epochs-per-trial", "2", "--seeds", "0", "--subset", str(fashion_subset), "--out", str(out), "--runs-dir", str(runs),
               "--final-epochs", "1", "--ensemble", "2"]
 
-    first = run_bench("--methods", "kilotune", "random", "--budgets", "3", *common)
+    first = run_bench("--methods", "kilotune", "random", "kilotune-ensemble", "--budgets", "3", *common)
     assert first.returncode == 0, first.stdout + first.stderr
     rows = json.loads(out.read_text())
-    assert [(r["method"], r["budget_epochs"], r["seed"]) for r in rows] == [("kilotune", 3, 0), ("random", 3, 0)]
-    kilotune, random = rows
+    assert [(r["method"], r["budget_epochs"], r["seed"]) for r in rows] == [("kilotune", 3, 0), ("random", 3, 0), ("kilotune-ensemble", 3, 0)]
+    kilotune, random, ensemble = rows
     # random: one whole 2-epoch trial, and a second cut after its first epoch: the budget, no more.
     assert random["epochs_spent"] == 3 and random["trials"] >= 2
     # kilotune: its budget is 3 // 2 = 1 trial, in the product's currency; the epoch left buys no whole trial.
     assert kilotune["epochs_spent"] == 2 and kilotune["trials"] == 1
     assert random["final_members"] == 1 and random["final_total_epochs"] == 2, "a single config trains ensemble x final epochs"
-    assert kilotune["final_members"] == 2 and kilotune["final_total_epochs"] == 2 and kilotune["selection"] == "seeds", \
+    # 2 epochs in all give no member the product's min_member_epochs: the winner alone trains them.
+    assert kilotune["final_members"] == 1 and kilotune["final_total_epochs"] == 2 and kilotune["member_epochs"] == 2
+    assert kilotune["final_shape"] == {"total_epochs": 2, "members_exported": 2, "members_trained": 1, "min_member_epochs": 54}
+    assert ensemble["final_members"] == 2 and ensemble["final_total_epochs"] == 2 and ensemble["selection"] == "seeds", \
         "one trial: nothing cross-validated, a seed ensemble of the winner"
-    assert [m["seed"] for m in kilotune["members"]] == [0, 1] and kilotune["flip_tta"] == [kilotune["winner_config"]["flip"]] * 2
+    assert [m["seed"] for m in ensemble["members"]] == [0, 1] and ensemble["flip_tta"] == [ensemble["winner_config"]["flip"]] * 2
+    assert ensemble["epochs_spent"] == kilotune["epochs_spent"] and ensemble["winner_trial"] == kilotune["winner_trial"], "one search"
     for row in rows:
         assert row["final_epochs"] == 1 and 0.0 < row["test_accuracy"] < 1.0
         assert row["subset"]["checksum"] == checksum and row["subset"]["method"] == "random"
@@ -113,12 +119,25 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
         assert row["backend"] and row["machine"]["cores"] >= 1 and row["kilotune_version"]
         assert "/" not in json.dumps(row["export"]).replace("search_budget/", "")  # no machine paths in committed rows
 
+    # A new final step on the recorded search: the ensemble row's winner, trained as kilotune trains it now.
+    redelivered = tmp_path / "redelivered.json"
+    redelivered.write_text(json.dumps([ensemble]))
+    again = run_bench("--methods", "kilotune", "--budgets", "3", "--redeliver", "kilotune-ensemble", *common[:-6], "--out", str(redelivered),
+                      "--runs-dir", str(runs), "--final-epochs", "1", "--ensemble", "2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    copy = next(r for r in json.loads(redelivered.read_text()) if r["method"] == "kilotune")
+    assert copy["redelivered_from"]["method"] == "kilotune-ensemble" and copy["winner_config"] == ensemble["winner_config"]
+    assert copy["final_members"] == 1 and copy["final_total_epochs"] == 2 and "members" not in copy and 0.0 < copy["test_accuracy"] < 1.0
+    refused = run_bench("--methods", "kilotune-trial-length", "--budgets", "3", "--redeliver", "kilotune-ensemble", *common[:-6],
+                        "--out", str(redelivered), "--runs-dir", str(runs), "--final-epochs", "1", "--ensemble", "2")
+    assert refused.returncode != 0 and "a row records only that one: rerun the cell" in refused.stderr
+
     second = run_bench("--methods", "random", "--budgets", "3", "2", *common)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 of 2 cells already" in second.stdout
     again = json.loads(out.read_text())
     # The cells already there were not run again; the new one comes first (budget, seed, method order).
-    assert [(r["method"], r["budget_epochs"]) for r in again] == [("random", 2), ("kilotune", 3), ("random", 3)]
+    assert [(r["method"], r["budget_epochs"]) for r in again] == [("random", 2), ("kilotune", 3), ("random", 3), ("kilotune-ensemble", 3)]
     assert again[1:] == rows
     assert again[0]["epochs_spent"] == 2 and again[0]["trials"] == 1
 

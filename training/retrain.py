@@ -201,6 +201,19 @@ def retrain(
     return results
 
 
+def final_shape(members: int, total_epochs: int, min_member_epochs: int = RetrainOptions.min_member_epochs) -> tuple[int, int]:
+    """How many of an ensemble's ``members`` train, and for how many epochs each, in ``total_epochs``
+    in all: as many as get ``min_member_epochs`` each (at least one), the total shared among them.
+
+    Raises:
+        ValueError: if ``members`` or ``total_epochs`` is under 1.
+    """
+    if members < 1 or total_epochs < 1 or min_member_epochs < 1:
+        raise ValueError(f"an ensemble's shape needs members, total_epochs and min_member_epochs of at least 1, got {members=}, {total_epochs=}, {min_member_epochs=}")
+    trained = max(1, min(members, total_epochs // min_member_epochs))
+    return trained, total_epochs // trained
+
+
 def retrain_ensemble(
     export: dict[str, Any],
     dataset: ImageDataset,
@@ -208,6 +221,7 @@ def retrain_ensemble(
     *,
     out_dir: str | Path,
     epochs: int | None = None,
+    total_epochs: int | None = None,
     tta: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -225,6 +239,9 @@ def retrain_ensemble(
         subset_indices: The chosen images, indices into the training set.
         out_dir: Gets ``member-<i>/model.keras``, ``ensemble.keras`` and ``results.json``.
         epochs: Every member's epochs (its schedule spans them); default each member's own.
+        total_epochs: Instead of ``epochs``, the epochs of all members together: the first members
+            (the winner first) that get ``RetrainOptions.min_member_epochs`` each train, sharing
+            them (``final_shape``); results.json's ``shape`` says how many were left out.
         tta: Flip test-time augmentation even where the dataset is not known to allow it.
         progress: A line per epoch and per member.
 
@@ -232,7 +249,17 @@ def retrain_ensemble(
         What ``results.json`` holds: each member's test accuracy, the ensemble's, the epochs.
     """
     _check_tta(tta, dataset)
-    members = export["ensemble"]["members"]
+    if epochs is not None and total_epochs is not None:
+        raise ValueError(f"give a member's epochs or the total, not both: {epochs=}, {total_epochs=}")
+    members, shape = export["ensemble"]["members"], None
+    if total_epochs is not None:
+        trained, epochs = final_shape(len(members), total_epochs, RetrainOptions.min_member_epochs)
+        shape = {"total_epochs": total_epochs, "members_exported": len(members), "members_trained": trained,
+                 "min_member_epochs": RetrainOptions.min_member_epochs}
+        members = members[:trained]
+        if progress and trained < shape["members_exported"]:
+            print(f"{total_epochs} epochs in all: {count_of(trained, 'member')} of {shape['members_exported']}, {epochs} epochs each "
+                  f"(a member trains at least {RetrainOptions.min_member_epochs})", flush=True)
     configs = [TrainConfig.from_dict(m["config"]) for m in members]
     if epochs is not None:
         configs = [c.replace(epochs=epochs) for c in configs]
@@ -278,6 +305,7 @@ def retrain_ensemble(
         "final_epochs": [c.epochs for c in configs],
         "total_epochs": sum(c.epochs for c in configs),
         "predictor": "ensemble.keras",
+        **({"shape": shape} if shape else {}),
         "test_accuracy": _summary([r["test_accuracy"] for r in rows]),  # the members', one by one
         "provenance": export["provenance"],
         "finished_at": now_iso(),

@@ -105,6 +105,7 @@ def retrain(
     *,
     seeds: int = RetrainOptions.seeds,
     epochs: int | None = None,
+    total_epochs: int | None = None,
     tta: bool = False,
     snapshots: int = RetrainOptions.snapshots,
     out_dir: str | os.PathLike | None = None,
@@ -117,7 +118,11 @@ def retrain(
     Args:
         export: What :func:`best` returned, or the path of an export file.
         seeds: Runs with seeds ``config.seed``, ``config.seed + 1``, ...
-        epochs: Overrides the config's epochs.
+        epochs: Overrides the config's epochs (an ensemble's: each member's).
+        total_epochs: Instead of ``epochs``, the final step's compute in epochs: one config trains
+            that long; an ensemble trains as many members as get ``RetrainOptions.min_member_epochs``
+            each (at least one, the winner first), sharing the total (the shape measured to pay,
+            docs/benchmarks.md section 10).
         tta: Also report accuracy with horizontal-flip test-time augmentation.
         snapshots: If positive, also report a snapshot ensemble of this many epochs.
         out_dir: Models and ``results.json`` (default: ``retrain-<study>-<trial>/``).
@@ -136,6 +141,9 @@ def retrain(
     export = check_export(export, "the dict given as export") if isinstance(export, dict) else read_export(checked("export", export, readable_file))
     seeds, snapshots = checked("seeds", seeds, whole_number(1)), checked("snapshots", snapshots, whole_number(0))
     epochs = checked("epochs", epochs, whole_number(1), optional=True)
+    total_epochs = checked("total_epochs", total_epochs, whole_number(1), optional=True)
+    if epochs is not None and total_epochs is not None:
+        raise ValueError(f"give epochs (each model's) or total_epochs (all models'), not both: {epochs=}, {total_epochs=}")
     tta, progress = checked("tta", tta, flag), checked("progress", progress, flag)
     out_dir = checked("out_dir", out_dir, writable_directory, optional=True)
     data_dir = checked("data_dir", data_dir, path_string, optional=True)
@@ -149,8 +157,9 @@ def retrain(
     dataset, chosen = load_training_set(export, data_dir, subset)
     out_dir = out_dir or f"retrain-{p['study']}-{p['trial']}" + ("-ensemble" if "ensemble" in export else "")
     if "ensemble" in export:
-        return retrain_ensemble(export, dataset, chosen.indices, out_dir=out_dir, epochs=epochs, tta=tta, progress=progress)
-    return retrain_export(export, dataset, chosen.indices, seeds=seeds, tta=tta, snapshots=snapshots, out_dir=out_dir, epochs=epochs, progress=progress)
+        return retrain_ensemble(export, dataset, chosen.indices, out_dir=out_dir, epochs=epochs, total_epochs=total_epochs, tta=tta, progress=progress)
+    return retrain_export(export, dataset, chosen.indices, seeds=seeds, tta=tta, snapshots=snapshots, out_dir=out_dir,
+                          epochs=epochs if total_epochs is None else total_epochs, progress=progress)
 
 
 def load_predictor(path: str | os.PathLike) -> Any:

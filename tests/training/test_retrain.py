@@ -168,6 +168,35 @@ def test_an_ensemble_export_trains_every_member_and_saves_one_predictor(exported
     assert 0.0 < results["ensemble_test_accuracy"] <= 1.0
     with pytest.raises(ValueError, match="an ensemble export trains its members once each"):
         kilotune.retrain(data, seeds=2)
+    with pytest.raises(ValueError, match="give epochs .* or total_epochs .*, not both: epochs=2, total_epochs=4"):
+        kilotune.retrain(data, epochs=2, total_epochs=4)
+
+    # 3 epochs in all cannot give 2 members the 54 each that paid: the winner alone trains them.
+    assert main(["retrain", str(path), "--total-epochs", "3", "--out-dir", str(tmp_path / "short")]) == 0
+    assert "1 of 2 members trained: 3 epochs in all give each member at least 54 only so" in capsys.readouterr().out
+    short = json.loads((tmp_path / "short" / "results.json").read_text())
+    assert [(m["seed"], m["epochs"]) for m in short["members"]] == [(5, 3)] and short["total_epochs"] == 3
+    assert short["shape"] == {"total_epochs": 3, "members_exported": 2, "members_trained": 1, "min_member_epochs": 54}
+
+
+@pytest.mark.parametrize(("members", "total", "least", "expected"), [
+    (3, 54, 54, (1, 54)),  # the bench's final step: one model
+    (3, 162, 54, (3, 54)),
+    (3, 120, 54, (2, 60)),  # two members, the total shared
+    (3, 500, 54, (3, 166)),  # never more members than exported
+    (1, 10, 54, (1, 10)),  # one config: all the epochs
+])
+def test_final_shape_trains_the_members_that_get_enough_epochs(members, total, least, expected):
+    from kilotune.training.retrain import final_shape
+
+    assert final_shape(members, total, least) == expected
+
+
+def test_final_shape_rejects_nothing_to_train():
+    from kilotune.training.retrain import final_shape
+
+    with pytest.raises(ValueError, match="total_epochs=0"):
+        final_shape(3, 0)
 
 
 def test_flip_test_time_augmentation_is_refused_where_a_flip_changes_the_class(tmp_path):

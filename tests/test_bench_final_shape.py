@@ -1,0 +1,64 @@
+"""bench/final_shape.py: k seeds of E/k epochs against one model of E, scored on held-out images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, load_script
+
+bench = load_script(REPO / "bench" / "final_shape.py")
+
+
+def test_dev_images_are_outside_the_subset_class_balanced_and_fixed():
+    labels = np.arange(1000) % 10
+    subset = np.arange(0, 1000, 7)
+    dev = bench.dev_indices(labels, subset, 100)
+    assert len(dev) == 100 and not set(dev) & set(subset)
+    assert np.bincount(labels[dev]).tolist() == [10] * 10
+    assert np.array_equal(dev, bench.dev_indices(labels, subset, 100)), "the same images every run"
+
+
+def test_a_shape_is_scored_by_its_members_mean_softmax(tmp_path):
+    """Three members each right on two thirds of the images, wrong on different thirds: their mean
+    is right on all; one model right on half is the shape they are compared with."""
+    labels = np.arange(6) % 3
+    right, wrong = np.eye(3)[labels], np.eye(3)[(labels + 1) % 3] * 0.9
+    (tmp_path / "probs").mkdir()
+    rows = []
+    for i in range(3):
+        probs = right.copy()
+        probs[2 * i : 2 * i + 2] = wrong[2 * i : 2 * i + 2]
+        rows.append(member(tmp_path, f"three-{i}", seed=i, epochs=18, probs=probs, labels=labels))
+    half = np.where(np.arange(6)[:, None] < 3, right, wrong)
+    rows.append(member(tmp_path, "one", seed=0, epochs=54, probs=half, labels=labels))
+    (tmp_path / "rows-60.json").write_text(json.dumps(rows))
+    scores = bench.shape_scores(tmp_path, 60, 54, [1, 3])
+    assert scores[4][1]["dev"] == 0.5 and scores[4][3]["dev"] == 1.0
+    assert scores[4][3]["members_dev"] == pytest.approx(2 / 3)
+
+
+def member(out, name, *, seed, epochs, probs, labels) -> dict:
+    np.savez_compressed(out / "probs" / f"{name}.npz", val=probs.astype(np.float16), dev=probs.astype(np.float16), val_labels=labels, dev_labels=labels)
+    accuracy = float(np.mean(np.argmax(probs, 1) == labels))
+    return {"name": name, "budget": 60, "winner": 4, "arch": "vgg8", "seed": seed, "epochs": epochs, "status": "complete",
+            "wall_s": 1.0, "val_accuracy": accuracy, "dev_accuracy": accuracy}
+
+
+@pytest.mark.slow
+def test_a_winner_is_trained_in_both_shapes_and_the_run_resumes(tmp_path, fashion_mnist):
+    out = tmp_path / "out"
+    args = ["--out", str(out), "--winners", "3", "--members", "1", "2", "--total-epochs", "4", "--dev-images", "100"]
+    bench.main(args)
+    rows = json.loads((out / "rows-60.json").read_text())
+    seed = int(bench.winners(60)[3]["seed"])
+    assert sorted((r["seed"], r["epochs"]) for r in rows) == [(seed, 2), (seed, 4), (seed + 1, 2)]
+    assert all(0.0 <= r["dev_accuracy"] <= 1.0 and r["status"] == "complete" for r in rows)
+    bench.main(args)  # everything done: nothing trained again
+    assert json.loads((out / "rows-60.json").read_text()) == rows
+    scores = bench.shape_scores(out, 60, 4, [1, 2])
+    assert set(scores[3]) == {1, 2}
+    with pytest.raises(SystemExit, match="final_shape: warmup_epochs="):
+        bench.main(["--out", str(out), "--winners", "3", "--members", "4", "--total-epochs", "4", "--dev-images", "100"])
