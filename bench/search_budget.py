@@ -975,7 +975,7 @@ def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> 
     with contextlib.suppress(Exception):  # PNG where kaleido (and its browser) is installed
         import kaleido  # noqa: F401
 
-        fig.write_image(png)
+        fig.write_image(png, width=1000, height=560)  # the browser screenshot's size
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if not png.is_file() and browser:  # or a headless browser's screenshot of the HTML (the docs show it)
         with tempfile.TemporaryDirectory() as scratch:  # a copy without plotly's toolbar, which means nothing in a PNG
