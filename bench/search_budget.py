@@ -257,15 +257,24 @@ def redeliver(cells: list[Cell], bench: Bench, out: Path, source: str) -> None:
             continue
         searched, started = found[0], time.perf_counter()
         export = _export(bench, cell, searched["winner_config"], searched.get("winner_trial"), searched.get("winner_val"))
-        results = retrain_export(export, bench.cell_dir(cell) / f"redeliver-{total}", bench.subset, total_epochs=total)
-        ensemble_only = ("members", "flip_tta", "selection", "selection_note", "ensemble_validation")
-        row = {k: v for k, v in searched.items() if k not in ensemble_only} | {
-            "method": cell.method, "test_accuracy": results["test_accuracy"]["mean"], "retrain_status": results["runs"][0]["status"],
-            "final_members": 1, "member_epochs": total, "final_total_epochs": total, "retrain_wall_s": round(time.perf_counter() - started, 1),
-            "final_shape": {"total_epochs": total, "members_exported": bench.ensemble, "members_trained": 1, "min_member_epochs": RetrainOptions.min_member_epochs}
-            if cell.method in ENSEMBLES else None,
-            "redelivered_from": {k: searched.get(k) for k in ("method", "commit", "finished_at")}, **environment(), "finished_at": _now(),
-        }
+        ensemble_only = ("members", "flip_tta", "selection", "selection_note", "ensemble_validation", "final_shape")
+        row = {k: v for k, v in searched.items() if k not in ensemble_only}
+        if cell.method in ENSEMBLES:  # the same path as deliver(): an ensemble export, so flip TTA and the shape are the product's
+            from kilotune.search.ensemble import seed_members
+
+            export["ensemble"] = {"selection": "seeds", "members": seed_members(searched["winner_config"], bench.ensemble), "validation": None,
+                                  "note": f"redelivered from {source}'s row, which records the winner's config only"}
+            results = retrain_export(export, bench.cell_dir(cell) / f"redeliver-total-{total}", bench.subset, total_epochs=total)
+            row |= {"test_accuracy": results["ensemble_test_accuracy"], "final_members": len(results["members"]),
+                    "member_epochs": results["final_epochs"][0], "final_total_epochs": results["total_epochs"], "final_shape": results.get("shape"),
+                    "members": [{k: m.get(k) for k in ("trial", "weight", "seed", "status", "test_accuracy", "tta_test_accuracy")} for m in results["members"]],
+                    "flip_tta": results["flip_tta"]}
+        else:
+            results = retrain_export(export, bench.cell_dir(cell) / f"redeliver-total-{total}", bench.subset, total_epochs=total)
+            row |= {"test_accuracy": results["test_accuracy"]["mean"], "retrain_status": results["runs"][0]["status"],
+                    "final_members": 1, "member_epochs": total, "final_total_epochs": total}
+        row |= {"method": cell.method, "retrain_wall_s": round(time.perf_counter() - started, 1),
+                "redelivered_from": {k: searched.get(k) for k in ("method", "commit", "finished_at")}, **environment(), "finished_at": _now()}
         rows = [r for r in load_rows(out) if _row_key(r) != key] + [row]
         rows.sort(key=lambda r: (r.get("final_epochs") or 0, r["budget_epochs"], r["seed"], (METHODS + ABLATIONS).index(r["method"])))
         write_json_atomic(out, rows)

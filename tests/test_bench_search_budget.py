@@ -127,7 +127,9 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
     assert again.returncode == 0, again.stdout + again.stderr
     copy = next(r for r in json.loads(redelivered.read_text()) if r["method"] == "kilotune")
     assert copy["redelivered_from"]["method"] == "kilotune-ensemble" and copy["winner_config"] == ensemble["winner_config"]
-    assert copy["final_members"] == 1 and copy["final_total_epochs"] == 2 and "members" not in copy and 0.0 < copy["test_accuracy"] < 1.0
+    assert copy["final_members"] == 1 and copy["final_total_epochs"] == 2 and 0.0 < copy["test_accuracy"] < 1.0
+    assert [m["seed"] for m in copy["members"]] == [0] and copy["final_shape"]["members_trained"] == 1, "the product's shape: the winner alone"
+    assert copy["flip_tta"] == [copy["winner_config"]["flip"]], "flip TTA as the delivered ensemble has it"
     refused = run_bench("--methods", "kilotune-trial-length", "--budgets", "3", "--redeliver", "kilotune-ensemble", *common[:-6],
                         "--out", str(redelivered), "--runs-dir", str(runs), "--final-epochs", "1", "--ensemble", "2")
     assert refused.returncode != 0 and "a row records only that one: rerun the cell" in refused.stderr
