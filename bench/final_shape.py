@@ -23,6 +23,7 @@ section 10; it chose ``RetrainOptions.min_member_epochs`` (training/config.py).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -54,17 +55,24 @@ def dev_indices(labels: np.ndarray, subset: np.ndarray, n: int, seed: int = 0) -
     return np.sort(np.concatenate([rng.choice(outside[labels[outside] == c], n // len(classes), replace=False) for c in classes]))
 
 
-def train_member(config: dict[str, Any], seed: int, epochs: int, subset_path: Path, dev_images: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One member trained on fold 0's training split: its row and its softmax on both sets."""
+@functools.cache
+def held_out_sets(subset_path: Path, dev_images: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The dataset, fold 0's split of the subset and the dev images: read once a process."""
     from kilotune.subset.datasets import load_dataset
     from kilotune.subset.subsetfile import load_subset
-    from kilotune.training.config import TrainConfig
     from kilotune.training.data import holdout_data
-    from kilotune.training.train import probabilities, train
 
     dataset, subset = load_dataset("fashion-mnist"), load_subset(subset_path)
     data = holdout_data(dataset, subset.indices, val_fraction=0.2, seed=0, fold=0)
-    dev = dev_indices(dataset.y_train, subset.indices, dev_images)
+    return dataset, data, dev_indices(dataset.y_train, subset.indices, dev_images)
+
+
+def train_member(config: dict[str, Any], seed: int, epochs: int, subset_path: Path, dev_images: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One member trained on fold 0's training split: its row and its softmax on both sets."""
+    from kilotune.training.config import TrainConfig
+    from kilotune.training.train import probabilities, train
+
+    dataset, data, dev = held_out_sets(subset_path, dev_images)
     started = time.perf_counter()
     result = train(TrainConfig.from_dict(config).replace(epochs=epochs, seed=seed), data)
     # float16 keeps a member's files near 100 kB, so the rows and their softmax can be committed.

@@ -265,10 +265,7 @@ def redeliver(cells: list[Cell], bench: Bench, out: Path, source: str) -> None:
             export["ensemble"] = {"selection": "seeds", "members": seed_members(searched["winner_config"], bench.ensemble), "validation": None,
                                   "note": f"redelivered from {source}'s row, which records the winner's config only"}
             results = retrain_export(export, bench.cell_dir(cell) / f"redeliver-total-{total}", bench.subset, total_epochs=total)
-            row |= {"test_accuracy": results["ensemble_test_accuracy"], "final_members": len(results["members"]),
-                    "member_epochs": results["final_epochs"][0], "final_total_epochs": results["total_epochs"], "final_shape": results.get("shape"),
-                    "members": [{k: m.get(k) for k in ("trial", "weight", "seed", "status", "test_accuracy", "tta_test_accuracy")} for m in results["members"]],
-                    "flip_tta": results["flip_tta"]}
+            row |= ensemble_fields(results)
         else:
             results = retrain_export(export, bench.cell_dir(cell) / f"redeliver-total-{total}", bench.subset, total_epochs=total)
             row |= {"test_accuracy": results["test_accuracy"]["mean"], "retrain_status": results["runs"][0]["status"],
@@ -387,11 +384,16 @@ def deliver(cell: Cell, bench: Bench, export: dict[str, Any], study: tuple[str, 
         member_epochs = bench.epochs if cell.method == "kilotune-trial-length" else bench.final_epochs
         results = retrain_export(exported, retrain_dir / f"members-{member_epochs}", bench.subset, member_epochs)
     e = exported["ensemble"]
-    return {"test_accuracy": results["ensemble_test_accuracy"], "final_epochs": bench.final_epochs, "member_epochs": results["final_epochs"][0],
+    return {**ensemble_fields(results), "final_epochs": bench.final_epochs, "selection": e["selection"], "selection_note": e["note"],
+            "ensemble_validation": e["validation"], "retrain_wall_s": round(results.get("bench_wall_s", 0.0), 1)}
+
+
+def ensemble_fields(results: dict[str, Any]) -> dict[str, Any]:
+    """A row's fields from an ensemble retrain's ``results.json``: the delivered figure and its shape."""
+    return {"test_accuracy": results["ensemble_test_accuracy"], "member_epochs": results["final_epochs"][0],
             "final_members": len(results["members"]), "final_total_epochs": results["total_epochs"], "final_shape": results.get("shape"),
             "members": [{k: m.get(k) for k in ("trial", "weight", "seed", "status", "test_accuracy", "tta_test_accuracy")} for m in results["members"]],
-            "flip_tta": results["flip_tta"], "selection": e["selection"], "selection_note": e["note"], "ensemble_validation": e["validation"],
-            "retrain_wall_s": round(results.get("bench_wall_s", 0.0), 1)}
+            "flip_tta": results["flip_tta"]}
 
 
 def retrain_export(export: dict[str, Any], retrain_dir: Path, subset: Path, epochs: int | None = None, *, total_epochs: int | None = None) -> dict[str, Any]:

@@ -256,10 +256,7 @@ def retrain_ensemble(
         trained, epochs = final_shape(len(members), total_epochs, RetrainOptions.min_member_epochs)
         shape = {"total_epochs": total_epochs, "members_exported": len(members), "members_trained": trained,
                  "min_member_epochs": RetrainOptions.min_member_epochs}
-        members = members[:trained]
-        if progress and trained < shape["members_exported"]:
-            print(f"{total_epochs} epochs in all: {count_of(trained, 'member')} of {shape['members_exported']}, {epochs} epochs each "
-                  f"(a member trains at least {RetrainOptions.min_member_epochs})", flush=True)
+        members = members[:trained]  # the CLI says how many trained, from ``shape``
     configs = [TrainConfig.from_dict(m["config"]) for m in members]
     if epochs is not None:
         configs = [c.replace(epochs=epochs) for c in configs]
