@@ -152,6 +152,8 @@ def test_a_preset_within_one_standard_error_of_the_best_wins_and_the_note_says_w
     assert ranking(trials, 0)[1].noise == pytest.approx(math.sqrt(0.735 * 0.265 / 200))
     assert ranking(trials, 0)[0].kept_over.trial.number == best, "the preset says whom it was kept over"
     assert all(c.kept_over is None for c in ranking(trials, 0)[1:] + ranking(trials, 0, prefer_presets=False))
+    assert winner_line(trials, 0) == (f"best 0.7050 on fold 0 only (trial {preset}, resnet9), "
+                                      f"the preset kept over trial {best}'s 0.7350 (within the noise)")
     note = winner_note(trials, 0, "p")
     assert note.startswith(f"## kilotune winner: trial {preset} (resnet9)")
     assert f"Trial {best} scored higher (0.7350 on fold 0 only) by less than one standard error (0.0312" in note
@@ -162,6 +164,7 @@ def test_a_preset_within_one_standard_error_of_the_best_wins_and_the_note_says_w
     leader = search_trial(far, 0.735, val_images=200)
     assert cross_validated_best(StudyTrials.read(far, storage), 0).trial.number == leader, "0.035 behind: more than the noise"
     assert "scored higher" not in winner_note(StudyTrials.read(far, storage), 0, "f")
+    assert "kept over" not in winner_line(StudyTrials.read(far, storage), 0)
 
 
 def test_the_noise_shrinks_with_the_folds_and_is_unknown_without_predictions(storage):
