@@ -141,14 +141,15 @@ def test_cells_spend_at_most_the_budget_deliver_at_equal_compute_and_a_rerun_res
                         "--out", str(redelivered), "--runs-dir", str(runs), "--final-epochs", "1", "--ensemble", "2")
     assert refused.returncode != 0 and "a row records only that one: rerun the cell" in refused.stderr
 
-    second = run_bench("--methods", "random", "--budgets", "3", "2", *common)
+    # A budget of 1 epoch buys no whole 2-epoch trial: a row with no winner (and no final step to wait for).
+    second = run_bench("--methods", "random", "--budgets", "3", "1", *common)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 of 2 cells already" in second.stdout
     again = json.loads(out.read_text())
     # The cells already there were not run again; the new one comes first (budget, seed, method order).
-    assert [(r["method"], r["budget_epochs"]) for r in again] == [("random", 2), ("kilotune", 3), ("random", 3), ("kilotune-ensemble", 3)]
+    assert [(r["method"], r["budget_epochs"]) for r in again] == [("random", 1), ("kilotune", 3), ("random", 3), ("kilotune-ensemble", 3)]
     assert again[1:] == rows
-    assert again[0]["epochs_spent"] == 2 and again[0]["trials"] == 1
+    assert again[0]["epochs_spent"] == 1 and again[0]["trials"] == 1 and again[0]["test_accuracy"] is None
 
 
 def test_kilotunes_trial_budget_is_topped_up_with_the_epochs_pruning_left(tmp_path, fashion_subset):

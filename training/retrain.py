@@ -25,7 +25,7 @@ from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, find_subset
 from kilotune.training.config import RetrainOptions, TrainConfig
 from kilotune.training.predictor import ensemble_predictor, load_predictor
-from kilotune.training.train import TrainData, TrainResult, evaluate, train
+from kilotune.training.train import TrainData, TrainResult, accuracy, train, view_probabilities
 
 
 def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:
@@ -226,16 +226,17 @@ def retrain_ensemble(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Trains every member of an ensemble export on all chosen images, tests each once, and
-    saves them as one predictor (``ensemble.keras``, ``training.predictor``), which is tested once.
+    saves them as one predictor (``ensemble.keras``, ``training.predictor``).
 
-    The ensemble's figure is its predictor's: the members' weighted mean softmax, with flip
+    The ensemble's figure is its predictor's, computed from the members' test probabilities (the
+    saved file is checked to give the same): the members' weighted mean softmax, with flip
     test-time augmentation for the members trained with flips where the dataset allows it
     (``ImageDataset.flip_keeps_class``), or for every member where ``tta`` asks for it. (A member
     trained without flips lost 1-3 points with flipped test images on Fashion-MNIST.)
 
     Args:
         export: What ``kilotune export --ensemble K`` wrote (``ensemble.members``).
-        dataset: The data (its test set is used once per member and once for the ensemble).
+        dataset: The data (its test set is used once per member, each of its views once).
         subset_indices: The chosen images, indices into the training set.
         out_dir: Gets ``member-<i>/model.keras``, ``ensemble.keras`` and ``results.json``.
         epochs: Every member's epochs (its schedule spans them); default each member's own.
@@ -263,7 +264,7 @@ def retrain_ensemble(
     flips = [tta or (dataset.flip_keeps_class and c.flip) for c in configs]
     data, out_dir = all_chosen(dataset, subset_indices), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trained, rows, started = [], [], time.perf_counter()
+    trained, rows, member_probabilities, started = [], [], [], time.perf_counter()
     for i, (member, config) in enumerate(zip(members, configs)):
         label = f"member {i + 1}/{len(members)}"
         if progress:
@@ -274,11 +275,13 @@ def retrain_ensemble(
         member_dir = out_dir / f"member-{i}"
         member_dir.mkdir(exist_ok=True)
         result.model.save(member_dir / "model.keras")
+        views = view_probabilities(result, dataset.x_test, flip_tta=flips[i])  # each view once: the test set is 10,000 images
+        member_probabilities.append(np.mean(views, axis=0))
         row = {"trial": member.get("trial"), "weight": member.get("weight", 1), "seed": config.seed, "status": result.status,
-               "epochs": len(result.history), "test_accuracy": evaluate(result, dataset.x_test, dataset.y_test),
+               "epochs": len(result.history), "test_accuracy": accuracy(views[0], dataset.y_test),
                "model": f"{member_dir.name}/model.keras"}  # fmt: skip
         if flips[i]:
-            row["tta_test_accuracy"] = evaluate(result, dataset.x_test, dataset.y_test, flip_tta=True)
+            row["tta_test_accuracy"] = accuracy(member_probabilities[-1], dataset.y_test)
         rows.append(row)
         trained.append((result.model, result.normalization))
         if progress:
@@ -287,8 +290,9 @@ def retrain_ensemble(
                   f"about {duration(elapsed / (i + 1) * (len(members) - i - 1))} left", flush=True)
     predictor = ensemble_predictor(trained, [r["weight"] for r in rows], dataset.input_shape, flip_tta=flips)
     predictor.save(out_dir / "ensemble.keras")
-    # The figure is the saved file's: what a user loads is what was tested.
-    saved = load_predictor(out_dir / "ensemble.keras").predict(dataset.x_test.astype(np.float32), batch_size=500, verbose=0)
+    weights = np.asarray([r["weight"] for r in rows], np.float64)
+    ensemble = np.tensordot(weights / weights.sum(), np.asarray(member_probabilities), axes=1)
+    _check_saved_predictor(out_dir / "ensemble.keras", dataset.x_test, ensemble)
     results: dict[str, Any] = {
         "study": export["provenance"].get("study"),
         "trial": export["provenance"].get("trial"),
@@ -297,7 +301,7 @@ def retrain_ensemble(
         "test_images": len(dataset.x_test),
         "selection": export["ensemble"].get("selection"),
         "members": rows,
-        "ensemble_test_accuracy": float(np.mean(np.argmax(saved, axis=1) == dataset.y_test)),
+        "ensemble_test_accuracy": accuracy(ensemble, dataset.y_test),
         "flip_tta": flips,
         "final_epochs": [c.epochs for c in configs],
         "total_epochs": sum(c.epochs for c in configs),
@@ -309,6 +313,16 @@ def retrain_ensemble(
     }
     write_json(results, out_dir / "results.json", sort_keys=True)
     return results
+
+
+def _check_saved_predictor(path: Path, x_test: np.ndarray, expected: np.ndarray, images: int = 500) -> None:
+    """The ensemble's figure comes from its members' test probabilities, each view computed once;
+    the file a user loads must give the same probabilities (checked on the first ``images`` test
+    images: the whole test set again would cost as much as every member's test)."""
+    saved = load_predictor(path).predict(x_test[:images].astype(np.float32), batch_size=500, verbose=0)
+    if not np.allclose(saved, expected[:images], atol=1e-4):
+        worst = float(np.max(np.abs(saved - expected[:images])))
+        raise RuntimeError(f"the saved predictor {path} does not give its members' mean softmax (largest difference {worst:.2g})")
 
 
 def _check_tta(tta: bool, dataset: ImageDataset) -> None:
@@ -327,17 +341,18 @@ def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *,
     model_path = seed_dir / "model.keras"
     result.model.save(model_path)
     last = result.history[-1] if result.history else None
+    views = view_probabilities(result, dataset.x_test, flip_tta=tta)
     run: dict[str, Any] = {
         "seed": config.seed,
         "status": result.status,
         "epochs": len(result.history),
         "train_loss": last.loss if last else None,
         "train_accuracy": last.accuracy if last else None,
-        "test_accuracy": evaluate(result, dataset.x_test, dataset.y_test),
+        "test_accuracy": accuracy(views[0], dataset.y_test),
         "model": f"{seed_dir.name}/{model_path.name}",  # relative to the results file
     }
     if tta:
-        run["tta_test_accuracy"] = evaluate(result, dataset.x_test, dataset.y_test, flip_tta=True)
+        run["tta_test_accuracy"] = accuracy(np.mean(views, axis=0), dataset.y_test)
     if saver is not None:
         run["snapshot_epochs"] = sorted(saver.epochs)
         # A run that diverged before the first snapshot epoch has nothing to ensemble.

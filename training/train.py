@@ -289,17 +289,26 @@ def _train(
     )
 
 
-def probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> np.ndarray:
-    """A trained model's softmax on uint8 images, averaged with their flipped copies' with ``flip_tta``."""
+def view_probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> list[np.ndarray]:
+    """A trained model's softmax on uint8 images: ``[plain]``, or ``[plain, flipped]`` with ``flip_tta``."""
     xs = normalize(x, *result.normalization)
     views = [xs, xs[:, :, ::-1]] if flip_tta else [xs]
     # The model called batch by batch, not Model.predict: each trial's new model would retrace
     # predict's function and TensorFlow warns of it in every worker's log.
-    softmax = [np.concatenate([keras.ops.convert_to_numpy(keras.ops.softmax(result.model(v[i : i + batch_size], training=False), axis=-1))
-                               for i in range(0, len(v), batch_size)]) for v in views]  # fmt: skip
-    return np.mean(softmax, axis=0)
+    return [np.concatenate([keras.ops.convert_to_numpy(keras.ops.softmax(result.model(v[i : i + batch_size], training=False), axis=-1))
+                            for i in range(0, len(v), batch_size)]) for v in views]  # fmt: skip
+
+
+def probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> np.ndarray:
+    """A trained model's softmax on uint8 images, averaged with their flipped copies' with ``flip_tta``."""
+    return np.mean(view_probabilities(result, x, flip_tta=flip_tta, batch_size=batch_size), axis=0)
+
+
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows of ``probabilities`` whose largest entry is at its label."""
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
 def evaluate(result: TrainResult, x: np.ndarray, y: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> float:
     """Accuracy of a trained model on uint8 images, optionally averaging with flipped copies."""
-    return float(np.mean(np.argmax(probabilities(result, x, flip_tta=flip_tta, batch_size=batch_size), axis=1) == y))
+    return accuracy(probabilities(result, x, flip_tta=flip_tta, batch_size=batch_size), y)

@@ -163,9 +163,15 @@ def test_an_ensemble_export_trains_every_member_and_saves_one_predictor(exported
     assert "tta_test_accuracy" in results["members"][0] and "tta_test_accuracy" not in results["members"][1]
     assert "ensemble of 2 members with flip TTA for 1 trained with flips: test accuracy" in printed and "member 2 (trial -, seed 6, weight 2)" in printed
     predictor = kilotune.load_predictor(out / "ensemble.keras")
-    probabilities = predictor.predict(dataset.x_test[:500].astype(np.float32), verbose=0)
-    assert probabilities.shape == (500, 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    probabilities = predictor.predict(dataset.x_test.astype(np.float32), verbose=0)
+    assert probabilities.shape == (len(dataset.x_test), 10) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert 0.0 < results["ensemble_test_accuracy"] <= 1.0
+    # The figure, computed from the members' probabilities, is what the saved file scores.
+    assert abs(results["ensemble_test_accuracy"] - np.mean(probabilities.argmax(axis=1) == dataset.y_test)) <= 1 / len(dataset.x_test)
+    from kilotune.training.retrain import _check_saved_predictor
+
+    with pytest.raises(RuntimeError, match="does not give its members' mean softmax"):
+        _check_saved_predictor(out / "ensemble.keras", dataset.x_test, probabilities[::-1])
     with pytest.raises(ValueError, match="an ensemble export trains its members once each"):
         kilotune.retrain(data, seeds=2)
     with pytest.raises(ValueError, match="give epochs .* or total_epochs .*, not both: epochs=2, total_epochs=4"):

@@ -86,22 +86,26 @@ def test_three_workers_share_one_study_within_its_global_budget(make_study, pg_u
 
 
 def test_sigkilled_worker_trial_is_retried_and_resumes_from_its_checkpoint(make_study, pg_url, worker_env):
-    study = make_study("killed", epochs=8, n_trials=2, pruner="none")
+    # An epoch of this tiny model takes about 0.2 s: 8 epochs were over before a 0.5 s poll saw the
+    # second. With 20 and a 0.05 s poll the kill lands seconds before the last.
+    epochs = 20
+    study = make_study("killed", epochs=epochs, n_trials=2, pruner="none")
     victim = start_worker(study, pg_url, worker_env)
     # Killed once its checkpoint holds two epochs: its last reports may still wait in its recorder.
     state = Path(worker_env["KILOTUNE_CHECKPOINT_DIR"]) / study / "0" / "state.json"
-    wait_for(lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 2, STALL_S, "two epochs checkpointed",
+    wait_for(lambda: state.is_file() and json.loads(state.read_text())["epoch"] >= 2, STALL_S, "two epochs checkpointed", poll_s=0.05,
              progress=lambda: (state.is_file() and state.stat().st_mtime, study_progress(pg_url, study)()))
     victim.send_signal(signal.SIGKILL)
+    killed_at = json.loads(state.read_text())["epoch"]
     victim.communicate()
     time.sleep(7)  # past the grace period: the trial's heartbeat is stale
     finish([start_worker(study, pg_url, worker_env)], study, pg_url)
     done = trials(study, pg_url)
-    assert done[0].state == TrialState.FAIL
+    assert done[0].state == TrialState.FAIL, f"killed at epoch {killed_at} of {epochs}"
     retried = [t for t in done if t.user_attrs.get("retry_of") == 0]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].user_attrs["resumed_from_epoch"] >= 2
-    assert sorted(retried[0].intermediate_values) == list(range(1, 9)), "inherited epochs plus the resumed ones"
+    assert sorted(retried[0].intermediate_values) == list(range(1, epochs + 1)), "inherited epochs plus the resumed ones"
     assert retried[0].params == done[0].params
     assert sum(t.state == TrialState.COMPLETE for t in done) == 2
 
