@@ -976,11 +976,14 @@ def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> 
 
     fig = go.Figure()
     methods = list(dict.fromkeys(m for m, _ in summary))
+    most = {b: max(s["n"] for (_, b2), s in summary.items() if b2 == b) for _, b in summary}
     for i, method in enumerate(methods):
         points = sorted((b, s) for (m, b), s in summary.items() if m == method)
         dodge = 1 + 0.015 * (i - (len(methods) - 1) / 2)  # side by side, so each error bar shows
-        fig.add_trace(go.Scatter(x=[b * dodge for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers", name=method,
+        fig.add_trace(go.Scatter(x=[b * dodge for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers+text", name=method,
                                  error_y={"type": "data", "array": [s["std"] for _, s in points], "visible": True},
+                                 # a mean over fewer seeds than the budget's others says so on the still image too
+                                 text=[f"{s['n']} of {most[b]} seeds" if s["n"] < most[b] else "" for b, s in points], textposition="middle right",
                                  hovertext=[f"{b} epochs, n={s['n']} seeds" for b, s in points]))
     fig.update_layout(title="Delivered model's test accuracy against the search budget (mean ± std over seeds; equal final compute)",
                       xaxis_title="search budget (training epochs a run)", yaxis_title="test accuracy (10,000 images)", template="plotly_white")

@@ -37,6 +37,7 @@ def test_report_gives_mean_and_std_over_seeds_per_method_and_budget(tmp_path):
     assert "| random | 30 |" in table and table.count("| random | 30 |") == 1
     html = (tmp_path / "rows.html").read_text()
     assert "plotly" in html and all(f'"name":"{m}"' in html for m in ("kilotune", "random", "preset", "optuna"))
+    assert html.count("1 of 3 seeds") == 1, "optuna's one seed at 90 is marked on the figure; full points are not"
 
 
 def test_the_targets_pair_seeds_and_the_levers_pair_each_ablation_with_the_arm_it_changes(tmp_path):
