@@ -61,6 +61,28 @@ def test_take_samples_a_config_beats_and_stops_at_the_budget(source):
     assert source.take(started) is None, "n_trials=2: a third trial is over the budget"
 
 
+def test_a_take_waiting_for_the_last_running_trial_returns_when_its_worker_ends_it(source, monkeypatch):
+    """At a study's end the worker's ask-ahead take waits for the running trials, its own among
+    them; it slept a whole heartbeat after the last trial ended before the worker could stop."""
+    from kilotune.workers import protocol
+
+    monkeypatch.setattr(protocol, "HEARTBEAT_SECONDS", 60)
+    started = time.time()
+    first, second = source.take(started), source.take(started)
+    source.study.tell(first.trial, 0.5)
+    first.heartbeat.stop()
+    result: list[object] = []
+    ahead = threading.Thread(target=lambda: result.append(source.take(started)))
+    ahead.start()
+    ahead.join(timeout=1.0)
+    assert ahead.is_alive(), "trial 1 runs: the budget of 2 is not spent for good, the take waits"
+    source.study.tell(second.trial, 0.5)
+    second.heartbeat.stop()
+    source.trial_ended()
+    ahead.join(timeout=10)  # far less than the 60 s heartbeat it would otherwise sleep
+    assert not ahead.is_alive() and result == [None], "the take was not woken by its worker's trial ending"
+
+
 def test_a_handed_back_trial_is_taken_again_with_the_same_config(source):
     started = time.time()
     taken = source.take(started)
