@@ -983,7 +983,7 @@ def write_figure(summary: dict[tuple[str, int], dict[str, Any]], path: Path) -> 
         fig.add_trace(go.Scatter(x=[b * dodge for b, _ in points], y=[s["mean"] for _, s in points], mode="lines+markers+text", name=method,
                                  error_y={"type": "data", "array": [s["std"] for _, s in points], "visible": True},
                                  # a mean over fewer seeds than the budget's others says so on the still image too
-                                 text=[f"{s['n']} of {most[b]} seeds" if s["n"] < most[b] else "" for b, s in points], textposition="middle right",
+                                 text=[f"{s['n']} of {most[b]} seeds" if s["n"] < most[b] else "" for b, s in points], textposition="bottom center",
                                  hovertext=[f"{b} epochs, n={s['n']} seeds" for b, s in points]))
     fig.update_layout(title="Delivered model's test accuracy against the search budget (mean ± std over seeds; equal final compute)",
                       xaxis_title="search budget (training epochs a run)", yaxis_title="test accuracy (10,000 images)", template="plotly_white")
