@@ -71,10 +71,9 @@ def study_scores(url: str) -> dict[str, float] | None:
 
 
 def _fold_accuracy(candidate: Any, fold: int) -> float:
-    import numpy as np
+    from kilotune.subset.datasets import accuracy
 
-    probabilities, labels = candidate.folds[fold]
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+    return accuracy(*candidate.folds[fold])
 
 
 def main(argv: list[str] | None = None) -> int:

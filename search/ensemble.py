@@ -29,6 +29,7 @@ from kilotune.models.names import ENSEMBLE_SELECTIONS
 from kilotune.search.settings import ExportOptions
 from kilotune.search.attrs import CONFIG, CV_OF, FOLD, VAL_PREDICTIONS
 from kilotune.search.winner import CrossValidated, StudyTrials, ranking
+from kilotune.subset.datasets import accuracy
 
 SELECTIONS = ENSEMBLE_SELECTIONS
 DEFAULT_SELECTION = ExportOptions.selection
@@ -111,10 +112,6 @@ def choose_members(pool: list[Candidate], k: int, selection: str = DEFAULT_SELEC
         counts[best] += 1
         total += stacked[best]
     return [(c.number, n) for c, n in zip(pool, counts) if n]
-
-
-def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
 def ensemble_accuracy(pool: list[Candidate], members: list[tuple[int, int]], folds: list[int]) -> float:

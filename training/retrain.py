@@ -25,7 +25,8 @@ from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, find_subset
 from kilotune.training.config import RetrainOptions, TrainConfig
 from kilotune.training.predictor import ensemble_predictor, load_predictor
-from kilotune.training.train import TrainData, TrainResult, accuracy, train, view_probabilities
+from kilotune.subset.datasets import accuracy
+from kilotune.training.train import TrainData, TrainResult, train, view_probabilities
 
 
 def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:
@@ -121,7 +122,7 @@ def ensemble_accuracy(result: TrainResult, weight_files: list[Path], x: np.ndarr
         result.model.load_weights(path)
         logits = result.model.predict(xs, batch_size=batch_size, verbose=0)
         probabilities += keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
-    return float(np.mean(np.argmax(probabilities, axis=1) == y))
+    return accuracy(probabilities, y)
 
 
 def retrain(

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from kilotune.models import build_model
-from kilotune.subset.datasets import channel_stats, normalize
+from kilotune.subset.datasets import accuracy, channel_stats, normalize
 from kilotune.training.augment import image_augmentation
 from kilotune.training.batches import BatchMixer, MixedBatches
 from kilotune.training.checkpoint import Checkpoint
@@ -302,11 +302,6 @@ def view_probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = F
 def probabilities(result: TrainResult, x: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> np.ndarray:
     """A trained model's softmax on uint8 images, averaged with their flipped copies' with ``flip_tta``."""
     return np.mean(view_probabilities(result, x, flip_tta=flip_tta, batch_size=batch_size), axis=0)
-
-
-def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """The share of rows of ``probabilities`` whose largest entry is at its label."""
-    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
 
 def evaluate(result: TrainResult, x: np.ndarray, y: np.ndarray, *, flip_tta: bool = False, batch_size: int = 500) -> float:

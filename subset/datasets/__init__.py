@@ -13,11 +13,11 @@ from pathlib import Path
 
 from kilotune.models.names import shown
 from kilotune.subset.datasets.arrays import ARRAYS_SUFFIX, arrays_file, dataset_from_arrays, load_arrays, save_dataset
-from kilotune.subset.datasets.base import Dataset, DatasetError, ImageDataset, channel_stats, normalize
+from kilotune.subset.datasets.base import Dataset, DatasetError, ImageDataset, accuracy, channel_stats, normalize
 from kilotune.subset.datasets.cifar10 import Cifar10
 from kilotune.subset.datasets.fashion_mnist import FashionMnist
 
-__all__ = ["ARRAYS_SUFFIX", "DATASETS", "Dataset", "DatasetError", "ImageDataset", "channel_stats", "check_dataset_name",
+__all__ = ["ARRAYS_SUFFIX", "DATASETS", "Dataset", "DatasetError", "ImageDataset", "accuracy", "channel_stats", "check_dataset_name",
            "dataset_from_arrays", "load_dataset", "normalize", "save_dataset"]  # fmt: skip
 
 # By name, as --dataset takes them (its default: ``RunOptions.dataset``).

@@ -117,6 +117,11 @@ def channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
 
 
+def accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows of ``probabilities`` (or logits) whose largest entry is at its label."""
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))
+
+
 def normalize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Return ``float32`` ``(x / 255 - mean) / std``, broadcasting over the channel axis."""
     std = np.where(np.asarray(std) > 0, std, 1.0)  # A constant channel must not become inf.
