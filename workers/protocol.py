@@ -39,6 +39,7 @@ from kilotune.training.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
 # Reports are read at prune checks (which flush) and by the dashboard; the chaos test shortens it.
+RUNNING_POLL_SECONDS = 1.0  # at a study's end, how often a waiting worker reads whether the last trials ran out
 RECORDER_LINGER_SECONDS = float(os.environ.get("KILOTUNE_RECORDER_LINGER_SECONDS", 5.0))
 
 
@@ -123,6 +124,26 @@ class TrialSource:
                 break
         self._trial_ended.clear()
 
+    def _wait_while_running(self, running: set[tuple[str, int]], seconds: float) -> None:
+        """Waits up to ``seconds`` (a heartbeat, to fail stale trials), less once a trial of
+        ``running`` (study name, trial number) ends, this worker's or another's.
+
+        Another worker's trial ending is seen by reading the running trials every
+        ``RUNNING_POLL_SECONDS``: a read, not a claim of the budget lock, so the study's end
+        costs the lock nothing more; without it the last workers stopped up to a heartbeat
+        after the last trial."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            self._wait(min(left, RUNNING_POLL_SECONDS))
+            if self.stop.is_set() or time.monotonic() >= deadline:
+                return
+            now = set()
+            for study in self.studies():
+                trials = with_retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
+                now |= {(study.study_name, t.number) for t in trials}
+            if not running <= now:
+                return
+
     def studies(self) -> list[optuna.Study]:
         """The study, and its companion study of fold trials once there is one (search/winner.py)."""
         if self._cv_study is None:
@@ -147,18 +168,18 @@ class TrialSource:
                 break
             if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
                 return None
-            running = 0
+            running: set[tuple[str, int]] = set()
             for study in self.studies():
                 trials = with_retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
                 self._fail_and_retry(study, with_retry(lambda: unbeaten_trial_ids(study, self.storage, trials), what="reading running trials"))
-                running += len(trials)
+                running |= {(study.study_name, t.number) for t in trials}
             if not running:
                 return None
             if not told:
                 told = True
                 log.info("the search trials of study %r are spent but %d trials run: waiting for them to finish or go stale (%ds)",
-                         self.study.study_name, running, GRACE_SECONDS)
-            self._wait(HEARTBEAT_SECONDS)
+                         self.study.study_name, len(running), GRACE_SECONDS)
+            self._wait_while_running(running, HEARTBEAT_SECONDS)
         heartbeat = Heartbeat(self.storage, optuna_internals.trial_id(trial))  # from now on a dead worker's trial is retried
         heartbeat.start()
         try:

@@ -61,26 +61,34 @@ def test_take_samples_a_config_beats_and_stops_at_the_budget(source):
     assert source.take(started) is None, "n_trials=2: a third trial is over the budget"
 
 
-def test_a_take_waiting_for_the_last_running_trial_returns_when_its_worker_ends_it(source, monkeypatch):
-    """At a study's end the worker's ask-ahead take waits for the running trials, its own among
-    them; it slept a whole heartbeat after the last trial ended before the worker could stop."""
+@pytest.mark.parametrize("waiter", ["its own worker", "another worker"])
+def test_a_take_waiting_for_the_last_running_trial_returns_soon_after_it_ends(source, monkeypatch, waiter):
+    """At a study's end an ask-ahead take waits for the running trials. It slept a whole heartbeat
+    between looks, keeping the last workers up to 10 s after the last trial: now its own worker
+    wakes it (``trial_ended``), and a take waiting on another worker's trial reads the running
+    trials once a second."""
     from kilotune.workers import protocol
 
     monkeypatch.setattr(protocol, "HEARTBEAT_SECONDS", 60)
+    if waiter == "its own worker":  # only trial_ended can wake it in time
+        monkeypatch.setattr(protocol, "RUNNING_POLL_SECONDS", 60)
     started = time.time()
     first, second = source.take(started), source.take(started)
     source.study.tell(first.trial, 0.5)
     first.heartbeat.stop()
+    waiting_source = source if waiter == "its own worker" else TrialSource(source.url, source.storage, source.study, source.settings)
     result: list[object] = []
-    ahead = threading.Thread(target=lambda: result.append(source.take(started)))
-    ahead.start()
-    ahead.join(timeout=1.0)
-    assert ahead.is_alive(), "trial 1 runs: the budget of 2 is not spent for good, the take waits"
+    waiting = threading.Thread(target=lambda: result.append(waiting_source.take(started)))
+    waiting.start()
+    waiting.join(timeout=1.5)
+    assert waiting.is_alive(), "trial 1 runs: the budget of 2 is not spent for good, the take waits"
     source.study.tell(second.trial, 0.5)
+    ended = time.monotonic()
     second.heartbeat.stop()
-    source.trial_ended()
-    ahead.join(timeout=10)  # far less than the 60 s heartbeat it would otherwise sleep
-    assert not ahead.is_alive() and result == [None], "the take was not woken by its worker's trial ending"
+    source.trial_ended()  # what the worker does as its trial ends
+    waiting.join(timeout=10)  # far less than the 60 s heartbeat it would otherwise sleep
+    assert not waiting.is_alive() and result == [None], f"the take of {waiter} still waits after the last trial ended"
+    assert time.monotonic() - ended < 3.0
 
 
 def test_a_handed_back_trial_is_taken_again_with_the_same_config(source):
