@@ -3,6 +3,7 @@
     python bench/final_shape.py --out runs/final_shape                 # every winner, resumes
     python bench/final_shape.py --out runs/final_shape --winners 1 2   # some of them (a second process)
     python bench/final_shape.py --out runs/final_shape --report        # the table (docs/benchmarks.md)
+    python bench/final_shape.py --out runs/final_shape --report --horizons 6 12 18 54   # one model at each length
 
 The winners are kilotune's in bench/results/search_budget.json (the delivered rows at a budget,
 ``--budget``; one a seed). Each is trained the way ``kilotune retrain`` trains it (its schedule
@@ -151,6 +152,33 @@ def report(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def horizon_report(out: Path, budget: int, horizons: list[int]) -> str:
+    """One model per winner (its first seed) at each horizon: does a shorter run rank the winners
+    as the longest does? Pairs are winners of different architectures; each is counted in the
+    order the longest horizon's dev accuracy puts it, on dev and on the 200 validation images."""
+    rows = json.loads((out / f"rows-{budget}.json").read_text())
+    configs = winners(budget)
+    first = {w: int(c["seed"]) for w, c in configs.items()}
+    scores = {(r["winner"], r["epochs"]): (r["val_accuracy"], r["dev_accuracy"]) for r in rows if r["seed"] == first[r["winner"]]}
+    done = sorted(w for w in configs if all((w, h) in scores for h in horizons))
+    if not done:
+        raise ValueError(f"no winner has a model at every horizon {horizons=}: train them with --total-epochs H --members 1")
+    lines = [f"| winner (budget {budget}, seed) | arch | " + " | ".join(f"{h} epochs: val / dev" for h in horizons) + " |",
+             "| ---: | --- |" + " --- |" * len(horizons)]
+    for w in done:
+        c = configs[w]
+        cells = [f"{scores[w, h][0]:.3f} / {scores[w, h][1]:.4f}" for h in horizons]
+        lines.append(f"| {w} | {c['arch']} {c['width']} {c['schedule']} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a in done for b in done if a < b and configs[a]["arch"] != configs[b]["arch"]]
+    longest = horizons[-1]
+    lines.append("")
+    for h in horizons:
+        agree = {s: sum((scores[a, h][s] - scores[b, h][s]) * (scores[a, longest][1] - scores[b, longest][1]) > 0 for a, b in pairs) for s in (0, 1)}
+        lines.append(f"{h} epochs: {agree[1]} of {len(pairs)} pairs of architectures in the order {longest} epochs give them on dev; "
+                     f"on validation {agree[0]} (a tie counts as out of order)")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="rows, softmax files and the subset go here")
@@ -160,11 +188,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--total-epochs", type=int, default=54, help="epochs of a shape, split among its k seeds (default: %(default)s)")
     parser.add_argument("--dev-images", type=int, default=5000, help="held-out images outside the subset (default: %(default)s)")
     parser.add_argument("--report", action="store_true", help="print the table instead of training")
+    parser.add_argument("--horizons", type=int, nargs="+", help="with --report: one model per winner at each of these epochs, ranked against the last")
     args = parser.parse_args(argv)
     if min(args.members) < 1 or args.total_epochs < max(args.members) or args.dev_images < 10:
         parser.error(f"need members >= 1, total epochs >= the largest k and at least 10 dev images, got {args.members=}, {args.total_epochs=}, {args.dev_images=}")
     try:
-        print(report(args)) if args.report else run(args)
+        if args.report:
+            print(horizon_report(Path(args.out), args.budget, sorted(args.horizons)) if args.horizons else report(args))
+        else:
+            run(args)
     except ValueError as e:  # e.g. a member too short for its config's warm-up
         sys.exit(f"final_shape: {e}")
 

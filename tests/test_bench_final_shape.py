@@ -62,3 +62,20 @@ def test_a_winner_is_trained_in_both_shapes_and_the_run_resumes(tmp_path, fashio
     assert set(scores[3]) == {1, 2}
     with pytest.raises(SystemExit, match="final_shape: warmup_epochs="):
         bench.main(["--out", str(out), "--winners", "3", "--members", "4", "--total-epochs", "4", "--dev-images", "100"])
+
+
+def test_a_horizon_counts_the_pairs_of_architectures_it_orders_as_the_longest_does(tmp_path):
+    """A vgg8 ahead at 6 epochs, a resnet9 ahead at 54 (on dev; tied on validation): the short
+    horizon orders the pair against the long one, and a tie is out of order."""
+    configs = bench.winners(60)
+    resnet, vgg = (next(w for w, c in configs.items() if c["arch"] == arch) for arch in ("resnet9", "vgg8"))
+    rows = [{"winner": w, "seed": int(configs[w]["seed"]), "epochs": epochs, "val_accuracy": 0.8, "dev_accuracy": dev}
+            for w, epochs, dev in [(resnet, 6, 0.70), (vgg, 6, 0.80), (resnet, 54, 0.86), (vgg, 54, 0.84)]]
+    rows.append({"winner": resnet, "seed": int(configs[resnet]["seed"]) + 1, "epochs": 6, "val_accuracy": 0.9, "dev_accuracy": 0.9})  # a second seed: not read
+    (tmp_path / "rows-60.json").write_text(json.dumps(rows))
+    lines = bench.horizon_report(tmp_path, 60, [6, 54]).splitlines()
+    assert "6 epochs: 0 of 1 pairs of architectures in the order 54 epochs give them on dev; on validation 0" in lines[-2]
+    assert "54 epochs: 1 of 1 pairs" in lines[-1]
+    assert sum(line.startswith(f"| {w} |") for w in (resnet, vgg) for line in lines) == 2, "a row per winner with every horizon"
+    with pytest.raises(ValueError, match="horizons=\\[6, 12\\]"):
+        bench.horizon_report(tmp_path, 60, [6, 12])
