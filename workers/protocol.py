@@ -24,7 +24,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from kilotune.search.attrs import STATUS
 from kilotune.search.space import SearchSpace
@@ -38,8 +38,8 @@ from kilotune.search.winner import load_cv_study
 from kilotune.training.config import TrainConfig
 
 log = logging.getLogger("kilotune.worker")
-# Reports are read at prune checks (which flush) and by the dashboard; the chaos test shortens it.
 RUNNING_POLL_SECONDS = 1.0  # at a study's end, how often a waiting worker reads whether the last trials ran out
+# Reports are read at prune checks (which flush) and by the dashboard; the chaos test shortens it.
 RECORDER_LINGER_SECONDS = float(os.environ.get("KILOTUNE_RECORDER_LINGER_SECONDS", 5.0))
 
 
@@ -137,12 +137,13 @@ class TrialSource:
             self._wait(min(left, RUNNING_POLL_SECONDS))
             if self.stop.is_set() or time.monotonic() >= deadline:
                 return
-            now = set()
-            for study in self.studies():
-                trials = with_retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
-                now |= {(study.study_name, t.number) for t in trials}
-            if not running <= now:
+            if not running <= {(study.study_name, t.number) for study, trials in self._running_trials() for t in trials}:
                 return
+
+    def _running_trials(self) -> list[tuple[optuna.Study, list[FrozenTrial]]]:
+        """Each study (the search's, the fold trials') with its running trials."""
+        return [(study, with_retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials"))
+                for study in self.studies()]
 
     def studies(self) -> list[optuna.Study]:
         """The study, and its companion study of fold trials once there is one (search/winner.py)."""
@@ -169,8 +170,7 @@ class TrialSource:
             if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
                 return None
             running: set[tuple[str, int]] = set()
-            for study in self.studies():
-                trials = with_retry(lambda: study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), what="reading running trials")
+            for study, trials in self._running_trials():
                 self._fail_and_retry(study, with_retry(lambda: unbeaten_trial_ids(study, self.storage, trials), what="reading running trials"))
                 running |= {(study.study_name, t.number) for t in trials}
             if not running:
