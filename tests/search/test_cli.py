@@ -105,6 +105,7 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     printed = json.loads(out.stdout[out.stdout.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
     exported = export_trial(study, storage)
     assert printed == exported["config"], "the closing best configuration is the one export writes"
+    assert out.stdout.rstrip().endswith("kilotune retrain best.json --total-epochs 54"), "the closing lines' next step: a long final training"
     winner = exported["provenance"]["trial"]
     assert f"best configuration (trial {winner}, validation accuracy {validation_text(exported['provenance'])})" in out.stdout
     assert f"## kilotune winner: trial {winner}" in get_note(study), "the dashboard shows the cross-validated winner"
