@@ -41,6 +41,7 @@ def register_export(sub: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from kilotune.search.export import validation_text, write_json
+    from kilotune.training.config import take_home_epochs
     from kilotune.workers.api import best
 
     export = best(args.study, storage=args.storage, rank=args.rank, ensemble=args.ensemble, selection=args.selection)
@@ -54,7 +55,10 @@ def run_export(args: argparse.Namespace) -> int:
                             else f"seed {m['config']['seed']}" for m in e["members"])  # fmt: skip
         validation = f"; out-of-fold accuracy {e['validation']['ensemble']:.4f} against the winner's {e['validation']['winner']:.4f}" if e["validation"] else ""
         print(f"ensemble ({e['selection']}): {members}{validation}" + (f" ({e['note']})" if e["note"] else ""))
-    print(f"retrain it on all chosen images: kilotune retrain {path}" + (" --total-epochs T (all members' epochs; or --epochs E, each member's)" if "ensemble" in export else ""))
+    if "ensemble" in export:
+        print(f"retrain it on all chosen images: kilotune retrain {path} --total-epochs T (all members' epochs; or --epochs E, each member's)")
+    else:
+        print(f"retrain it on all chosen images: kilotune retrain {path} --total-epochs {take_home_epochs(int(export['config']['epochs']))}")
     return 0
 
 

@@ -34,6 +34,13 @@ class RetrainOptions:
     min_member_epochs: int = 54
 
 
+def take_home_epochs(trial_epochs: int) -> int:
+    """The final training ``kilotune run`` and ``export`` suggest for a winner trained ``trial_epochs``
+    a trial: longer than a trial is the lever that paid most (docs/benchmarks.md, sections 10 and
+    14), at least ``min_member_epochs``, the shortest that measured well."""
+    return max(RetrainOptions.min_member_epochs, trial_epochs)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One configuration. Build with ``TrainConfig(**kw)`` or ``TrainConfig.from_dict``.

@@ -27,7 +27,7 @@ from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
 from kilotune.search.settings import StudySettings
 from kilotune.search.winner import StudyTrials, fold_label, is_fold_trial, ranking, trial_arch, winner_line
-from kilotune.training.config import RetrainOptions
+from kilotune.training.config import take_home_epochs
 
 QUIET_LINE_SECONDS = 30.0  # without a terminal, a line at least this often (a fold trial runs minutes)
 
@@ -247,10 +247,8 @@ def print_best(study: optuna.Study, storage: BaseStorage) -> None:
     print(f"best configuration (trial {provenance['trial']}, validation accuracy {validation_text(provenance)}):")
     print(json.dumps(exported["config"], indent=2, sort_keys=True))
     print(f"export it: kilotune export --study {study.study_name} --out best.json")
-    # Longer than a trial is the measured lever (docs/benchmarks.md, sections 10 and 14).
-    epochs = max(RetrainOptions.min_member_epochs, int(exported["config"].get("epochs", 0)))
     print(f"then train the model to take home on all the images (long final training is what pays, docs/benchmarks.md): "
-          f"kilotune retrain best.json --total-epochs {epochs}")
+          f"kilotune retrain best.json --total-epochs {take_home_epochs(int(exported['config']['epochs']))}")
 
 
 def _clock(seconds: float) -> str:

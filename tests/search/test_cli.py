@@ -149,6 +149,14 @@ def exported_study(fashion_subset, tmp_path_factory):
     return url, best
 
 
+def test_export_names_the_long_final_training_as_the_next_step(exported_study, tmp_path, capsys):
+    """A 1-epoch trial's winner: retrain it for the 54 epochs that measured well, not the trial's 1."""
+    url, _ = exported_study
+    out = tmp_path / "again.json"
+    assert main(["export", "--study", "s", "--storage", url, "--out", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"retrain it on all chosen images: kilotune retrain {out} --total-epochs 54"
+
+
 @pytest.mark.parametrize("command", ["export", "report", "retrain"])
 def test_an_output_path_under_a_regular_file_is_one_line_naming_it(command, exported_study, tmp_path, capsys):
     url, best = exported_study
