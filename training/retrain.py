@@ -20,12 +20,11 @@ import keras
 import numpy as np
 
 from kilotune.models.progress import EpochProgress, duration
-from kilotune.subset.datasets import ImageDataset, load_dataset, normalize
+from kilotune.subset.datasets import ImageDataset, accuracy, load_dataset, normalize
 from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, find_subset
 from kilotune.training.config import RetrainOptions, TrainConfig
 from kilotune.training.predictor import ensemble_predictor, load_predictor
-from kilotune.subset.datasets import accuracy
 from kilotune.training.train import TrainData, TrainResult, train, view_probabilities
 
 

@@ -106,37 +106,17 @@ class TrialSource:
         self.retry_callback = RetryKilledTrials(max_retry=3)
         self.lock_held_seconds = 0.0  # by the last take
         self._cv_study: optuna.Study | None = None
-        self._trial_ended = threading.Event()
-
-    def trial_ended(self) -> None:
-        """Wakes a ``take`` that waits for running trials: this worker's, one of them, has ended.
-
-        The worker takes its next trial while one trains. At a study's end that take waits for
-        the running trials, its own worker's among them: without this it slept a heartbeat
-        (10 s) after the last trial before the worker could stop."""
-        self._trial_ended.set()
-
-    def _wait(self, seconds: float) -> None:
-        """Waits up to ``seconds``: less once ``stop`` is set or ``trial_ended`` is called."""
-        deadline = time.monotonic() + seconds
-        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            if self._trial_ended.wait(min(left, 0.5)):  # stop is an Event of its own: looked at twice a second
-                break
-        self._trial_ended.clear()
 
     def _wait_while_running(self, running: set[tuple[str, int]], seconds: float) -> None:
-        """Waits up to ``seconds`` (a heartbeat, to fail stale trials), less once a trial of
-        ``running`` (study name, trial number) ends, this worker's or another's.
+        """Waits up to ``seconds`` (a heartbeat, to fail stale trials), less once ``stop`` is set or
+        a trial of ``running`` (study name, trial number) ends, this worker's or another's.
 
-        Another worker's trial ending is seen by reading the running trials every
-        ``RUNNING_POLL_SECONDS``: a read, not a claim of the budget lock, so the study's end
-        costs the lock nothing more; without it the last workers stopped up to a heartbeat
-        after the last trial."""
+        The worker takes its next trial while one trains, so at a study's end its take waits for
+        the running trials, its own among them. Reading them every ``RUNNING_POLL_SECONDS`` (a
+        read, not a claim of the budget lock) lets the last workers stop within a second of the
+        last trial, not a heartbeat after it."""
         deadline = time.monotonic() + seconds
-        while not self.stop.is_set() and (left := deadline - time.monotonic()) > 0:
-            self._wait(min(left, RUNNING_POLL_SECONDS))
-            if self.stop.is_set() or time.monotonic() >= deadline:
-                return
+        while (left := deadline - time.monotonic()) > 0 and not self.stop.wait(min(left, RUNNING_POLL_SECONDS)):
             if not running <= {(study.study_name, t.number) for study, trials in self._running_trials() for t in trials}:
                 return
 

@@ -141,7 +141,6 @@ class Worker:
                 wants_more = max_trials is None or done + 1 < max_trials
                 upcoming = ahead.submit(self.source.take, started) if wants_more else None
                 status, startup = self._run_trial(taken, clock, startup), None
-                self.source.trial_ended()  # the next take may be waiting for this very trial
                 if status != "interrupted":
                     done += 1
         return done

@@ -64,14 +64,11 @@ def test_take_samples_a_config_beats_and_stops_at_the_budget(source):
 @pytest.mark.parametrize("waiter", ["its own worker", "another worker"])
 def test_a_take_waiting_for_the_last_running_trial_returns_soon_after_it_ends(source, monkeypatch, waiter):
     """At a study's end an ask-ahead take waits for the running trials. It slept a whole heartbeat
-    between looks, keeping the last workers up to 10 s after the last trial: now its own worker
-    wakes it (``trial_ended``), and a take waiting on another worker's trial reads the running
-    trials once a second."""
+    between looks, keeping the last workers up to 10 s after the last trial: now it reads the
+    running trials once a second, whichever worker's trial it waits on."""
     from kilotune.workers import protocol
 
     monkeypatch.setattr(protocol, "HEARTBEAT_SECONDS", 60)
-    if waiter == "its own worker":  # only trial_ended can wake it in time
-        monkeypatch.setattr(protocol, "RUNNING_POLL_SECONDS", 60)
     started = time.time()
     first, second = source.take(started), source.take(started)
     source.study.tell(first.trial, 0.5)
@@ -85,7 +82,6 @@ def test_a_take_waiting_for_the_last_running_trial_returns_soon_after_it_ends(so
     source.study.tell(second.trial, 0.5)
     ended = time.monotonic()
     second.heartbeat.stop()
-    source.trial_ended()  # what the worker does as its trial ends
     waiting.join(timeout=10)  # far less than the 60 s heartbeat it would otherwise sleep
     assert not waiting.is_alive() and result == [None], f"the take of {waiter} still waits after the last trial ended"
     assert time.monotonic() - ended < 5.0, "a poll of 1 s, not the 60 s heartbeat"
