@@ -65,7 +65,9 @@ def budget_left(study: optuna.Study, settings: StudySettings, started: float) ->
     return sum(counts_toward_budget(t) for t in trials) < settings.search_trials
 
 
-def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStorage, started: float) -> optuna.Trial | None:
+def claim_trial(
+    study: optuna.Study, settings: StudySettings, storage: BaseStorage, started: float, *, fold_trials: bool = True
+) -> optuna.Trial | None:
     """``study.ask()`` within the study's global budget; None when it is spent. Call it under
     ``budget_lock``, which every worker's claim queues for.
 
@@ -80,12 +82,15 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
         settings: Its settings (the budget: ``n_trials``, ``timeout_s``).
         storage: The storage the study was loaded from.
         started: When this worker started (the timeout's origin if the study has no record of it).
+        fold_trials: False: a search trial or nothing. A worker taking its next trial while one
+            trains passes it, so that a fold trial (a fixed few, at the study's end) goes to a
+            free worker rather than waiting behind a trial.
     """
     settings = current_budget(study, settings)  # running workers see a `study extend` at their next claim
     if not isinstance(storage, RDBStorage) or not optuna_internals.fast_paths():  # (outside Optuna's tested range: its public API)
         if budget_left(study, settings, started):
             return study.ask()
-        return _cross_validation_trial(study, settings, storage, started)
+        return _cross_validation_trial(study, settings, storage, started) if fold_trials else None
     if study_timed_out(study, settings, started):
         return None
     counted, waiting = _budget_rows(storage, optuna_internals.study_id(study, storage))
@@ -94,22 +99,28 @@ def claim_trial(study: optuna.Study, settings: StudySettings, storage: BaseStora
         # the budget; Study.ask takes it (and reads the study, which is rare enough here).
         return study.ask()
     if settings.search_trials is not None and counted >= settings.search_trials:
-        return _cross_validation_trial(study, settings, storage, started)
+        return _cross_validation_trial(study, settings, storage, started) if fold_trials else None
     return optuna_internals.new_trial(study, storage)
 
 
 def _cross_validation_trial(study: optuna.Study, settings: StudySettings, storage: BaseStorage, started: float) -> optuna.Trial | None:
     """Once the search's trials are spent: a fold trial of a top candidate from the companion
-    study (``search.winner``), queued now if it is missing. None while a search trial still runs
-    (it may enter the top, and folds queued for it then would overrun the budget), when every fold
-    is taken, or when the study is not cross-validated."""
+    study (``search.winner``), queued now if it is missing. None when every fold is taken, or when
+    the study is not cross-validated.
+
+    While search trials still run, only the candidates they cannot push out of the top ``k`` get
+    their folds: each unfinished trial may enter the top and push every candidate one place down,
+    so with ``r`` of them the first ``k - r`` are certain (folds queued for a candidate later
+    passed would overrun the budget). So a worker free before the last search trials end trains a
+    fold trial, not nothing."""
     if not settings.fold_trials or study_timed_out(study, settings, started):
         return None
     trials = StudyTrials.read(study, storage)
-    if any(not t.state.is_finished() for t in trials.search):
+    certain = settings.cv_top_k - sum(not t.state.is_finished() for t in trials.search)
+    if certain <= 0:
         return None
     cv_study = load_cv_study(study, storage, create=True)
-    enqueue_fold_trials(trials, cv_study, settings.cv_top_k, settings.cv_folds)
+    enqueue_fold_trials(trials, cv_study, certain, settings.cv_folds)
     if not cv_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return None
     return cv_study.ask()

@@ -176,7 +176,7 @@ def single_fold_reason(settings: StudySettings, evaluated: CrossValidated) -> st
         return "the study has no trial budget, and only a trial budget (--n-trials) sets some aside for cross-validation"
     if settings.fold_trials == 0:
         return f"the study does not cross-validate, cv_top_k={settings.cv_top_k} for a budget of {settings.n_trials} trials"
-    return (f"the top {settings.cv_top_k} {'is' if settings.cv_top_k == 1 else 'are'} cross-validated once the "
+    return (f"the top {settings.cv_top_k} {'is' if settings.cv_top_k == 1 else 'are'} cross-validated by the time the "
             f"{settings.search_trials} search trials are done, and this one's fold trials have not run")
 
 

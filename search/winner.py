@@ -229,11 +229,17 @@ def enqueue_fold_trials(trials: StudyTrials, cv_study: optuna.Study, k: int, cv_
     return queued
 
 
-def winner_line(trials: StudyTrials, k: int) -> str:
+def winner_line(trials: StudyTrials, k: int, fold_trials: int = 0) -> str:
     """One line for a progress display: the winner so far and how far cross-validation is.
 
     E.g. ``best 0.8120 ± 0.0110 over 5 folds (trial 7, resnet9); cross-validation 12/12 fold trials done``;
     a preset the one-standard-error rule kept names the trial it was kept over.
+
+    Args:
+        trials: The study's trials (``StudyTrials.read``).
+        k: How many top trials are cross-validated (the study's ``cv_top_k``).
+        fold_trials: The fold trials the budget plans (``StudySettings.fold_trials``): the count's
+            total while the leaders' folds are queued before the others'.
     """
     best = cross_validated_best(trials, k)
     if best is None:
@@ -244,7 +250,8 @@ def winner_line(trials: StudyTrials, k: int) -> str:
     # A fold trial's retries carry its attributes: count folds, not attempts.
     if trials.folds:
         done = {_fold_key(t) for t in trials.folds if _settled(t)}
-        line += f"; cross-validation {len(done)}/{len({_fold_key(t) for t in trials.folds})} fold trials done"
+        planned = max(fold_trials, len({_fold_key(t) for t in trials.folds}))  # a straggler's folds come on top
+        line += f"; cross-validation {len(done)}/{planned} fold trials done"
     return line
 
 

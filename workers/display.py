@@ -61,7 +61,7 @@ class Snapshot:
     @classmethod
     def read(cls, study: optuna.Study, storage: BaseStorage, settings: StudySettings, elapsed: float) -> Snapshot:
         trials = StudyTrials.read(study, storage)  # one read a poll: the winner line ranks the same trials
-        return cls(trials, settings, elapsed, winner_line(trials, settings.cv_top_k))
+        return cls(trials, settings, elapsed, winner_line(trials, settings.cv_top_k, settings.fold_trials))
 
     @property
     def counted(self) -> list[FrozenTrial]:

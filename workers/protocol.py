@@ -95,6 +95,10 @@ class TrialSource:
         study: The study, loaded from ``storage``.
         settings: The study's recorded settings (budget, epochs, space).
         stop: Set to stop waiting for the last running trials (see ``take``).
+
+    Attributes:
+        training: Set by the worker while it trains a trial. A take meanwhile (the next trial,
+            taken ahead) claims search trials only and waits for a fold trial until it is clear.
     """
 
     def __init__(
@@ -102,14 +106,16 @@ class TrialSource:
     ) -> None:
         self.url, self.storage, self.study, self.settings = url, storage, study, settings
         self.stop = stop or threading.Event()
+        self.training = threading.Event()
         self.space = SearchSpace.from_spec(settings.space)
         self.retry_callback = RetryKilledTrials(max_retry=3)
         self.lock_held_seconds = 0.0  # by the last take
         self._cv_study: optuna.Study | None = None
 
-    def _wait_while_running(self, running: set[tuple[str, int]], seconds: float) -> None:
-        """Waits up to ``seconds`` (a heartbeat, to fail stale trials), less once ``stop`` is set or
-        a trial of ``running`` (study name, trial number) ends, this worker's or another's.
+    def _wait_while_running(self, running: set[tuple[str, int]], seconds: float, *, ahead: bool = False) -> None:
+        """Waits up to ``seconds`` (a heartbeat, to fail stale trials), less once ``stop`` is set,
+        a trial of ``running`` (study name, trial number) ends, this worker's or another's, or,
+        for a take ``ahead`` of this worker's trial, once ``training`` is clear.
 
         The worker takes its next trial while one trains, so at a study's end its take waits for
         the running trials, its own among them. Reading them every ``RUNNING_POLL_SECONDS`` (a
@@ -117,6 +123,8 @@ class TrialSource:
         last trial, not a heartbeat after it."""
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0 and not self.stop.wait(min(left, RUNNING_POLL_SECONDS)):
+            if ahead and not self.training.is_set():
+                return
             if not running <= {(study.study_name, t.number) for study, trials in self._running_trials() for t in trials}:
                 return
 
@@ -144,7 +152,8 @@ class TrialSource:
         """
         told = False
         while True:
-            trial = self._claim(started)
+            ahead = self.training.is_set()  # this worker's trial trains: fold trials are for a free worker
+            trial = self._claim(started, fold_trials=not ahead)
             if trial is not None:
                 break
             if self.stop.is_set() or study_timed_out(self.study, self.settings, started):
@@ -153,13 +162,13 @@ class TrialSource:
             for study, trials in self._running_trials():
                 self._fail_and_retry(study, with_retry(lambda: unbeaten_trial_ids(study, self.storage, trials), what="reading running trials"))
                 running |= {(study.study_name, t.number) for t in trials}
-            if not running:
+            if not running and not ahead:
                 return None
             if not told:
                 told = True
                 log.info("the search trials of study %r are spent but %d trials run: waiting for them to finish or go stale (%ds)",
                          self.study.study_name, len(running), GRACE_SECONDS)
-            self._wait_while_running(running, HEARTBEAT_SECONDS)
+            self._wait_while_running(running, HEARTBEAT_SECONDS, ahead=ahead)
         heartbeat = Heartbeat(self.storage, optuna_internals.trial_id(trial))  # from now on a dead worker's trial is retried
         heartbeat.start()
         try:
@@ -167,8 +176,9 @@ class TrialSource:
         except Exception as e:
             return TakenTrial(trial, heartbeat, error=e)
 
-    def _claim(self, started: float) -> optuna.Trial | None:
-        """Fails stale trials (queuing their retries), then asks within the budget, under its lock."""
+    def _claim(self, started: float, *, fold_trials: bool = True) -> optuna.Trial | None:
+        """Fails stale trials (queuing their retries), then asks within the budget, under its lock
+        (``claim_trial``: a fold trial too unless ``fold_trials`` is False)."""
         for study in self.studies():
             self._fail_and_retry(study, with_retry(lambda: stale_trial_ids(study, self.storage), what="reading stale trials"))
 
@@ -176,7 +186,7 @@ class TrialSource:
             with self.budget_lock():
                 locked = time.perf_counter()
                 try:
-                    return claim_trial(self.study, self.settings, self.storage, started)
+                    return claim_trial(self.study, self.settings, self.storage, started, fold_trials=fold_trials)
                 finally:
                     # Every worker's ask queues for this lock: the fleet asks at most 1/hold trials a second.
                     self.lock_held_seconds = time.perf_counter() - locked

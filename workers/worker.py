@@ -139,8 +139,12 @@ class Worker:
                 # Take the next trial while this one trains: the claim, the ask and the space's
                 # ~15 suggests are ~0.2-0.3 s of storage and sampling (docs/bench-storage.md).
                 wants_more = max_trials is None or done + 1 < max_trials
+                self.source.training.set()  # a fold trial taken ahead would wait behind this one: left to a free worker
                 upcoming = ahead.submit(self.source.take, started) if wants_more else None
-                status, startup = self._run_trial(taken, clock, startup), None
+                try:
+                    status, startup = self._run_trial(taken, clock, startup), None
+                finally:
+                    self.source.training.clear()
                 if status != "interrupted":
                     done += 1
         return done

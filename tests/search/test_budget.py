@@ -63,12 +63,18 @@ def test_the_search_trials_spent_the_budget_hands_out_fold_trials_of_a_companion
         trial.suggest_float("lr", 1e-3, 1.0)
         trial.set_user_attr("config", TrainConfig(epochs=3).to_dict())
         study.tell(trial, 0.5 + trial.number / 100)
-    assert claim_trial(study, recorded, storage, time.time()) is None, "no fold trial while a search trial runs: it may enter the top"
+    # Trial 2 still runs: it may pass trial 1 (0.51) but cannot push it out of the top 2; trial 0 it may.
+    early = [claim_trial(study, recorded, storage, time.time()) for _ in range(4)]
+    assert [(t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in early] == [(1, f) for f in (1, 2, 3, 4)], "the certain candidate's folds"
+    assert claim_trial(study, recorded, storage, time.time()) is None, "no fold of a candidate the running trial may push out"
+    for trial in early:
+        trial.suggest_float("lr", 1e-3, 1.0)
+        trial.study.tell(trial, 0.99)
     last = running[2]
     last.suggest_float("lr", 1e-3, 1.0)
     last.set_user_attr("config", TrainConfig(epochs=3).to_dict())
     study.tell(last, 0.6)
-    folds = []
+    folds = [(t.user_attrs["cv_of"], t.user_attrs["fold"]) for t in early]
     while (trial := claim_trial(study, recorded, storage, time.time())) is not None:
         assert trial.study.study_name == f"cv-{backend}.cv", "fold trials live in the companion study"
         trial.suggest_float("lr", 1e-3, 1.0)

@@ -174,8 +174,8 @@ def test_export_writes_the_cross_validated_winner_with_its_mean_and_standard_err
 @pytest.mark.parametrize(("attrs", "drop", "reason"), [
     ({"cv_top_k": 0, "cv_folds": 1}, (), "the study does not cross-validate, cv_top_k=0 for a budget of 5 trials"),
     ({"n_trials": None, "cv_top_k": 0, "cv_folds": 1}, (), "the study has no trial budget, and only a trial budget (--n-trials) sets some aside"),
-    ({}, (), "the top 1 is cross-validated once the 4 search trials are done, and this one's fold trials have not run"),
-    ({}, ("cv_top_k", "cv_folds"), "the top 3 are cross-validated once the 5 search trials are done"),  # an old study
+    ({}, (), "the top 1 is cross-validated by the time the 4 search trials are done, and this one's fold trials have not run"),
+    ({}, ("cv_top_k", "cv_folds"), "the top 3 are cross-validated by the time the 5 search trials are done"),  # an old study
 ])
 def test_a_winner_on_one_fold_says_why(tmp_path, capsys, attrs, drop, reason):
     url = f"sqlite:///{tmp_path / 'one.db'}"

@@ -92,6 +92,7 @@ def test_fold_trials_live_in_a_companion_study_and_the_winner_is_the_best_mean(s
     assert ranked[3].stderr is None and ranked[3].values == {0: 0.60}, "not cross-validated: fold 0 only"
     assert winner_line(trials, 3) == (f"best {winner.mean:.4f} ± 0.0000 over 5 folds (trial {steady}, vgg8); "
                                       "cross-validation 12/12 fold trials done")  # fmt: skip
+    assert winner_line(trials, 3, fold_trials=16).endswith("12/16 fold trials done"), "the planned total while folds are still to be queued"
 
 
 def test_the_note_names_the_cross_validated_winner_and_why_the_best_trial_differs(storage):

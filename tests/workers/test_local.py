@@ -200,7 +200,7 @@ def test_print_best_prints_what_export_writes(tmp_path, capsys):
         study.set_user_attr(key, value)
     print_best(study, storage_of(tmp_path))
     out = capsys.readouterr().out
-    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only (the top 1 is cross-validated once")
+    assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only (the top 1 is cross-validated by the time the")
     printed = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert printed == export_trial(study, storage_of(tmp_path))["config"] and printed["arch"] == "resnet9"
 

@@ -87,6 +87,41 @@ def test_a_take_waiting_for_the_last_running_trial_returns_soon_after_it_ends(so
     assert time.monotonic() - ended < 5.0, "a poll of 1 s, not the 60 s heartbeat"
 
 
+def test_a_fold_trial_goes_to_a_free_worker_not_to_a_take_ahead_of_a_training_one(tmp_path):
+    """A worker takes its next trial while one trains. At a study's end that take would hold a
+    fold trial (a fixed few) for the whole of its worker's trial while another worker sat idle:
+    it leaves fold trials to a free worker, and takes one as soon as its own trial ends."""
+    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    storage = open_storage(url)
+    settings = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json", subset_checksum="sha256:bb",
+                             epochs=3, n_trials=4, cv_top_k=2, cv_folds=2, space={"arch": ["vgg8", "resnet9"]})
+    study, _ = create_study("cv-ahead", settings, storage)
+    busy, free = (TrialSource(url, storage, study, settings) for _ in range(2))
+    started = time.time()
+    training, done = busy.take(started), free.take(started)  # the search's 2 trials
+    for taken in (training, done):
+        taken.trial.set_user_attr("config", taken.sampled_config().to_dict())
+    study.tell(done.trial, 0.6)
+    done.heartbeat.stop()
+    busy.training.set()
+    result: list[object] = []
+    ahead = threading.Thread(target=lambda: result.append(busy.take(started)))
+    ahead.start()
+    ahead.join(timeout=1.5)
+    assert ahead.is_alive(), "the take ahead of a training trial waits: no fold trial for it"
+    fold = free.take(started)
+    assert fold is not None and fold.trial.user_attrs["cv_of"] == done.trial.number, "the free worker trains the certain candidate's fold"
+    study.tell(training.trial, 0.5)
+    training.heartbeat.stop()
+    busy.training.clear()
+    ended = time.monotonic()
+    ahead.join(timeout=10)
+    assert not ahead.is_alive() and result[0] is not None, "its own trial over, the worker takes the fold trial left"
+    assert result[0].trial.user_attrs["cv_of"] == training.trial.number and time.monotonic() - ended < 5.0
+    for taken in (fold, result[0]):
+        taken.heartbeat.stop()
+
+
 def test_a_handed_back_trial_is_taken_again_with_the_same_config(source):
     started = time.time()
     taken = source.take(started)
