@@ -112,15 +112,17 @@ def _cross_validation_trial(study: optuna.Study, settings: StudySettings, storag
     their folds: each unfinished trial may enter the top and push every candidate one place down,
     so with ``r`` of them the first ``k - r`` are certain (folds queued for a candidate later
     passed would overrun the budget). So a worker free before the last search trials end trains a
-    fold trial, not nothing."""
+    fold trial, not nothing. A fold trial already queued (a retry too) is inside the budget: it is
+    handed out whatever runs."""
     if not settings.fold_trials or study_timed_out(study, settings, started):
         return None
     trials = StudyTrials.read(study, storage)
     certain = settings.cv_top_k - sum(not t.state.is_finished() for t in trials.search)
-    if certain <= 0:
+    cv_study = load_cv_study(study, storage, create=certain > 0)
+    if cv_study is None:
         return None
-    cv_study = load_cv_study(study, storage, create=True)
-    enqueue_fold_trials(trials, cv_study, certain, settings.cv_folds)
+    if certain > 0:
+        enqueue_fold_trials(trials, cv_study, certain, settings.cv_folds)
     if not cv_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return None
     return cv_study.ask()

@@ -93,6 +93,21 @@ def test_the_search_trials_spent_the_budget_hands_out_fold_trials_of_a_companion
     assert claim_trial(plain, plain_settings, storage, time.time()) is None, "cv_top_k=0: no fold trials"
 
 
+def test_a_queued_fold_trial_is_handed_out_while_search_trials_run(pg_url):
+    """A fold trial already queued (a killed fold trial's retry, say) is inside the budget: it
+    is handed out even while enough search trials run that no candidate is certain."""
+    from kilotune.search.winner import load_cv_study
+
+    storage = open_storage(pg_url)
+    study, _ = create_study("cv-queued", settings(n_trials=7, cv_top_k=2, cv_folds=3), storage)
+    recorded = load_study(study.study_name, storage)[1]
+    assert all(claim_trial(study, recorded, storage, time.time()) for _ in range(3)), "the search's 3 trials"
+    assert claim_trial(study, recorded, storage, time.time()) is None, "3 search trials run: no candidate is certain"
+    load_cv_study(study, storage, create=True).enqueue_trial({}, user_attrs={"cv_of": 0, "fold": 1})
+    retry = claim_trial(study, recorded, storage, time.time())
+    assert retry is not None and retry.user_attrs == {"cv_of": 0, "fold": 1}
+
+
 def test_an_extension_is_recorded_and_running_workers_follow_it(pg_url):
     storage = open_storage(pg_url)
     study, _ = create_study("grow", settings(n_trials=1), storage)
