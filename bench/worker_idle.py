@@ -1,13 +1,13 @@
 """How long a finished study's workers sat idle: each worker's training time against the study's span.
 
-    kilotune run --dataset fashion-mnist --space small --workers 2 --n-trials 12 --epochs 10 --storage sqlite:///run.db
-    python bench/worker_idle.py --storage sqlite:///run.db --study kilotune
+    python bench/worker_idle.py --storage sqlite:///run.db [--study kilotune]
+    bash bench/worker_idle.sh [runs] [out]   # README's main job with pinned workers, then this
 
-A trial's own time is its recorded ``time_split``'s wall seconds less its storage part (mostly the
-wait for the trial to be handed out); it ended at its completion time. The span runs from the first trial's start to the last trial's
-end, search and fold trials together; a worker is idle for the span less its trials' time
-(claims, waits, and the gap where nothing was left for it to take). Measured in docs/benchmarks.md
-section 15.
+A trial trained for its ``time_split``'s wall seconds less its storage part (mostly the wait for the
+trial to be handed out), up to its completion time. The span runs from the first trial's start to
+the last trial's end, search and fold trials together; a worker is idle for the span less its
+trials' time (claims, waits, and the gaps where nothing was left for it to take). Measured in
+docs/benchmarks.md section 15.
 """
 
 from __future__ import annotations
