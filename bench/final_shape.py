@@ -4,6 +4,8 @@
     python bench/final_shape.py --out runs/final_shape --winners 1 2   # some of them (a second process)
     python bench/final_shape.py --out runs/final_shape --report        # the table (docs/benchmarks.md)
     python bench/final_shape.py --out runs/final_shape --report --horizons 6 12 18 54   # one model at each length
+    python bench/final_shape.py --out runs/final_shape --snapshots 2 3 5            # one model and its snapshot ensembles
+    python bench/final_shape.py --out runs/final_shape --snapshots 2 3 5 --report
 
 The winners are kilotune's in bench/results/search_budget.json (the delivered rows at a budget,
 ``--budget``; one a seed). Each is trained the way ``kilotune retrain`` trains it (its schedule
@@ -15,6 +17,11 @@ on, never the test set:
     validation  fold 0's 200 held-out images of the subset (what a study can measure itself);
     dev         ``--dev-images`` images of the official training set outside the subset, class
                 balanced (a bench's luxury: 25 times the images, so about a fifth of the noise).
+
+With ``--snapshots``, one model of ``--total-epochs`` per winner (its first seed) also keeps its
+softmax at the epochs ``kilotune retrain --snapshots K`` averages (``training.retrain.snapshot_epochs``),
+so a snapshot ensemble, an ensemble at no more training, is scored against the model's last epoch
+(rows in ``snapshots-<budget>.json``).
 
 Each member (winner, seed, epochs) is one row of ``rows.json`` with its softmax on both sets in
 ``probs/``, so a stopped run resumes at the member it was training. Measured in docs/benchmarks.md
@@ -84,6 +91,92 @@ def train_member(config: dict[str, Any], seed: int, epochs: int, subset_path: Pa
     return row, {**probs, **{f"{s}_labels": y for s, y in labels.items()}}
 
 
+def snapshot_member(config: dict[str, Any], epochs: int, ks: list[int], subset_path: Path, dev_images: int, scratch: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """One model of ``epochs`` on fold 0's training split, as ``retrain --snapshots K`` trains it:
+    its row and its softmax on both sets at every epoch a snapshot ensemble of each K in ``ks`` keeps."""
+    from kilotune.training.config import TrainConfig
+    from kilotune.training.retrain import SnapshotSaver, snapshot_epochs
+    from kilotune.training.train import probabilities, train
+
+    dataset, data, dev = held_out_sets(subset_path, dev_images)
+    train_config = TrainConfig.from_dict(config).replace(epochs=epochs)
+    steps = math.ceil(len(data.x_train) / min(train_config.batch_size, len(data.x_train)))
+    kept = sorted({e for k in ks for e in snapshot_epochs(train_config, steps, k)})
+    saver = SnapshotSaver(kept, scratch)
+    started = time.perf_counter()
+    result = train(train_config, data, keras_callbacks=[saver])
+    wall = round(time.perf_counter() - started, 1)
+    labels = {"val": data.y_val, "dev": dataset.y_train[dev]}
+    arrays: dict[str, np.ndarray] = {f"{s}_labels": y for s, y in labels.items()}
+    for path in saver.files:  # epoch-NNNN.weights.h5, in training order
+        result.model.load_weights(path)
+        epoch = int(path.name.split(".")[0].removeprefix("epoch-"))
+        arrays |= {f"val@{epoch}": probabilities(result, data.x_val).astype(np.float16),
+                   f"dev@{epoch}": probabilities(result, dataset.x_train[dev]).astype(np.float16)}
+        path.unlink()
+    row = {"seed": train_config.seed, "epochs": epochs, "status": result.status, "wall_s": wall, "kept_epochs": kept,
+           "snapshot_epochs": {str(k): snapshot_epochs(train_config, steps, k) for k in ks}}
+    return row, arrays
+
+
+def run_snapshots(args: argparse.Namespace, subset_path: Path) -> None:
+    out = Path(args.out)
+    rows_file = out / f"snapshots-{args.budget}.json"
+    configs = winners(args.budget)
+    for winner in args.winners or sorted(configs):
+        config = configs[winner]
+        name = f"b{args.budget}-s{winner}-seed{config['seed']}-e{args.total_epochs}-snapshots"
+        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
+        if any(r["name"] == name for r in rows):
+            continue
+        print(f"{name}: {config['arch']} width {config['width']}, {args.total_epochs} epochs", flush=True)
+        row, arrays = snapshot_member(config, args.total_epochs, args.snapshots, subset_path, args.dev_images, out / "scratch" / name)
+        np.savez_compressed(out / "probs" / f"{name}.npz", **arrays)
+        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []  # another process may have written
+        rows.append({"name": name, "budget": args.budget, "winner": winner, "arch": config["arch"], **row})
+        rows_file.write_text(json.dumps(rows, indent=1))
+        print(f"{name}: done ({row['wall_s']:.0f} s)", flush=True)
+
+
+def snapshot_scores(out: Path, budget: int) -> dict[int, dict[str, dict[str, float]]]:
+    """winner -> "last" or K -> {"val": accuracy, "dev": accuracy}: the model's last epoch against
+    the mean softmax of each snapshot ensemble's epochs."""
+    scores: dict[int, dict[str, dict[str, float]]] = {}
+    for row in json.loads((out / f"snapshots-{budget}.json").read_text()):
+        a = np.load(out / "probs" / f"{row['name']}.npz")
+
+        def score(epochs: list[int], s: str) -> float:
+            return float(np.mean(np.argmax(sum(a[f"{s}@{e}"].astype(np.float32) for e in epochs), 1) == a[f"{s}_labels"]))
+
+        by = {"last": {s: score([row["epochs"]], s) for s in ("val", "dev")}}
+        by |= {k: {s: score(epochs, s) for s in ("val", "dev")} for k, epochs in row["snapshot_epochs"].items()}
+        scores[row["winner"]] = by
+    return scores
+
+
+def snapshot_report(out: Path, budget: int) -> str:
+    scores = snapshot_scores(out, budget)
+    if not scores:
+        raise ValueError(f"no snapshot rows for {budget=}: train them with --snapshots")
+    rows = {r["winner"]: r for r in json.loads((out / f"snapshots-{budget}.json").read_text())}
+    configs = winners(budget)
+    ks = sorted({k for by in scores.values() for k in by if k != "last"}, key=int)
+    lines = [f"| winner (budget {budget}, seed) | arch | last epoch: val / dev | " + " | ".join(f"{k} snapshots (epochs): val / dev" for k in ks) + " |",
+             "| ---: | --- | --- |" + " --- |" * len(ks)]
+    for w, by in sorted(scores.items()):
+        c = configs[w]
+        cells = [f"{by[k]['val']:.3f} / {by[k]['dev']:.4f} ({', '.join(map(str, rows[w]['snapshot_epochs'][k]))})" for k in ks]
+        lines.append(f"| {w} | {c['arch']} {c['width']} {c['schedule']} | {by['last']['val']:.3f} / {by['last']['dev']:.4f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for k in ks:
+        for s in ("val", "dev"):
+            diffs = [100 * (by[k][s] - by["last"][s]) for by in scores.values()]
+            spread = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+            lines.append(f"{k} snapshots less the last epoch on {s}: {statistics.fmean(diffs):+.1f} ± {spread:.1f} points over "
+                         f"{len(diffs)} winners, ahead in {sum(d > 0 for d in diffs)}, behind in {sum(d < 0 for d in diffs)}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     (out / "probs").mkdir(parents=True, exist_ok=True)
@@ -93,6 +186,9 @@ def run(args: argparse.Namespace) -> None:
 
         if kilotune(["subset", "build", "--dataset", "fashion-mnist", "--method", "random", "--per-class", "100", "--seed", "0", "--out", str(subset_path)]):
             sys.exit("kilotune subset build failed")
+    if args.snapshots:
+        run_snapshots(args, subset_path)
+        return
     configs = winners(args.budget)
     for winner in args.winners or sorted(configs):
         config = configs[winner]
@@ -187,14 +283,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[1, 3], help="ensemble sizes k to compare (default: %(default)s)")
     parser.add_argument("--total-epochs", type=int, default=54, help="epochs of a shape, split among its k seeds (default: %(default)s)")
     parser.add_argument("--dev-images", type=int, default=5000, help="held-out images outside the subset (default: %(default)s)")
+    parser.add_argument("--snapshots", type=int, nargs="+", help="instead of the shapes: one model of --total-epochs per winner and its snapshot ensembles of these sizes")
     parser.add_argument("--report", action="store_true", help="print the table instead of training")
     parser.add_argument("--horizons", type=int, nargs="+", help="with --report: one model per winner at each of these epochs, ranked against the last")
     args = parser.parse_args(argv)
     if min(args.members) < 1 or args.total_epochs < max(args.members) or args.dev_images < 10:
         parser.error(f"need members >= 1, total epochs >= the largest k and at least 10 dev images, got {args.members=}, {args.total_epochs=}, {args.dev_images=}")
+    if args.snapshots and not all(2 <= k <= args.total_epochs for k in args.snapshots):
+        parser.error(f"snapshot ensembles need 2 to --total-epochs snapshots, got {args.snapshots=}")
     try:
         if args.report:
-            print(horizon_report(Path(args.out), args.budget, sorted(args.horizons)) if args.horizons else report(args))
+            if args.snapshots:
+                print(snapshot_report(Path(args.out), args.budget))
+            else:
+                print(horizon_report(Path(args.out), args.budget, sorted(args.horizons)) if args.horizons else report(args))
         else:
             run(args)
     except ValueError as e:  # e.g. a member too short for its config's warm-up
