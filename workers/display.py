@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from kilotune.models.names import ignored_fields, listing
 from kilotune.search.attrs import CV_OF, EPOCH_SECONDS, FAIL_REASON, STATUS, WORKER, WORKER_ID
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.report import HANDED_BACK, outcome
@@ -246,6 +247,8 @@ def print_best(study: optuna.Study, storage: BaseStorage) -> None:
     provenance = exported["provenance"]
     print(f"best configuration (trial {provenance['trial']}, validation accuracy {validation_text(provenance)}):")
     print(json.dumps(exported["config"], indent=2, sort_keys=True))
+    if ignored := ignored_fields(exported["config"]["arch"]):
+        print(f"({exported['config']['arch']} ignores {listing(ignored, 'and')}: the export carries every field of the training config)")
     print(f"export it: kilotune export --study {study.study_name} --out best.json")
     print(f"then train the model to take home on all the images (long final training is what pays, docs/benchmarks.md): "
           f"kilotune retrain best.json --total-epochs {take_home_epochs(int(exported['config']['epochs']))}")

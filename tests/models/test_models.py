@@ -222,3 +222,18 @@ def test_trains_under_jax_backend():
     result = run_bounded([sys.executable, "-c", code], env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "backend jax" in result.stdout
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shape_fields_name_what_each_builder_reads(arch):
+    """``names.SHAPE_FIELDS`` (what a shown config says an arch ignores) matches the builders:
+    a field it names changes the model's size, one it leaves out does not."""
+    from kilotune.models.names import SHAPE_FIELDS, ignored_fields
+
+    base = {"depth": 16 if arch == "wrn" else 20, "widen_factor": 2}
+    other = {"depth": base["depth"] + 6, "widen_factor": 3}
+    size = build_model(arch, (16, 16, 1), 10, width=0.25, **base).count_params()
+    for field in ("depth", "widen_factor"):
+        changed = build_model(arch, (16, 16, 1), 10, width=0.25, **(base | {field: other[field]})).count_params()
+        assert (changed != size) == (field in SHAPE_FIELDS.get(arch, ())), field
+        assert (field in ignored_fields(arch)) == (changed == size)

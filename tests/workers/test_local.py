@@ -203,6 +203,8 @@ def test_print_best_prints_what_export_writes(tmp_path, capsys):
     assert out.startswith("best configuration (trial 1, validation accuracy 0.8000 on fold 0 only (the top 1 is cross-validated by the time the")
     printed = json.loads(out[out.index("{") : out.rindex("}") + 1])
     assert printed == export_trial(study, storage_of(tmp_path))["config"] and printed["arch"] == "resnet9"
+    # The export carries depth and widen_factor for every arch; the user is told resnet9 reads neither.
+    assert "(resnet9 ignores depth and widen_factor: the export carries every field of the training config)" in out
 
 
 @pytest.mark.parametrize(("line", "quiet"), [
