@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from environment import environment  # bench/, this script's folder, is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_KEYS = ("build", "train", "validation", "checkpoint", "storage", "other")
 NEEDED = ("numpy", "keras", "optuna", "optuna_dashboard", "sqlalchemy", "alembic", "colorlog", "yaml", "rich")
@@ -225,14 +227,6 @@ def run_cell(workers: int, args: argparse.Namespace, space: Path, dataset: str, 
     return row
 
 
-def machine() -> dict[str, Any]:
-    """What ran it: the search-budget bench's ``environment()`` (CPU, cores, GPU, backend, library
-    versions, commit and whether the tree was dirty), one recorder for every bench's rows."""
-    from search_budget import environment  # bench/, this script's folder, is on sys.path
-
-    return environment()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=os.environ.get("OUT"), help="folder for gpu_fleet.json and .md (default: $OUT)")
@@ -283,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"GPU util % {r['gpu_util_mean']}, OOM {r['out_of_memory']}", flush=True)  # fmt: skip
     finally:
         gpu.close()
-    result = {"machine": machine(), "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+    result = {"machine": environment(), "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
               "config": args.config.to_dict(), "dataset": dataset, "trials_per_worker": args.trials_per_worker,
               "total_s": round(time.time() - began, 1), "rows": rows}  # fmt: skip
     (args.out / "gpu_fleet.json").write_text(json.dumps(result, indent=1))

@@ -81,6 +81,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from environment import environment  # bench/, this script's folder, is on sys.path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -816,39 +818,9 @@ def subset_info(path: Path) -> dict[str, Any]:
             "checksum": subset.checksum, "params": data.get("params") or {}}
 
 
-def environment() -> dict[str, Any]:
-    """Machine, backend and versions, recorded in every row."""
-    import keras
-
-    from kilotune.cli.main import version
-    from kilotune.search.export import library_versions
-
-    cpu = next((line.split(":", 1)[1].strip() for line in _read("/proc/cpuinfo").splitlines() if line.startswith("model name")), "?")
-    gpu = ""
-    if shutil.which("nvidia-smi"):
-        gpu = _run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]).replace("\n", "; ")
-    commit = _run(["git", "-C", str(REPO), "rev-parse", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--quiet", "HEAD", "--", ".", ":(exclude)bench/results"], capture_output=True).returncode != 0 if commit else None
-    return {"machine": {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or None}, "backend": keras.backend.backend(),
-            "tensorflow_loaded": "tensorflow" in sys.modules,
-            "kilotune_version": version(), "commit": commit or None, "commit_dirty": dirty, "libraries": library_versions()}
-
-
 def _check(code: int, what: str) -> None:
     if code != 0:
         raise RuntimeError(f"{what} failed with exit status {code}")
-
-
-def _read(path: str) -> str:
-    with contextlib.suppress(OSError):
-        return Path(path).read_text()
-    return ""
-
-
-def _run(command: list[str]) -> str:
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(command, capture_output=True, text=True, timeout=20).stdout.strip()
-    return ""
 
 
 def _load() -> list[float]:

@@ -31,7 +31,7 @@ from kilotune.subset.datasets import load_dataset  # noqa: E402
 from kilotune.subset.features import build_subset  # noqa: E402
 from kilotune.subset.subsetfile import load_subset  # noqa: E402
 from kilotune.training.compare import COMPARE_CONFIG, compare_subsets  # noqa: E402
-from subset_quality import _cpu_model  # noqa: E402  (this script's folder is on sys.path)
+from environment import cpu_model  # noqa: E402  (this script's folder is on sys.path)
 
 # (label, method, params, selection seed); --random-draws adds random seeds 1, 2...
 RUNS = (
@@ -91,7 +91,7 @@ def main() -> None:
         "holdout": args.holdout,
         "config": config.to_dict(),
         "extractor": extractor,
-        "machine": {"processor": _cpu_model(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "machine": {"processor": cpu_model(), "cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python bench/subset_accuracy.py " + " ".join(sys.argv[1:]),
         "runs": [],

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -26,6 +25,7 @@ from kilotune.subset.datasets import load_dataset  # noqa: E402
 from kilotune.subset.features import ensure_extractor, extract_features, load_extractor  # noqa: E402
 from kilotune.subset.objectives import objectives  # noqa: E402
 from kilotune.subset.selection import select  # noqa: E402
+from environment import cpu_model  # noqa: E402  (this script's folder is on sys.path)
 
 # (label, method, params); greedy-only variants show what the swap searches add.
 RUNS = (
@@ -98,19 +98,12 @@ def main() -> None:
         "seed": args.seed,
         "extractor": {k: extractor.metadata.get(k) for k in ("arch", "width", "epochs", "test_accuracy", "train_seconds")},
         "extract_seconds": extract_seconds,
-        "machine": {"processor": _cpu_model(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "machine": {"processor": cpu_model(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "sum_upper_bound": bound,
         "sum_row_bound": row,
         "results": results,
     }, indent=1) + "\n")
     print(f"\nwrote {out}")
-
-
-def _cpu_model() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.machine()
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from environment import environment  # noqa: E402  (this script's folder is on sys.path)
 from kilotune.subset.datasets import load_dataset  # noqa: E402
 
 # (arch, depth, widen_factor): depth/k only matter for resnet20 and wrn.
@@ -154,21 +153,6 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    import keras
-    import tensorflow as tf
-
-    cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu": " ".join(cpu.split(":", 1)[-1].split()),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--archs", nargs="*", default=list(ARCHS), choices=list(ARCHS))
@@ -186,8 +170,8 @@ def main() -> None:
 
     load_before = os.getloadavg()
     data = make_data(args.images, args.val_images, args.channels, args.seed)
-    info = machine()
-    print(f"{info['cpu']}, {info['nproc']} CPUs; TF {info['tensorflow']}, Keras {info['keras']} ({info['backend']}); "
+    info = environment()
+    print(f"{info['machine']['cpu']}, {info['machine']['cores']} CPUs; Keras {info['libraries'].get('keras')} ({info['backend']}); "
           f"{len(data.x_train)} images {data.x_train.shape[1:]}, {len(data.x_val)} val; load before {load_before}", flush=True)
     warm = warm_up(data)
     print(f"warm-up trial: {warm:.1f} s", flush=True)

@@ -419,7 +419,10 @@ def wait_for_exit(procs: list[subprocess.Popen], stall_s: float, what: str, prog
 
 
 def load_script(path: Path) -> types.ModuleType:
-    """A bench script (not a package module) imported as the module named by its stem."""
+    """A bench script (not a package module) imported as the module named by its stem, its folder on
+    ``sys.path`` as when Python runs it (the scripts share ``bench/environment.py``)."""
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
