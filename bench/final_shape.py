@@ -25,7 +25,7 @@ so a snapshot ensemble, an ensemble at no more training, is scored against the m
 
 Each member (winner, seed, epochs) is one row of ``rows.json`` with its softmax on both sets in
 ``probs/``, so a stopped run resumes at the member it was training. Measured in docs/benchmarks.md
-section 10; it chose ``RetrainOptions.min_member_epochs`` (training/config.py).
+sections 10 (it chose ``RetrainOptions.min_member_epochs``, training/config.py), 13 and 16 (snapshots).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def snapshot_scores(out: Path, budget: int) -> dict[int, dict[str, dict[str, flo
 
 
 def snapshot_report(out: Path, budget: int) -> str:
-    scores = snapshot_scores(out, budget)
+    scores = snapshot_scores(out, budget) if (out / f"snapshots-{budget}.json").is_file() else {}
     if not scores:
         raise ValueError(f"no snapshot rows for {budget=}: train them with --snapshots")
     rows = {r["winner"]: r for r in json.loads((out / f"snapshots-{budget}.json").read_text())}

@@ -62,6 +62,15 @@ def test_a_winner_is_trained_in_both_shapes_and_the_run_resumes(tmp_path, fashio
     assert set(scores[3]) == {1, 2}
     with pytest.raises(SystemExit, match="final_shape: warmup_epochs="):
         bench.main(["--out", str(out), "--winners", "3", "--members", "4", "--total-epochs", "4", "--dev-images", "100"])
+    # --snapshots trains the 1 x 4 model again, keeping its softmax at the epochs retrain --snapshots 2 averages.
+    snapshots = ["--out", str(out), "--winners", "3", "--snapshots", "2", "--total-epochs", "4", "--dev-images", "100"]
+    bench.main(snapshots)
+    [row] = json.loads((out / "snapshots-60.json").read_text())
+    assert row["kept_epochs"] == [3, 4] and row["snapshot_epochs"] == {"2": [3, 4]}
+    one = next(r for r in rows if r["epochs"] == 4)
+    assert bench.snapshot_scores(out, 60)[3]["last"]["dev"] == one["dev_accuracy"], "the same training as the 1 x 4 model"
+    bench.main(snapshots)  # resumes: nothing trained again
+    assert json.loads((out / "snapshots-60.json").read_text()) == [row]
 
 
 def test_a_horizon_counts_the_pairs_of_architectures_it_orders_as_the_longest_does(tmp_path):
@@ -79,3 +88,25 @@ def test_a_horizon_counts_the_pairs_of_architectures_it_orders_as_the_longest_do
     assert sum(line.startswith(f"| {w} |") for w in (resnet, vgg) for line in lines) == 2, "a row per winner with every horizon"
     with pytest.raises(ValueError, match="horizons=\\[6, 12\\]"):
         bench.horizon_report(tmp_path, 60, [6, 12])
+
+
+def test_a_snapshot_ensemble_is_the_mean_softmax_of_its_epochs_against_the_last(tmp_path):
+    """The last epoch is right on 2 of 4 images. On the third, epochs 41 and 47 outvote it; on the
+    fourth, 47 sides with it: the 3-snapshot mean is right on 3."""
+    labels = np.array([0, 1, 0, 1])
+    last = np.array([[0.9, 0.1], [0.1, 0.9], [0.4, 0.6], [0.6, 0.4]])
+    e41 = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.4, 0.6]])
+    e47 = np.array([[0.9, 0.1], [0.1, 0.9], [0.9, 0.1], [0.9, 0.1]])
+    (tmp_path / "probs").mkdir()
+    arrays = {f"{s}@{e}": p.astype(np.float16) for s in ("val", "dev") for e, p in ((41, e41), (47, e47), (54, last))}
+    np.savez_compressed(tmp_path / "probs" / "w.npz", **arrays, val_labels=labels, dev_labels=labels)
+    winner = sorted(bench.winners(60))[0]
+    row = {"name": "w", "budget": 60, "winner": winner, "arch": "vgg8", "seed": 0, "epochs": 54, "status": "complete", "wall_s": 1.0,
+           "kept_epochs": [41, 47, 54], "snapshot_epochs": {"2": [41, 54], "3": [41, 47, 54]}}
+    (tmp_path / "snapshots-60.json").write_text(json.dumps([row]))
+    scores = bench.snapshot_scores(tmp_path, 60)[winner]
+    assert scores["last"]["dev"] == 0.5 and scores["3"]["dev"] == 0.75
+    lines = bench.snapshot_report(tmp_path, 60).splitlines()
+    assert "3 snapshots less the last epoch on dev: +25.0 ± nan points over 1 winners, ahead in 1, behind in 0" in lines
+    with pytest.raises(ValueError, match="budget=180"):  # no rows at that budget: a line, not a traceback
+        bench.snapshot_report(tmp_path, 180)
