@@ -7,6 +7,7 @@ import contextlib
 import functools
 import glob
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -416,6 +417,13 @@ def wait_for_exit(procs: list[subprocess.Popen], stall_s: float, what: str, prog
         for reader in readers:
             reader.join()
     return outs
+
+
+def printed_best_config(output: str) -> dict:
+    """The configuration ``kilotune run`` prints after "best configuration (...):": the JSON object
+    alone (a line saying which fields its arch ignores may follow it)."""
+    block = output[output.index("best configuration") :].split(":\n", 1)[1]
+    return json.JSONDecoder().raw_decode(block)[0]
 
 
 def load_script(path: Path) -> types.ModuleType:

@@ -11,10 +11,11 @@ import pytest
 from optuna_dashboard import get_note
 
 from kilotune.cli.main import main
+from kilotune.models.names import ignored_fields
 from kilotune.search.export import export_trial, validation_text
 from kilotune.search.storage import open_storage
 from kilotune.search.winner import StudyTrials
-from tests.conftest import REPO, run_bounded
+from tests.conftest import REPO, printed_best_config, run_bounded
 
 SUBCOMMANDS = {"train", "worker", "run", "dashboard", "subset", "study", "report", "export", "retrain"}
 
@@ -102,9 +103,11 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     storage = open_storage(f"sqlite:///{tmp_path}/kilotune.db")
     study = optuna.load_study(study_name="kilotune", storage=storage)
     folds = optuna.load_study(study_name="kilotune.cv", storage=storage).trials
-    printed = json.loads(out.stdout[out.stdout.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
+    printed = printed_best_config(out.stdout)
     exported = export_trial(study, storage)
     assert printed == exported["config"], "the closing best configuration is the one export writes"
+    if ignored := ignored_fields(printed["arch"]):  # and says which of its fields the arch does not read
+        assert f"({printed['arch']} ignores {' and '.join(ignored)}: the export carries every field" in out.stdout
     assert out.stdout.rstrip().endswith("kilotune retrain best.json --total-epochs 54"), "the closing lines' next step: a long final training"
     winner = exported["provenance"]["trial"]
     assert f"best configuration (trial {winner}, validation accuracy {validation_text(exported['provenance'])})" in out.stdout
@@ -237,6 +240,7 @@ def test_bad_arguments_are_one_line_before_anything_heavy_loads(tmp_path):
     code = f"""
 import contextlib, io, json, sys
 from kilotune.cli.main import main
+from kilotune.models.names import ignored_fields
 for argv in json.loads(sys.argv[1]):
     err = io.StringIO()
     with contextlib.redirect_stderr(err):

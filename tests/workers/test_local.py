@@ -27,7 +27,7 @@ from kilotune.search.winner import StudyTrials
 from kilotune.training.config import TrainConfig
 from kilotune.workers.display import Display, Snapshot, print_best
 from kilotune.workers.launch import QUIET
-from tests.conftest import REPO, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
+from tests.conftest import REPO, printed_best_config, run_bounded, tree_cpu_progress, wait_for, wait_for_exit
 
 EPOCHS = 10
 SETTINGS = StudySettings(dataset="fashion-mnist", dataset_checksum="sha256:aa", subset_path="/s.json", subset_checksum="sha256:bb",
@@ -282,7 +282,7 @@ def test_run_keeps_the_password_out_of_its_output_and_the_workers_command_lines(
     for number in range(3):
         assert sum(line.startswith("[") and f"] trial {number} " in line and "training" not in line for line in out.splitlines()) == 1, out
     study, _ = load_study("masked", open_storage(url))
-    printed = json.loads(out[out.index("best configuration") :].split(":\n", 1)[1].rsplit("export it", 1)[0])
+    printed = printed_best_config(out)
     assert printed == export_trial(study, open_storage(url))["config"]
     params = [t.params for t in study.trials]
     assert len(params) == 3 and len({json.dumps(p, sort_keys=True) for p in params}) == 3, "seeded workers sampled alike"
