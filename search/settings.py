@@ -152,14 +152,15 @@ class StudySettings:
 
     def budget_text(self) -> str:
         """What the budget buys, for a header: ``12 trials of 10 epochs (at most 120 epochs): 8 search
-        trials, then the top 2 re-trained on 2 more folds each (4 fold trials)``."""
+        trials, the top 2 of them re-trained on 2 more folds each (4 fold trials)``: no order (a certain
+        candidate's folds start while the last search trials run)."""
         time = f"; stops after {self.timeout_s:g} s" if self.timeout_s else ""
         if self.n_trials is None:
             return f"trials of {count_of(self.epochs, 'epoch')} until {self.timeout_s:g} s have passed, not cross-validated"
         text = f"{count_of(self.n_trials, 'trial')} of {count_of(self.epochs, 'epoch')} (at most {count_of(self.n_trials * self.epochs, 'epoch')}): "
         if not self.fold_trials:
             return text + f"{count_of(self.n_trials, 'search trial')}, not cross-validated{time}"
-        return (text + f"{count_of(self.search_trials, 'search trial')}, then the top {self.cv_top_k} re-trained on "
+        return (text + f"{count_of(self.search_trials, 'search trial')}, the top {self.cv_top_k} of them re-trained on "
                 f"{count_of(self.cv_folds - 1, 'more fold')} each ({count_of(self.fold_trials, 'fold trial')}){time}")
 
     def differences(self, given: StudySettings) -> list[str]:

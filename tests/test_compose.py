@@ -244,7 +244,7 @@ def test_services_run_locally_fill_the_study_and_the_dashboard_lists_it(raw, pg_
         "POSTGRES_DB": database.database,
         "KILOTUNE_STUDY": "parity",
         "KILOTUNE_DATASET": "fashion-mnist",
-        "KILOTUNE_N_TRIALS": "12",  # 8 search trials, then the top 2 on 2 more folds
+        "KILOTUNE_N_TRIALS": "12",  # 8 search trials, the top 2 of them on 2 more folds
         "KILOTUNE_EPOCHS": "2",
         "KILOTUNE_SUBSET": str(fashion_subset),
         "KILOTUNE_SPACE": str(space),

@@ -98,7 +98,7 @@ def test_run_is_the_main_job_on_the_embedded_default(tmp_path, fashion_subset):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     header = out.stdout.splitlines()[0]
-    assert "budget 6 trials of 2 epochs (at most 12 epochs): 4 search trials, then the top 1 re-trained on 2 more folds each" in header
+    assert "budget 6 trials of 2 epochs (at most 12 epochs): 4 search trials, the top 1 of them re-trained on 2 more folds each" in header
     assert "best configuration (trial" in out.stdout and '"arch": "vgg8"' in out.stdout
     storage = open_storage(f"sqlite:///{tmp_path}/kilotune.db")
     study = optuna.load_study(study_name="kilotune", storage=storage)

@@ -254,7 +254,7 @@ def test_report_shows_the_cross_validated_winner_with_its_mean_and_standard_erro
     rows = re.findall(r"<tr><td>(\d+)</td><td>(\d+)</td><td>([\d.]+)</td><td>([\d.-]+)</td><td>(\d+)</td>", table)
     assert rows[0] == ("1", str(second.number), f"{mean:.4f}", f"{stderr:.4f}", "5")
     assert rows[1][1] == str(first.number) and rows[1][4] == "5" and rows[2][3:] == ("-", "1")
-    assert "6 search trials, then the top 2 re-trained on 4 more folds each (8 fold trials)" in text
+    assert "6 search trials, the top 2 of them re-trained on 4 more folds each (8 fold trials)" in text
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert f"of the {EPOCHS * len(finished)} epochs" in text, "fold trials are never pruned: not in the savings"

@@ -62,7 +62,7 @@ def test_an_old_study_reads_its_fold_trials_as_beyond_its_search_budget(tmp_path
 
 def test_the_budget_says_what_it_buys():
     assert settings(n_trials=12, epochs=10).budget_text() == (
-        "12 trials of 10 epochs (at most 120 epochs): 8 search trials, then the top 2 re-trained on 2 more folds each (4 fold trials)")
+        "12 trials of 10 epochs (at most 120 epochs): 8 search trials, the top 2 of them re-trained on 2 more folds each (4 fold trials)")
     assert settings(n_trials=3).budget_text() == "3 trials of 3 epochs (at most 9 epochs): 3 search trials, not cross-validated"
     assert settings(timeout_s=60).budget_text() == "trials of 3 epochs until 60 s have passed, not cross-validated"
 

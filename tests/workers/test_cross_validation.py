@@ -36,7 +36,7 @@ def test_a_worker_trains_fold_trials_on_their_folds_within_the_budget(pg_url, fa
     monkeypatch.setenv("KILOTUNE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
     space = tmp_path / "space.json"
     space.write_text(json.dumps(TINY_SPACE))
-    # 6 trials: 4 search trials, then the top 1 on 2 more folds (a third of the budget).
+    # 6 trials: 4 search trials, the top 1 of them on 2 more folds (a third of the budget).
     assert main(["study", "create", "--study", "cv-worker", "--storage", pg_url, "--dataset", "fashion-mnist",
                  "--subset", str(fashion_subset), "--space", str(space), "--epochs", "2", "--n-trials", "6",
                  "--pruner", "successive-halving", "--cv-top-k", "1", "--seed", "0"]) == 0  # fmt: skip
