@@ -96,27 +96,38 @@ def snapshot_member(config: dict[str, Any], epochs: int, ks: list[int], subset_p
     its row and its softmax on both sets at every epoch a snapshot ensemble of each K in ``ks`` keeps."""
     from kilotune.training.config import TrainConfig
     from kilotune.training.retrain import SnapshotSaver, snapshot_epochs
-    from kilotune.training.train import probabilities, train
+    from kilotune.training.train import batches_per_epoch, probabilities, train
 
     dataset, data, dev = held_out_sets(subset_path, dev_images)
     train_config = TrainConfig.from_dict(config).replace(epochs=epochs)
-    steps = math.ceil(len(data.x_train) / min(train_config.batch_size, len(data.x_train)))
-    kept = sorted({e for k in ks for e in snapshot_epochs(train_config, steps, k)})
-    saver = SnapshotSaver(kept, scratch)
+    steps = batches_per_epoch(train_config, len(data.x_train))
+    by_k = {str(k): snapshot_epochs(train_config, steps, k) for k in ks}
+    saver = SnapshotSaver(sorted({e for kept in by_k.values() for e in kept}), scratch)
     started = time.perf_counter()
     result = train(train_config, data, keras_callbacks=[saver])
     wall = round(time.perf_counter() - started, 1)
     labels = {"val": data.y_val, "dev": dataset.y_train[dev]}
     arrays: dict[str, np.ndarray] = {f"{s}_labels": y for s, y in labels.items()}
-    for path in saver.files:  # epoch-NNNN.weights.h5, in training order
+    for epoch, path in saver.files.items():
         result.model.load_weights(path)
-        epoch = int(path.name.split(".")[0].removeprefix("epoch-"))
         arrays |= {f"val@{epoch}": probabilities(result, data.x_val).astype(np.float16),
                    f"dev@{epoch}": probabilities(result, dataset.x_train[dev]).astype(np.float16)}
         path.unlink()
-    row = {"seed": train_config.seed, "epochs": epochs, "status": result.status, "wall_s": wall, "kept_epochs": kept,
-           "snapshot_epochs": {str(k): snapshot_epochs(train_config, steps, k) for k in ks}}
+    row = {"seed": train_config.seed, "epochs": epochs, "status": result.status, "wall_s": wall,
+           "kept_epochs": sorted(saver.epochs), "snapshot_epochs": by_k}
     return row, arrays
+
+
+def append_row(out: Path, rows_file: Path, row: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Saves a trained model's softmax and adds its row, re-reading the rows (another process may have written)."""
+    np.savez_compressed(out / "probs" / f"{row['name']}.npz", **arrays)
+    rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
+    rows_file.write_text(json.dumps([*rows, row], indent=1))
+
+
+def has_row(rows_file: Path, name: str) -> bool:
+    """Whether ``name`` was trained already (a stopped run resumes after it)."""
+    return rows_file.is_file() and any(r["name"] == name for r in json.loads(rows_file.read_text()))
 
 
 def run_snapshots(args: argparse.Namespace, subset_path: Path) -> None:
@@ -126,23 +137,28 @@ def run_snapshots(args: argparse.Namespace, subset_path: Path) -> None:
     for winner in args.winners or sorted(configs):
         config = configs[winner]
         name = f"b{args.budget}-s{winner}-seed{config['seed']}-e{args.total_epochs}-snapshots"
-        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
-        if any(r["name"] == name for r in rows):
+        if has_row(rows_file, name):
             continue
         print(f"{name}: {config['arch']} width {config['width']}, {args.total_epochs} epochs", flush=True)
         row, arrays = snapshot_member(config, args.total_epochs, args.snapshots, subset_path, args.dev_images, out / "scratch" / name)
-        np.savez_compressed(out / "probs" / f"{name}.npz", **arrays)
-        rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []  # another process may have written
-        rows.append({"name": name, "budget": args.budget, "winner": winner, "arch": config["arch"], **row})
-        rows_file.write_text(json.dumps(rows, indent=1))
+        append_row(out, rows_file, {"name": name, "budget": args.budget, "winner": winner, "arch": config["arch"], **row}, arrays)
         print(f"{name}: done ({row['wall_s']:.0f} s)", flush=True)
 
 
-def snapshot_scores(out: Path, budget: int) -> dict[int, dict[str, dict[str, float]]]:
+def snapshot_rows(out: Path, budget: int) -> list[dict[str, Any]]:
+    """The ``--snapshots`` rows at ``budget``; ValueError if there are none."""
+    path = out / f"snapshots-{budget}.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    if not rows:
+        raise ValueError(f"no snapshot rows for {budget=}: train them with --snapshots")
+    return rows
+
+
+def snapshot_scores(out: Path, rows: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, float]]]:
     """winner -> "last" or K -> {"val": accuracy, "dev": accuracy}: the model's last epoch against
     the mean softmax of each snapshot ensemble's epochs."""
     scores: dict[int, dict[str, dict[str, float]]] = {}
-    for row in json.loads((out / f"snapshots-{budget}.json").read_text()):
+    for row in rows:
         a = np.load(out / "probs" / f"{row['name']}.npz")
 
         def score(epochs: list[int], s: str) -> float:
@@ -155,17 +171,15 @@ def snapshot_scores(out: Path, budget: int) -> dict[int, dict[str, dict[str, flo
 
 
 def snapshot_report(out: Path, budget: int) -> str:
-    scores = snapshot_scores(out, budget) if (out / f"snapshots-{budget}.json").is_file() else {}
-    if not scores:
-        raise ValueError(f"no snapshot rows for {budget=}: train them with --snapshots")
-    rows = {r["winner"]: r for r in json.loads((out / f"snapshots-{budget}.json").read_text())}
+    rows = snapshot_rows(out, budget)
+    scores, kept = snapshot_scores(out, rows), {r["winner"]: r["snapshot_epochs"] for r in rows}
     configs = winners(budget)
     ks = sorted({k for by in scores.values() for k in by if k != "last"}, key=int)
     lines = [f"| winner (budget {budget}, seed) | arch | last epoch: val / dev | " + " | ".join(f"{k} snapshots (epochs): val / dev" for k in ks) + " |",
              "| ---: | --- | --- |" + " --- |" * len(ks)]
     for w, by in sorted(scores.items()):
         c = configs[w]
-        cells = [f"{by[k]['val']:.3f} / {by[k]['dev']:.4f} ({', '.join(map(str, rows[w]['snapshot_epochs'][k]))})" for k in ks]
+        cells = [f"{by[k]['val']:.3f} / {by[k]['dev']:.4f} ({', '.join(map(str, kept[w][k]))})" for k in ks]
         lines.append(f"| {w} | {c['arch']} {c['width']} {c['schedule']} | {by['last']['val']:.3f} / {by['last']['dev']:.4f} | " + " | ".join(cells) + " |")
     lines.append("")
     for k in ks:
@@ -197,15 +211,11 @@ def run(args: argparse.Namespace) -> None:
                 seed, epochs = int(config["seed"]) + i, args.total_epochs // k
                 name = f"b{args.budget}-s{winner}-seed{seed}-e{epochs}"
                 rows_file = out / f"rows-{args.budget}.json"
-                rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []
-                if any(r["name"] == name for r in rows):
+                if has_row(rows_file, name):
                     continue
                 print(f"{name}: {config['arch']} width {config['width']}, {epochs} epochs", flush=True)
                 row, arrays = train_member(config, seed, epochs, subset_path, args.dev_images)
-                np.savez_compressed(out / "probs" / f"{name}.npz", **arrays)
-                rows = json.loads(rows_file.read_text()) if rows_file.is_file() else []  # another process may have written
-                rows.append({"name": name, "budget": args.budget, "winner": winner, "arch": config["arch"], **row})
-                rows_file.write_text(json.dumps(rows, indent=1))
+                append_row(out, rows_file, {"name": name, "budget": args.budget, "winner": winner, "arch": config["arch"], **row}, arrays)
                 print(f"{name}: validation {row['val_accuracy']:.4f}, dev {row['dev_accuracy']:.4f} ({row['wall_s']:.0f} s)", flush=True)
 
 

@@ -8,15 +8,16 @@ from collections.abc import Iterable
 
 ARCHITECTURES: tuple[str, ...] = ("vgg8", "vgg16", "resnet9", "resnet18", "resnet20", "wrn")
 ACTIVATIONS: tuple[str, ...] = ("relu", "elu", "gelu", "silu")  # keras.activations names
+# How an ensemble's members are chosen (search/ensemble.py), the default first; here, light, for the command line.
+ENSEMBLE_SELECTIONS: tuple[str, ...] = ("top", "greedy", "seeds")
 # The shape fields an architecture reads beyond width (models/registry.py's builders); the others ignore them.
 SHAPE_FIELDS: dict[str, tuple[str, ...]] = {"resnet20": ("depth",), "wrn": ("depth", "widen_factor")}
 
 
 def ignored_fields(arch: str) -> tuple[str, ...]:
     """The configuration's shape fields ``arch`` does not read: a user shown a config is told so."""
-    return tuple(f for f in ("depth", "widen_factor") if f not in SHAPE_FIELDS.get(arch, ()))
-# How an ensemble's members are chosen (search/ensemble.py), the default first; here, light, for the command line.
-ENSEMBLE_SELECTIONS: tuple[str, ...] = ("top", "greedy", "seeds")
+    fields = dict.fromkeys(f for read in SHAPE_FIELDS.values() for f in read)  # each once, in order
+    return tuple(f for f in fields if f not in SHAPE_FIELDS.get(arch, ()))
 
 
 def listing(values: Iterable[object], last: str = "or") -> str:

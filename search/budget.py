@@ -116,14 +116,15 @@ def _cross_validation_trial(study: optuna.Study, settings: StudySettings, storag
     handed out whatever runs."""
     if not settings.fold_trials or study_timed_out(study, settings, started):
         return None
-    trials = StudyTrials.read(study, storage)
-    certain = settings.cv_top_k - sum(not t.state.is_finished() for t in trials.search)
+    # Each study read once a claim: workers call this every second at a study's end.
+    trials = study.get_trials(deepcopy=False)
+    certain = settings.cv_top_k - sum(not t.state.is_finished() for t in trials if not is_fold_trial(t))
     cv_study = load_cv_study(study, storage, create=certain > 0)
     if cv_study is None:
         return None
-    if certain > 0:
-        enqueue_fold_trials(trials, cv_study, certain, settings.cv_folds)
-    if not cv_study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+    cv_trials = cv_study.get_trials(deepcopy=False)
+    queued = enqueue_fold_trials(StudyTrials.of(trials, cv_trials, study.direction), cv_study, certain, settings.cv_folds) if certain > 0 else 0
+    if not queued and not any(t.state == TrialState.WAITING for t in cv_trials):
         return None
     return cv_study.ask()
 

@@ -98,11 +98,15 @@ class StudyTrials:
     @classmethod
     def read(cls, study: optuna.Study, storage: BaseStorage) -> StudyTrials:
         """Reads ``study`` and its companion study of fold trials (``load_cv_study``)."""
-        trials = study.get_trials(deepcopy=False)
         cv = load_cv_study(study, storage)
-        folds = [t for t in trials if is_fold_trial(t)]  # a study from before the companion study
-        folds += cv.get_trials(deepcopy=False) if cv is not None else []
-        return cls([t for t in trials if not is_fold_trial(t)], folds, study.direction)
+        return cls.of(study.get_trials(deepcopy=False), cv.get_trials(deepcopy=False) if cv is not None else [], study.direction)
+
+    @classmethod
+    def of(cls, trials: list[FrozenTrial], cv_trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> StudyTrials:
+        """A study's trials (its search trials, and fold trials from before the companion study)
+        and its companion study's, as read by a caller that holds both studies."""
+        folds = [t for t in trials if is_fold_trial(t)] + cv_trials
+        return cls([t for t in trials if not is_fold_trial(t)], folds, direction)
 
     def ranked(self) -> list[FrozenTrial]:
         """COMPLETE search trials that finished training, best value first.

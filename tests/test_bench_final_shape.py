@@ -68,7 +68,7 @@ def test_a_winner_is_trained_in_both_shapes_and_the_run_resumes(tmp_path, fashio
     [row] = json.loads((out / "snapshots-60.json").read_text())
     assert row["kept_epochs"] == [3, 4] and row["snapshot_epochs"] == {"2": [3, 4]}
     one = next(r for r in rows if r["epochs"] == 4)
-    assert bench.snapshot_scores(out, 60)[3]["last"]["dev"] == one["dev_accuracy"], "the same training as the 1 x 4 model"
+    assert bench.snapshot_scores(out, [row])[3]["last"]["dev"] == one["dev_accuracy"], "the same training as the 1 x 4 model"
     bench.main(snapshots)  # resumes: nothing trained again
     assert json.loads((out / "snapshots-60.json").read_text()) == [row]
 
@@ -104,7 +104,7 @@ def test_a_snapshot_ensemble_is_the_mean_softmax_of_its_epochs_against_the_last(
     row = {"name": "w", "budget": 60, "winner": winner, "arch": "vgg8", "seed": 0, "epochs": 54, "status": "complete", "wall_s": 1.0,
            "kept_epochs": [41, 47, 54], "snapshot_epochs": {"2": [41, 54], "3": [41, 47, 54]}}
     (tmp_path / "snapshots-60.json").write_text(json.dumps([row]))
-    scores = bench.snapshot_scores(tmp_path, 60)[winner]
+    scores = bench.snapshot_scores(tmp_path, bench.snapshot_rows(tmp_path, 60))[winner]
     assert scores["last"]["dev"] == 0.5 and scores["3"]["dev"] == 0.75
     lines = bench.snapshot_report(tmp_path, 60).splitlines()
     assert "3 snapshots less the last epoch on dev: +25.0 ± nan points over 1 winners, ahead in 1, behind in 0" in lines

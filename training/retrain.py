@@ -25,7 +25,7 @@ from kilotune.subset.files import count_of, now_iso, write_json
 from kilotune.subset.subsetfile import SubsetFile, find_subset
 from kilotune.training.config import RetrainOptions, TrainConfig
 from kilotune.training.predictor import ensemble_predictor, load_predictor
-from kilotune.training.train import TrainData, TrainResult, train, view_probabilities
+from kilotune.training.train import TrainData, TrainResult, batches_per_epoch, train, view_probabilities
 
 
 def load_training_set(export: dict[str, Any], data_dir: str | None = None, subset_path: str | None = None) -> tuple[ImageDataset, SubsetFile]:
@@ -94,12 +94,13 @@ def snapshot_epochs(config: TrainConfig, steps_per_epoch: int, k: int) -> list[i
 
 
 class SnapshotSaver(keras.callbacks.Callback):
-    """Keeps the weights of the chosen (1-based) epochs."""
+    """Keeps the weights of the chosen (1-based) epochs: ``files`` maps each epoch saved to its file,
+    in training order (a run that diverged early saves fewer)."""
 
     def __init__(self, epochs: list[int], directory: Path) -> None:
         super().__init__()
         self.epochs, self.directory = set(epochs), directory
-        self.files: list[Path] = []
+        self.files: dict[int, Path] = {}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if epoch + 1 not in self.epochs:
@@ -107,7 +108,7 @@ class SnapshotSaver(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"epoch-{epoch + 1:04d}.weights.h5"
         self.model.save_weights(path)
-        self.files.append(path)
+        self.files[epoch + 1] = path
 
 
 def ensemble_accuracy(result: TrainResult, weight_files: list[Path], x: np.ndarray, y: np.ndarray, batch_size: int = 500) -> float:
@@ -162,8 +163,7 @@ def retrain(
         config = config.replace(epochs=epochs)
     data = all_chosen(dataset, subset_indices)
     if snapshots:
-        steps = math.ceil(len(data.x_train) / min(config.batch_size, len(data.x_train)))  # as train() batches
-        snapshot_epochs(config, steps, snapshots)  # a bad --snapshots fails before any training
+        snapshot_epochs(config, batches_per_epoch(config, len(data.x_train)), snapshots)  # a bad --snapshots fails before any training
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -334,8 +334,7 @@ def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *,
     seed_dir.mkdir(parents=True, exist_ok=True)
     saver = None
     if snapshots:
-        steps = math.ceil(len(data.x_train) / min(config.batch_size, len(data.x_train)))
-        saver = SnapshotSaver(snapshot_epochs(config, steps, snapshots), seed_dir / "snapshots")
+        saver = SnapshotSaver(snapshot_epochs(config, batches_per_epoch(config, len(data.x_train)), snapshots), seed_dir / "snapshots")
     callbacks = ([saver] if saver else []) + ([EpochProgress(f"seed {config.seed}", stream=sys.stdout)] if progress else [])
     result = train(config, data, keras_callbacks=callbacks)
     model_path = seed_dir / "model.keras"
@@ -356,7 +355,7 @@ def _retrain_one(config: TrainConfig, data: TrainData, dataset: ImageDataset, *,
     if saver is not None:
         run["snapshot_epochs"] = sorted(saver.epochs)
         # A run that diverged before the first snapshot epoch has nothing to ensemble.
-        run["snapshot_test_accuracy"] = ensemble_accuracy(result, saver.files, dataset.x_test, dataset.y_test) if saver.files else None
+        run["snapshot_test_accuracy"] = ensemble_accuracy(result, list(saver.files.values()), dataset.x_test, dataset.y_test) if saver.files else None
     return run
 
 

@@ -86,6 +86,12 @@ class TrainResult:
         return self.history[-1].val_accuracy if self.history else float("nan")
 
 
+def batches_per_epoch(config: TrainConfig, images: int) -> int:
+    """Optimizer steps in an epoch of ``images`` training images, as ``train`` batches them (a batch
+    larger than the images is cut to them)."""
+    return -(-images // min(config.batch_size, images))
+
+
 def make_schedule(config: TrainConfig, steps_per_epoch: int) -> float | keras.optimizers.schedules.LearningRateSchedule:
     """The learning-rate schedule, per optimiser step, from Keras' own schedules."""
     lr, total = config.learning_rate, config.epochs * steps_per_epoch
@@ -253,7 +259,7 @@ def _train(
     y_train = keras.utils.to_categorical(data.y_train, data.num_classes)
     y_val = keras.utils.to_categorical(data.y_val, data.num_classes)
     batch_size = min(config.batch_size, len(x_train))
-    steps_per_epoch = -(-len(x_train) // batch_size)
+    steps_per_epoch = batches_per_epoch(config, len(x_train))
 
     checkpoint = Checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
     history: list[EpochReport] = []

@@ -126,3 +126,13 @@ def test_presets_project_to_the_nearest_values_a_space_allows():
     assert narrow.suggest(study.ask(), epochs=4) == davidnet
     mixed = SearchSpace.from_spec({"mixing": ["mixup", "both"]})
     assert mixed.project(PRESETS["wrn-cutmix"], epochs=4)[0] is None, "cutmix is not near mixup or both"
+
+
+def test_the_space_samples_a_shape_field_only_for_the_archs_that_read_it():
+    """The space's conditions on depth and widen_factor agree with ``models.names.SHAPE_FIELDS``
+    (what ``kilotune run`` tells a user an arch ignores)."""
+    from kilotune.models.names import ARCHITECTURES, SHAPE_FIELDS
+
+    for field in ("depth", "widen_factor"):
+        sampled = {arch for p in DEFAULT_SPACE.values() if field in p.fields for arch in ARCHITECTURES if p.when.holds({"arch": arch})}
+        assert sampled == {arch for arch, read in SHAPE_FIELDS.items() if field in read}, field
